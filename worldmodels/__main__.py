@@ -1,0 +1,3 @@
+from worldmodels.cli import main
+
+raise SystemExit(main())
