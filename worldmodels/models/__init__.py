@@ -1,0 +1,3 @@
+"""The three models of World Models: V (ConvVAE), M (MDRNN), C (Controller)."""
+
+from worldmodels.models.vae import ConvVAE, frames_to_tensor, load_vae, vae_loss
