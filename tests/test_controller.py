@@ -1,0 +1,148 @@
+"""Controller shapes and action mappings; the CMA-ES loop on a toy dream; checkpoint, resume and CLI runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from worldmodels.checkpoint import load_checkpoint
+from worldmodels.errors import WorldModelsError
+from worldmodels.metrics import read_metrics
+from worldmodels.models.controller import (DOOM_LEFT, DOOM_RIGHT, DOOM_STAY, BatchedController, Controller,
+                                           controller_input_dim, make_action_map, rollout_dream)
+from worldmodels.stages import train_controller as tc
+
+CAR = {"type": "box", "shape": [3], "low": [-1, 0, 0], "high": [1, 1, 1]}
+
+
+def test_paper_parameter_counts():
+    car = make_action_map("carracing", CAR)
+    assert Controller(controller_input_dim(32, 256, "zh"), car.output_dim, car.bias).n_params == 867
+    doom = make_action_map("doom", {"type": "discrete", "n": 3})
+    assert Controller(controller_input_dim(64, 512, "zch"), doom.output_dim, doom.bias).n_params == 1088
+    procgen = make_action_map("procgen", {"type": "discrete", "n": 15})
+    assert procgen.output_dim == 15 and Controller(32 + 256, 15).n_params == 15 * 289
+    assert controller_input_dim(32, 256, "z") == 32
+
+
+def test_flat_round_trip_and_batched_matches_single():
+    ctrl = Controller(10, 3)
+    vec = np.random.default_rng(0).normal(size=ctrl.n_params)
+    assert np.allclose(ctrl.set_flat(vec).get_flat(), vec, atol=1e-6)
+    with pytest.raises(WorldModelsError, match="33 parameters"):
+        ctrl.set_flat(vec[:-1])
+    params = np.random.default_rng(1).normal(size=(4, ctrl.n_params))
+    batched = BatchedController(params, 10, 3, True, rollouts=2)
+    x = torch.randn(8, 10)
+    raw = batched(x)  # member p * 2 + r runs candidate p
+    for b in range(8):
+        ctrl.set_flat(params[b // 2])
+        assert torch.allclose(raw[b], ctrl(x[b:b + 1])[0], atol=1e-5)
+
+
+def test_action_ranges():
+    raw = torch.linspace(-50, 50, 301)[:, None].repeat(1, 3)
+    a = make_action_map("carracing", CAR)(raw)
+    assert a.shape == (301, 3)
+    assert a[:, 0].min() >= -1 and a[:, 0].max() <= 1 and a[:, 0].min() < -0.99 and a[:, 0].max() > 0.99
+    assert a[:, 1].min() >= 0 and a[:, 1].max() <= 1 and a[:, 1].min() < 0.01 and a[:, 1].max() > 0.99
+    assert a[:, 2].min() == 0 and a[:, 2].max() <= 1 and (a[:, 2] == 0).sum() > 100
+    doom = make_action_map("doom", {"type": "discrete", "n": 3})
+    acts = doom(torch.tensor([[-3.0], [-0.2], [0.0], [0.2], [3.0]]))
+    assert acts.tolist() == [DOOM_LEFT, DOOM_STAY, DOOM_STAY, DOOM_STAY, DOOM_RIGHT]
+    assert doom.model_input(acts).shape == (5, 3)
+    procgen = make_action_map("procgen", {"type": "discrete", "n": 15})
+    logits = torch.zeros(2, 15)
+    logits[0, 7], logits[1, 14] = 1.0, 2.0
+    assert procgen(logits).tolist() == [7, 14]
+    with pytest.raises(WorldModelsError):
+        make_action_map("carracing", {"type": "discrete", "n": 5})
+
+
+class ToyDream:
+    """A fake M: constant features, reward highest (zero) when the action equals ``target``."""
+
+    def __init__(self, batch: int, target=(0.6, 0.9, 0.0), steps: int = 5, dim: int = 4):
+        self.batch, self.target, self.steps, self.dim = batch, torch.tensor(target), steps, dim
+        self.returns = torch.zeros(batch)
+
+    def reset(self, seed=None):
+        g = torch.Generator().manual_seed(int(seed or 0) % 2**31)
+        self.t, self.returns = 0, torch.zeros(self.batch)
+        self.obs = torch.ones(self.batch, self.dim) + 0.1 * torch.randn(self.batch, self.dim, generator=g)
+        return self.obs
+
+    def step(self, actions):
+        self.t += 1
+        reward = -((actions - self.target) ** 2).sum(-1)  # (B,)
+        self.returns += reward
+        return self.obs, reward, torch.full((self.batch,), self.t >= self.steps), {}
+
+
+def toy_problem(cfg: tc.Config):
+    amap = make_action_map("carracing", CAR)
+    dim = 4
+
+    def returns(params, rollouts, seed):
+        ctrl = BatchedController(params, dim, 3, True, rollouts)
+        return rollout_dream(ToyDream(ctrl.batch_size, dim=dim), ctrl, amap, seed).reshape(len(params), rollouts)
+
+    fitness = lambda params, gen: returns(params, cfg.rollouts, tc.dream_seed(cfg.seed, gen, 0))  # noqa: E731
+    scorer = lambda mean, gen: returns(mean[None], cfg.eval_episodes, tc.dream_seed(cfg.seed, gen, 1))[0]  # noqa: E731
+    return 3 * (dim + 1), fitness, {"eval": scorer}
+
+
+def toy_cfg(tmp_path, **kw):
+    base = dict(run=str(tmp_path), popsize=12, rollouts=2, generations=20, sigma0=0.1, eval_every=5,
+                eval_episodes=4, seed=3)
+    return tc.Config(**{**base, **kw})
+
+
+def test_cmaes_solves_toy_dream(tmp_path):
+    cfg = toy_cfg(tmp_path)
+    n, fitness, scorers = toy_problem(cfg)
+    summary = tc.evolve(cfg, tmp_path, n, fitness, scorers, {"env": "toy"})
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["generation"] for r in records] == list(range(20))
+    # x0 = 0 gives actions (0, 0.5, 0): return -0.52 per step * 5 steps = -2.6; the optimum is 0.
+    assert records[0]["cmaes/mean"] < -2.0
+    evals = [r["eval/mean"] for r in records if "eval/mean" in r]
+    assert len(evals) == 4 and evals[-1] > -0.05 and summary["best_eval"] == max(evals)
+    assert (tmp_path / "learning_curve.png").stat().st_size > 1000
+    state = load_checkpoint(tmp_path / "checkpoint.pt", kind="controller")
+    assert state["generation"] == 20 and state["best"]["fitness"] == max(r["cmaes/best"] for r in records)
+    # the mean solution acts close to the rewarded action
+    ctrl = BatchedController(state["mean"], 4, 3, True)
+    act = make_action_map("carracing", CAR)(ctrl(torch.ones(1, 4)))[0]
+    assert torch.allclose(act, torch.tensor([0.6, 0.9, 0.0]), atol=0.15)
+
+
+def test_resume_gives_same_next_generation(tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    for folder, gens in ((full, 4), (part, 2), (part, 4)):
+        cfg = toy_cfg(folder, generations=gens, eval_every=2)
+        n, fitness, scorers = toy_problem(cfg)
+        tc.evolve(cfg, folder, n, fitness, scorers, {"env": "toy"}, plot=False)
+    a, b = read_metrics(full / "metrics.jsonl"), read_metrics(part / "metrics.jsonl")
+    drop = lambda r: {k: v for k, v in r.items() if k != "cmaes/seconds"}  # noqa: E731
+    assert [drop(r) for r in a] == [drop(r) for r in b] and len(a) == 4
+    sa, sb = (load_checkpoint(f / "checkpoint.pt") for f in (full, part))
+    assert np.array_equal(sa["mean"], sb["mean"]) and sa["id"] != sb["id"]
+    assert np.array_equal(pickle.loads(sa["es"]).ask(), pickle.loads(sb["es"]).ask())
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    cfg = toy_cfg(tmp_path, generations=1, eval_every=0)
+    n, fitness, scorers = toy_problem(cfg)
+    tc.evolve(cfg, tmp_path, n, fitness, scorers, {"env": "toy"}, plot=False)
+    with pytest.raises(WorldModelsError, match="popsize=12"):
+        tc.evolve(dataclasses.replace(cfg, popsize=8, generations=2), tmp_path, n, fitness, scorers, {"env": "toy"})
+    with pytest.raises(WorldModelsError, match="different env"):
+        tc.evolve(dataclasses.replace(cfg, generations=2), tmp_path, n, fitness, scorers, {"env": "other"})
+    tc.evolve(dataclasses.replace(cfg, generations=2, fresh=True, popsize=8), tmp_path, n, fitness, scorers,
+              {"env": "other"}, plot=False)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["config"]["popsize"] == 8

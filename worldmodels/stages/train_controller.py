@@ -1,0 +1,236 @@
+"""Evolve the linear controller C with CMA-ES, in M's dream or in the real env.
+
+--where dream: each generation the whole population x rollouts (64 x 16 = 1024 members in the paper)
+is one batched DreamEnv run at --temperature, on --device. Doom's dream reward is survival (+1 per
+step, cut at 2100); other envs use M's predicted reward. --where real: worker processes play the real
+env, each with V and M on CPU (the paper's CarRacing setup). Fitness is the mean return over the
+rollouts; CMA-ES (the cma library, x0 = 0) minimises its negative, with no weight-decay term.
+
+Writes <run>/controller/: checkpoint.pt (CMA-ES state, best and mean parameters, generation, RNG
+state; rewritten atomically every generation), config.yaml, metrics.jsonl and learning_curve.png.
+Rerunning the same command resumes exactly where it stopped; --fresh starts over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import time
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from worldmodels import config as cfgmod
+from worldmodels.checkpoint import load_checkpoint, new_id, save_checkpoint
+from worldmodels.config import option
+from worldmodels.errors import WorldModelsError
+from worldmodels.metrics import MetricsLogger, read_metrics
+from worldmodels.utils import exclusive_lock, pick_device
+
+
+@dataclasses.dataclass
+class Config:
+    run: str = option("runs/default", "run folder holding vae/ and mdrnn/; C is written to <run>/controller/")
+    where: Literal["dream", "real"] = option("dream", "evolve in M's dream (batched) or in the real env (workers)")
+    temperature: float = option(1.15, "dream temperature tau (mixture logits / tau, sigma * sqrt(tau))")
+    popsize: int = option(64, "CMA-ES population size")
+    rollouts: int = option(16, "rollouts per candidate; fitness is their mean return")
+    sigma0: float = option(0.1, "CMA-ES initial step size")
+    generations: int = option(300, "total generations (rerun with more to continue a finished run)")
+    workers: int = option(-1, "real-env worker processes (-1: one per CPU core, 0: inline)")
+    max_steps: Optional[int] = option(None, "episode step limit (default: 2100 Doom, 1000 otherwise)")
+    eval_every: int = option(10, "score the mean solution every K generations (0: never)")
+    eval_episodes: int = option(64, "episodes for each mean-solution score")
+    eval_real: bool = option(False, "dream runs: also score the mean solution in the real env")
+    seed: int = option(0, "seed of CMA-ES, dream noise and env seeds")
+    obs_mode: Literal["zh", "zch", "z"] = option("zh", "controller input: [z, h], [z, c, h] or z only")
+    latents: Optional[str] = option(None, "latents.h5 for the dream's initial z (default: the one M was trained on)")
+    device: str = option("auto", "dream device: auto, cpu, cuda")
+    fresh: bool = option(False, "start over, replacing an existing controller checkpoint")
+
+
+# Settings that change the search trajectory: a resume must use the values the run started with.
+TRAJECTORY_KEYS = ("where", "temperature", "popsize", "rollouts", "sigma0", "seed", "obs_mode", "max_steps")
+DEFAULT_MAX_STEPS = {"doom": 2100}
+
+
+def n_workers(workers: int) -> int:
+    return (os.cpu_count() or 1) if workers < 0 else workers
+
+
+def population_seeds(seed: int, generation: int, count: int, offset: int = 0) -> list[int]:
+    """Real-env seeds of one generation: every candidate plays the same ``count`` episodes."""
+    from worldmodels.envs import episode_seed
+
+    return [episode_seed(seed, offset + generation * count + r, "train") for r in range(count)]
+
+
+def dream_seed(seed: int, generation: int, purpose: int) -> int:
+    """Seed of one batched dream (purpose 0: fitness, 1: mean-solution score)."""
+    return int(np.random.SeedSequence([seed, generation, purpose]).generate_state(1)[0])
+
+
+# ------------------------------------------------------------------------------------------------ CMA-ES loop
+Fitness = Callable[[np.ndarray, int], np.ndarray]       # (params (P, N), generation) -> returns (P, R)
+Scorer = Callable[[np.ndarray, int], np.ndarray]        # (params (N,), generation) -> returns (E,)
+
+
+def evolve(cfg: Config, out_dir: Path, n_params: int, fitness: Fitness, scorers: dict[str, Scorer],
+           identity: dict[str, Any], plot: bool = True) -> dict[str, Any]:
+    """The CMA-ES ask/evaluate/tell loop with per-generation checkpoints, metrics and resume.
+
+    ``identity`` (env, controller shape, V/M ids) is stored in the checkpoint and must match on resume.
+    ``scorers`` map a metric prefix (``eval``, ``eval_real``) to a mean-solution scorer.
+    Returns the final summary (generation, best fitness, last scores, checkpoint path).
+    """
+    import cma
+
+    ckpt_path = out_dir / "checkpoint.pt"
+    state = _resume_state(cfg, ckpt_path, identity)
+    if state is None:
+        # cma treats seed 0 as "seed from the clock"; shift by one so every seed is reproducible.
+        es = cma.CMAEvolutionStrategy(np.zeros(n_params), cfg.sigma0,
+                                      {"popsize": cfg.popsize, "seed": cfg.seed + 1, "verbose": -9})
+        state = {"id": new_id(), "generation": 0, "best": {"fitness": -np.inf, "params": np.zeros(n_params)},
+                 "best_eval": {"score": -np.inf, "params": np.zeros(n_params), "generation": -1}}
+    else:
+        es = pickle.loads(state["es"])
+        np.random.set_state(state["np_rng"])  # cma draws its samples from numpy's global generator
+    cfgmod.save(cfg, out_dir / "config.yaml")
+    start = state["generation"]
+    log = MetricsLogger(out_dir / "metrics.jsonl", step_key="generation", resume_from=start)
+    bar = tqdm(range(start, cfg.generations), initial=start, total=cfg.generations, desc="cma-es", unit="gen")
+    try:
+        for gen in bar:
+            t0 = time.perf_counter()
+            solutions = np.asarray(es.ask())                              # (P, N)
+            returns = np.asarray(fitness(solutions, gen), dtype=np.float64)  # (P, R)
+            fit = returns.mean(axis=1)                                    # (P,)
+            if not np.all(np.isfinite(fit)):
+                raise WorldModelsError(f"generation {gen}: non-finite fitness (the dream or env returned NaN)")
+            es.tell(list(solutions), list(-fit))
+            if fit.max() > state["best"]["fitness"]:
+                state["best"] = {"fitness": float(fit.max()), "params": solutions[fit.argmax()].copy()}
+            seconds = time.perf_counter() - t0
+            record = {"cmaes/best": float(fit.max()), "cmaes/mean": float(fit.mean()), "cmaes/worst": float(fit.min()),
+                      "cmaes/sigma": float(es.sigma), "cmaes/best_ever": state["best"]["fitness"],
+                      "cmaes/seconds": seconds}
+            if cfg.eval_every and ((gen + 1) % cfg.eval_every == 0 or gen + 1 == cfg.generations):
+                for prefix, scorer in scorers.items():
+                    scores = np.asarray(scorer(np.asarray(es.mean), gen), dtype=np.float64)
+                    record[f"{prefix}/mean"], record[f"{prefix}/std"] = float(scores.mean()), float(scores.std())
+                if "eval/mean" in record and record["eval/mean"] > state["best_eval"]["score"]:
+                    state["best_eval"] = {"score": record["eval/mean"], "params": np.asarray(es.mean).copy(),
+                                          "generation": gen}
+            log.log(gen, **record)
+            state.update(generation=gen + 1, es=pickle.dumps(es), np_rng=np.random.get_state())
+            _save(ckpt_path, cfg, state, es, identity)
+            bar.write(f"gen {gen + 1}/{cfg.generations}  best {fit.max():9.2f}  mean {fit.mean():9.2f}  "
+                      f"worst {fit.min():9.2f}  sigma {es.sigma:.4f}  {seconds:.1f}s"
+                      + "".join(f"  {k} {v:.2f}" for k, v in record.items() if k.endswith("/mean")
+                                and not k.startswith("cmaes")))
+            if plot and "eval/mean" in record:
+                _plot(out_dir)
+    finally:
+        bar.close()
+        log.close()
+    if plot:
+        _plot(out_dir)
+    return {"generation": state["generation"], "best_fitness": state["best"]["fitness"],
+            "best_eval": state["best_eval"]["score"], "checkpoint": str(ckpt_path),
+            "sigma": float(es.sigma)}
+
+
+def _save(path: Path, cfg: Config, state: dict[str, Any], es: Any, identity: dict[str, Any]) -> None:
+    save_checkpoint(path, "controller", {
+        "id": state["id"], "config": cfgmod.to_dict(cfg), "generation": state["generation"],
+        "es": state["es"], "np_rng": state["np_rng"], "best": state["best"], "best_eval": state["best_eval"],
+        "mean": np.asarray(es.mean).copy(), "identity": identity})
+
+
+def _resume_state(cfg: Config, path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    if cfg.fresh or not path.exists():
+        return None
+    state = load_checkpoint(path, kind="controller")
+    for key in TRAJECTORY_KEYS:
+        if state["config"].get(key) != getattr(cfg, key):
+            raise WorldModelsError(
+                f"{path} was started with {key}={state['config'].get(key)!r}, not {getattr(cfg, key)!r}; "
+                "rerun with the same settings to resume, or pass --fresh to start over")
+    for key, value in identity.items():
+        if state["identity"].get(key) != value:
+            raise WorldModelsError(f"{path} was trained with a different {key} ({state['identity'].get(key)!r} "
+                                   f"vs {value!r}); pass --fresh to start over against the current V and M")
+    return state
+
+
+def _plot(out_dir: Path) -> None:
+    from worldmodels.plots import learning_curve
+
+    learning_curve(read_metrics(out_dir / "metrics.jsonl"), out_dir / "learning_curve.png")
+
+
+# ------------------------------------------------------------------------------------------------ the stage
+def run(cfg: Config) -> dict[str, Any]:
+    """Train C for ``cfg.run``; returns :func:`evolve`'s summary."""
+    from worldmodels.agent import init_worker, load_world, worker_episode
+    from worldmodels.parallel import WorkerPool
+
+    for name in ("popsize", "rollouts", "generations", "eval_episodes"):
+        if getattr(cfg, name) < 1:
+            raise WorldModelsError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.sigma0 <= 0 or cfg.temperature <= 0:
+        raise WorldModelsError("sigma0 and temperature must be positive")
+    device = pick_device(cfg.device) if cfg.where == "dream" else torch.device("cpu")
+    world = load_world(Path(cfg.run), cfg.obs_mode, device, latents=cfg.latents)
+    max_steps = cfg.max_steps or DEFAULT_MAX_STEPS.get(world.family, 1000)
+    n_params = world.n_params
+    identity = {"env": world.env, "vae_id": world.vae_id, "mdrnn_id": world.mdrnn_id, **world.controller_spec()}
+    out_dir = Path(cfg.run) / "controller"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = world.worker_spec(max_steps, levels="train")
+
+    pool = None
+    if cfg.where == "real" or cfg.eval_real:
+        pool = WorkerPool(n_workers(cfg.workers), init_worker, (spec,), what="real-env controller fitness")
+
+    def real_returns(params: np.ndarray, seeds: list[int]) -> np.ndarray:
+        tasks = [(p, s, False) for p in params for s in seeds]
+        results = pool.map(worker_episode, tasks)
+        return np.array([r["return"] for r in results]).reshape(len(params), len(seeds))
+
+    scorers: dict[str, Scorer] = {}
+    if cfg.where == "dream":
+        dreams = world.dream_factory(cfg.temperature, max_steps, cfg.seed)
+
+        def fitness(params: np.ndarray, gen: int) -> np.ndarray:
+            return world.dream_returns(dreams(len(params) * cfg.rollouts), params, cfg.rollouts,
+                                       dream_seed(cfg.seed, gen, 0))
+
+        scorers["eval"] = lambda mean, gen: world.dream_returns(
+            dreams(cfg.eval_episodes), mean[None], cfg.eval_episodes, dream_seed(cfg.seed, gen, 1))[0]
+    else:
+        def fitness(params: np.ndarray, gen: int) -> np.ndarray:
+            return real_returns(params, population_seeds(cfg.seed, gen, cfg.rollouts))
+
+    if cfg.where == "real" or cfg.eval_real:
+        # Fresh train-purpose seeds, far past those the candidates played (10**7 > generations * rollouts).
+        scorers["eval_real" if cfg.where == "dream" else "eval"] = lambda mean, gen: real_returns(
+            mean[None], population_seeds(cfg.seed, gen, cfg.eval_episodes, offset=10**7))[0]
+
+    with exclusive_lock(out_dir / "checkpoint.pt", "train-controller"):
+        try:
+            summary = evolve(cfg, out_dir, n_params, fitness, scorers, identity)
+        except BaseException:
+            if pool is not None:
+                pool.close(cancel=True)
+            raise
+        if pool is not None:
+            pool.close()
+    print(f"controller: {summary['generation']} generations, best fitness {summary['best_fitness']:.2f}, "
+          f"checkpoint {summary['checkpoint']}")
+    return summary
