@@ -146,3 +146,149 @@ def test_resume_refuses_changed_settings(tmp_path):
     tc.evolve(dataclasses.replace(cfg, generations=2, fresh=True, popsize=8), tmp_path, n, fitness, scorers,
               {"env": "other"}, plot=False)
     assert load_checkpoint(tmp_path / "checkpoint.pt")["config"]["popsize"] == 8
+
+
+# ------------------------------------------------------------------------------------------ stages on tiny models
+def make_tiny_run(root, env="carracing", z_dim=4, hidden=8):
+    """A run folder with random-init V and M checkpoints and a tiny latents file (3 episodes)."""
+    from worldmodels.checkpoint import save_checkpoint
+    from worldmodels.data import LATENTS, EpisodeWriter
+    from worldmodels.envs import action_dim, describe_action_space, make
+    from worldmodels.models.mdrnn import MDRNN
+    from worldmodels.models.vae import ConvVAE
+
+    torch.manual_seed(0)
+    run = root / "run"
+    probe = make(env)
+    space = describe_action_space(probe.action_space)
+    probe.close()
+    vae_ckpt = save_checkpoint(run / "vae", "vae", {"model": ConvVAE(z_dim).state_dict(), "z_dim": z_dim,
+                                                   "config": {"z_dim": z_dim}})
+    vae_id = load_checkpoint(vae_ckpt)["id"]
+    latents = root / "latents.h5"
+    attrs = {"env": env, "action_space": space, "z_dim": z_dim, "vae_checkpoint": str(vae_ckpt), "vae_id": vae_id,
+             "rollouts": str(root / "missing-rollouts.h5")}
+    rng = np.random.default_rng(0)
+    with EpisodeWriter(latents, LATENTS, attrs) as writer:
+        for ep in range(3):
+            n = 5
+            action = (rng.uniform(-1, 1, (n, 3)).astype(np.float32) if space["type"] == "box"
+                      else rng.integers(0, space["n"], n))
+            writer.append({"mu": rng.normal(size=(n, z_dim)).astype(np.float32),
+                           "logvar": np.full((n, z_dim), -2.0, np.float32), "action": action,
+                           "reward": np.zeros(n, np.float32), "terminated": np.zeros(n, bool),
+                           "truncated": np.zeros(n, bool)}, seed=ep)
+    mdrnn = MDRNN(z_dim, action_dim(space), hidden)
+    save_checkpoint(run / "mdrnn", "mdrnn", {"model": mdrnn.state_dict(), "model_args": mdrnn.config,
+                                             "config": {"latents": str(latents), "env": env}})
+    return run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    return make_tiny_run(tmp_path_factory.mktemp("tiny"))
+
+
+def stage_cfg(run, **kw):
+    base = dict(run=str(run), popsize=4, rollouts=2, generations=2, eval_every=1, eval_episodes=2, max_steps=8,
+                workers=0, device="cpu")
+    return tc.Config(**{**base, **kw})
+
+
+def test_dream_run_completes_and_checkpoints(tiny_run):
+    summary = tc.run(stage_cfg(tiny_run, fresh=True))
+    out = tiny_run / "controller"
+    state = load_checkpoint(out, kind="controller")
+    assert summary["generation"] == state["generation"] == 2
+    assert state["identity"]["input_dim"] == 4 + 8 and len(state["mean"]) == 3 * 13
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["generation"] for r in records] == [0, 1]
+    for r in records:
+        assert r["cmaes/worst"] <= r["cmaes/mean"] <= r["cmaes/best"] and r["cmaes/sigma"] > 0
+        assert "eval/mean" in r and np.isfinite(r["eval/mean"])
+    assert (out / "learning_curve.png").exists() and (out / "config.yaml").exists()
+    # a rerun with more generations continues from generation 2
+    tc.run(stage_cfg(tiny_run, generations=3))
+    assert [r["generation"] for r in read_metrics(out / "metrics.jsonl")] == [0, 1, 2]
+
+
+def test_dream_fitness_uses_the_dream_batch(tiny_run):
+    """Population x rollouts is one DreamEnv batch; a candidate's fitness is the mean of its rollouts."""
+    from worldmodels.agent import load_world
+
+    world = load_world(tiny_run, "zh", "cpu")
+    dreams = world.dream_factory(1.15, 8, 0)
+    params = np.random.default_rng(0).normal(0, 0.5, (3, world.n_params))
+    returns = world.dream_returns(dreams(6), params, 2, seed=5)
+    dream = dreams(6)
+    assert dream.batch_size == 6 and returns.shape == (3, 2)
+    assert np.allclose(returns.ravel(), dream.returns.numpy(), atol=1e-6)
+    assert np.allclose(world.dream_returns(dreams(6), params, 2, seed=5), returns)  # seeded dream: repeatable
+
+
+def test_real_run_completes_and_checkpoints(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("controller"))
+    summary = tc.run(stage_cfg(run, where="real", workers=2, max_steps=5, popsize=3, rollouts=1))
+    state = load_checkpoint(run / "controller", kind="controller")
+    assert summary["generation"] == state["generation"] == 2 and state["config"]["where"] == "real"
+    records = read_metrics(run / "controller" / "metrics.jsonl")
+    assert len(records) == 2 and all(np.isfinite(r["cmaes/mean"]) and "eval/mean" in r for r in records)
+    # CarRacing gives -0.1 per frame off the tiles: 5 steps of a random car end near -0.5, plus any tiles
+    assert all(-1.0 < r["cmaes/worst"] for r in records)
+
+
+def _descendants(pid: int) -> list[int]:
+    import os
+
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def test_dead_real_env_worker_gives_clear_error(tiny_run, tmp_path):
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("controller"))
+    proc = subprocess.Popen([sys.executable, "-m", "worldmodels", "train-controller", "--run", str(run),
+                             "--where", "real", "--workers", "2", "--popsize", "4", "--rollouts", "2",
+                             "--generations", "1000", "--max-steps", "50", "--eval-every", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (run / "controller" / "checkpoint.pt").exists() and time.time() < deadline:
+            time.sleep(0.2)  # the pool is up and a generation is done
+        assert proc.poll() is None, proc.communicate()
+        workers = [p for p in _descendants(proc.pid)]
+        assert workers, "no worker processes found"
+        os.kill(workers[-1], signal.SIGKILL)
+        killed_at = time.time()
+        out, err = proc.communicate(timeout=30)
+        assert time.time() - killed_at < 15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1
+    assert "worker process died" in err and "Traceback" not in err
+    assert load_checkpoint(run / "controller")["generation"] >= 1  # completed generations kept
