@@ -1,0 +1,217 @@
+"""The batched dream: agreement with M and with single dreams, temperature, done masking, gymnasium envs."""
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+from worldmodels.dream import DreamEnv, DreamGymEnv, DreamVectorEnv
+from worldmodels.errors import WorldModelsError
+from worldmodels.models.mdrnn import MDRNN
+
+Z, A, H, K = 4, 2, 16, 3
+
+
+class TinyDecoder(torch.nn.Module):
+    """Stands in for V where a picture is needed: z -> (B, 3, 64, 64) in [0, 1]."""
+
+    def __init__(self, z_dim=Z):
+        super().__init__()
+        self.fc = torch.nn.Linear(z_dim, 3 * 64 * 64)
+
+    def decode(self, z):
+        return torch.sigmoid(self.fc(z)).view(-1, 3, 64, 64)
+
+
+def make_model(seed=0, dtype=torch.float32, done_bias=-5.0):
+    torch.manual_seed(seed)
+    m = MDRNN(Z, A, H, K).to(dtype).eval()
+    with torch.no_grad():
+        m.head.bias[-1] = done_bias  # rarely done unless a test wants it
+    return m
+
+
+def initial(n=5, seed=1, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, Z, generator=g, dtype=dtype), torch.full((n, Z), -2.0, dtype=dtype)
+
+
+def test_batched_members_equal_single_dreams():
+    m = make_model(dtype=torch.float64, done_bias=0.0)
+    with torch.no_grad():
+        m.head.weight[-1] *= 20  # some members end early, so freezing is exercised too
+    B, steps = 6, 12
+    acts = torch.rand(steps, B, A, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 2 - 1
+    batched = DreamEnv(None, m, initial(dtype=torch.float64), 1.2, B, "cpu", 10, seed=11)
+    singles = [DreamEnv(None, m, initial(dtype=torch.float64), 1.2, 1, "cpu", 10, seed=11, stream_ids=[b])
+               for b in range(B)]
+    obs = batched.reset()
+    for b, env in enumerate(singles):
+        assert torch.allclose(env.reset(), obs[b:b + 1], atol=1e-10)
+    for t in range(steps):
+        obs, rew, done, _ = batched.step(acts[t])
+        for b, env in enumerate(singles):
+            o, r, d, _ = env.step(acts[t, b:b + 1])
+            assert torch.allclose(o, obs[b:b + 1], atol=1e-8) and torch.allclose(r, rew[b:b + 1], atol=1e-8)
+            assert bool(d[0]) == bool(done[b])
+    assert 0 < int(batched.done.sum()) and batched.all_done()
+    assert torch.equal(batched.lengths, torch.cat([e.lengths for e in singles]))
+    assert len(set(obs[:, 0].tolist())) == B  # members really draw different numbers
+
+
+def test_dream_step_follows_mdrnn_step():
+    m = make_model()
+    env = DreamEnv(None, m, initial(), 1.0, 8, "cpu", 50, obs_mode="zch", seed=3)
+    obs = env.reset()
+    z, state = obs[:, :Z], None
+    for t in range(5):
+        a = torch.randn(8, A)
+        with torch.no_grad():
+            out, state = m.step(z, a, state)
+        obs, reward, _, _ = env.step(a)
+        z, c, h = obs[:, :Z], obs[:, Z:Z + H], obs[:, Z + H:]
+        assert torch.allclose(h, state[0], atol=1e-5) and torch.allclose(c, state[1], atol=1e-5)
+        assert torch.allclose(reward, out.reward, atol=1e-5)
+
+
+@pytest.mark.parametrize("tau", [0.05, 1.3])
+def test_dream_samples_the_tempered_mixture(tau):
+    m = make_model(seed=2)
+    with torch.no_grad():
+        m.head.weight[:Z * K] *= 4  # peaked mixture weights make the temperature matter
+    n = 40000
+    one = (torch.randn(1, Z), torch.full((1, Z), -40.0))  # every member starts at the same z
+    env = DreamEnv(None, m, one, tau, n, "cpu", 5, seed=4)
+    obs0 = env.reset()
+    a = torch.full((n, A), 0.3)
+    z1 = env.step(a)[0][:, :Z]
+    with torch.no_grad():
+        out, _ = m.step(obs0[:1, :Z], a[:1])
+    pi = torch.softmax(out.logpi[0] / tau, -1)  # (Z, K)
+    mu, sigma = out.mu[0], out.logsigma[0].exp() * math.sqrt(tau)
+    mean = (pi * mu).sum(-1)
+    var = (pi * (sigma ** 2 + mu ** 2)).sum(-1) - mean ** 2
+    se = (var / n).sqrt()
+    assert ((z1.mean(0) - mean).abs() < 5 * se + 1e-4).all()
+    assert torch.allclose(z1.var(0), var, rtol=0.05, atol=1e-5)
+
+
+def test_done_members_are_frozen_until_all_are_done():
+    m = make_model(done_bias=0.0)
+    with torch.no_grad():
+        m.head.weight[-1] *= 20
+    B = 32
+    env = DreamEnv(None, m, initial(), 1.0, B, "cpu", max_steps=6, reward="survival", seed=0)
+    env.reset()
+    seen_done = torch.zeros(B, dtype=torch.bool)
+    frozen_obs = frozen_ret = None
+    for t in range(9):
+        obs, reward, done, info = env.step(torch.rand(B, A) * 2 - 1)
+        if frozen_obs is not None:
+            assert torch.equal(obs[seen_done], frozen_obs[seen_done])
+            assert torch.equal(env.returns[seen_done], frozen_ret[seen_done])
+            assert (reward[seen_done] == 0).all()
+        assert not (info["terminated"] & seen_done).any()
+        seen_done |= done
+        frozen_obs, frozen_ret = obs.clone(), env.returns.clone()
+    assert env.all_done() and 0 < int((env.lengths < 6).sum()) < B  # some ended early, others were cut
+    assert torch.equal(env.returns, env.lengths.float())  # survival: +1 per step alive
+    assert env.lengths.max() == 6
+
+
+def test_seeds_and_episodes():
+    m = make_model()
+    env = DreamEnv(None, m, initial(), 1.0, 4, "cpu", 20, seed=9)
+    first = env.reset()
+    nxt = env.step(torch.zeros(4, A))[0]
+    assert torch.equal(env.reset(seed=9), first) and torch.equal(env.step(torch.zeros(4, A))[0], nxt)
+    assert not torch.equal(env.reset(), first)  # a new episode draws new numbers
+    assert not torch.equal(env.reset(seed=10), first)
+
+
+def test_augmentation_hook():
+    class Shift:
+        def __init__(self):
+            self.calls = []
+
+        def reset(self, batch_size, max_steps, generator, device):
+            self.calls.append(("reset", batch_size, max_steps, isinstance(generator, torch.Generator)))
+
+        def __call__(self, z_next, ctx):
+            self.calls.append(("step", ctx.step, tuple(ctx.state[0].shape)))
+            return torch.full_like(z_next, 7.0)
+
+    aug = Shift()
+    env = DreamEnv(None, make_model(), initial(), 1.0, 3, "cpu", 10, seed=0, augmentations=[aug])
+    env.reset()
+    obs = env.step(torch.zeros(3, A))[0]
+    env.step(torch.zeros(3, A))
+    assert (obs[:, :Z] == 7.0).all()
+    assert aug.calls == [("reset", 3, 10, True), ("step", 0, (3, H)), ("step", 1, (3, H))]
+
+
+def test_bad_arguments_are_clear_errors():
+    m = make_model()
+    with pytest.raises(WorldModelsError, match="reward"):
+        DreamEnv(None, m, initial(), reward="money")
+    with pytest.raises(WorldModelsError, match="initial_latents"):
+        DreamEnv(None, m, (torch.zeros(3, Z + 1), torch.zeros(3, Z + 1)))
+    env = DreamEnv(None, m, initial(), batch_size=2)
+    env.reset()
+    with pytest.raises(WorldModelsError, match="actions must have shape"):
+        env.step(torch.zeros(3, A))
+    with pytest.raises(WorldModelsError, match="no VAE"):
+        env.frames()
+
+
+def test_discrete_actions_are_one_hot():
+    m = make_model()
+    env = DreamEnv(None, m, initial(), 1.0, 3, "cpu", 10, seed=1)
+    env.reset()
+    z0 = env.z.clone()
+    h = env.step(torch.tensor([0, 1, 1]))[0][:, Z:]
+    with torch.no_grad():
+        _, (h_ref, _) = m.step(z0, torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]))
+    assert torch.allclose(h, h_ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("space", [None, {"type": "discrete", "n": A}])
+def test_dream_gym_env_passes_check_env(space):
+    env = DreamGymEnv(TinyDecoder(), make_model(), initial(), 1.0, "cpu", max_steps=20, action_space=space,
+                      render_mode="rgb_array")
+    check_env(env, skip_render_check=False)
+    obs, _ = env.reset(seed=3)
+    assert obs.shape == (Z + H,) and obs.dtype == np.float32
+    frame = env.render()
+    assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8
+    total, steps, ended = 0.0, 0, False
+    while not ended:
+        obs, r, term, trunc, _ = env.step(env.action_space.sample())
+        total, steps, ended = total + r, steps + 1, term or trunc
+    assert steps <= 20 and total == pytest.approx(float(env.dream.returns[0]), abs=1e-4)
+
+
+def test_vector_env_steps_and_autoresets():
+    m = make_model(done_bias=0.0)
+    with torch.no_grad():
+        m.head.weight[-1] *= 20
+    n = 16
+    venv = DreamVectorEnv(None, m, initial(), n, 1.0, "cpu", max_steps=4, seed=2, reward="survival")
+    assert isinstance(venv, gym.vector.VectorEnv) and venv.observation_space.shape == (n, Z + H)
+    obs, _ = venv.reset(seed=2)
+    ended_before = np.zeros(n, bool)
+    episodes = 0
+    for t in range(12):
+        obs2, rew, term, trunc, _ = venv.step(venv.action_space.sample())
+        assert obs2.shape == (n, Z + H) and rew.shape == (n,)
+        # members that ended last step restart now: reward 0, not ended, a fresh first observation
+        assert (rew[ended_before] == 0).all() and not (term | trunc)[ended_before].any()
+        assert (rew[~ended_before] == 1).all()
+        episodes += int((term | trunc).sum())
+        ended_before = term | trunc
+        obs = obs2
+    assert episodes > n  # members restarted and ended again
+    assert venv.dream.lengths.max() <= 4

@@ -1,0 +1,272 @@
+"""DreamEnv: B imagined episodes of M stepped together as a few batched tensor ops on one device.
+
+One step is: write the action into a persistent [a | z | h] buffer, one fused matmul for all four LSTM
+gates, in-place gate nonlinearities, one matmul for the mixture/reward/done head, a mixture sample
+with the temperature, then the freeze of finished members. There is no per-member Python loop and no
+host synchronisation inside ``step`` (``all_done()`` syncs, only when called). Random numbers come from
+per-member counter-based streams (``worldmodels.dream.rng``), so a member of a batched dream equals
+a single dream with the same seed and stream id.
+
+M's weights are copied into the fused layout at every ``reset()``, so a dream always uses the
+weights M has at the start of its episodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from worldmodels.dream import rng
+from worldmodels.errors import WorldModelsError
+from worldmodels.models.mdrnn import MDRNN
+
+OBS_MODES = ("zh", "zch", "z")
+REWARDS = ("predicted", "survival")
+
+
+@dataclasses.dataclass
+class AugmentContext:
+    """What an augmentation sees at each step (see docs/mdrnn.md, "Augmentation hook")."""
+
+    step: int  # step() calls since reset()
+    t: torch.Tensor  # (B,) int64: each member's step index within its episode
+    state: tuple[torch.Tensor, torch.Tensor]  # (h, c) after this step's LSTM update, each (B, H)
+    vae: Any
+    mdrnn: MDRNN
+    generator: torch.Generator
+    device: torch.device
+
+
+class DreamEnv:
+    """A batched dream of M: ``reset() -> obs (B, obs_dim)``, ``step(actions) -> (obs, reward, done, info)``."""
+
+    def __init__(self, vae: Any, mdrnn: MDRNN, initial_latents: tuple[torch.Tensor, torch.Tensor],
+                 temperature: float = 1.0, batch_size: int = 1, device: torch.device | str = "cpu",
+                 max_steps: int = 1000, reward: str = "predicted", obs_mode: str = "zh", seed: int | None = None,
+                 augmentations: Sequence[Any] = (), stream_ids: torch.Tensor | Sequence[int] | None = None):
+        """``initial_latents`` = (mu, logvar) (N, Z) of real first frames; ``stream_ids`` (B,) picks each
+        member's random stream (default 0..B-1)."""
+        if reward not in REWARDS:
+            raise WorldModelsError(f"dream reward must be one of {', '.join(REWARDS)}, got {reward!r}")
+        if obs_mode not in OBS_MODES:
+            raise WorldModelsError(f"dream obs_mode must be one of {', '.join(OBS_MODES)}, got {obs_mode!r}")
+        if not temperature > 0:
+            raise WorldModelsError(f"dream temperature must be positive, got {temperature}")
+        if batch_size < 1 or max_steps < 1:
+            raise WorldModelsError(f"dream batch_size and max_steps must be >= 1, got {batch_size}, {max_steps}")
+        self.device = torch.device(device)
+        self.vae, self.mdrnn = vae, mdrnn
+        self.dtype = mdrnn.lstm.weight_hh_l0.dtype
+        mu0, logvar0 = (torch.as_tensor(x).to(self.device, self.dtype) for x in initial_latents)
+        if mu0.ndim != 2 or mu0.shape != logvar0.shape or mu0.shape[1] != mdrnn.z_dim or len(mu0) == 0:
+            raise WorldModelsError(f"initial_latents must be (mu, logvar) of shape (N, {mdrnn.z_dim}), "
+                                   f"got {tuple(mu0.shape)} and {tuple(logvar0.shape)}")
+        self.initial_mu, self.initial_sigma = mu0, torch.exp(0.5 * logvar0)
+        self.temperature, self.batch_size, self.max_steps = float(temperature), batch_size, max_steps
+        self.reward_mode, self.obs_mode = reward, obs_mode
+        self.augmentations = list(augmentations)
+        self.seed = int(torch.randint(0, 2**62, ()).item()) if seed is None else int(seed)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(self.seed)
+
+        B, Z, A, H = batch_size, mdrnn.z_dim, mdrnn.action_dim, mdrnn.hidden
+        ids = torch.arange(B) if stream_ids is None else torch.as_tensor(stream_ids, dtype=torch.int64)
+        if ids.shape != (B,):
+            raise WorldModelsError(f"stream_ids must have shape ({B},), got {tuple(ids.shape)}")
+        self._stream_ids = ids.to(self.device)
+        self._idx_keys = rng.index_keys(2 * Z, self.device)
+        self._init_idx_keys = rng.index_keys(Z + 1, self.device)
+        dev, dt = self.device, self.dtype
+        self._xh = torch.zeros(B, A + Z + H, device=dev, dtype=dt)  # [a | z | h], the fused matmul's input
+        self._c = torch.zeros(B, H, device=dev, dtype=dt)
+        self._gates = torch.empty(B, 4 * H, device=dev, dtype=dt)
+        self._survival = torch.ones(B, device=dev, dtype=dt)
+        self.returns = torch.zeros(B, device=dev, dtype=dt)
+        self.lengths = torch.zeros(B, device=dev, dtype=torch.int64)
+        self.done = torch.ones(B, device=dev, dtype=torch.bool)  # nothing runs before reset()
+        self._episodes = torch.full((B,), -1, device=dev, dtype=torch.int64)
+        self._keys = rng.stream_keys(self.seed, self._stream_ids)
+        self._ep_keys = self._keys
+        self.n_steps = 0
+
+    # --- sizes -------------------------------------------------------------------------------------
+    @property
+    def z(self) -> torch.Tensor:
+        """Current latents (B, Z) (a view: clone it to keep it)."""
+        A, Z = self.mdrnn.action_dim, self.mdrnn.z_dim
+        return self._xh[:, A:A + Z]
+
+    @property
+    def state(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Current LSTM state (h, c), each (B, H) (views)."""
+        return self._xh[:, self.mdrnn.action_dim + self.mdrnn.z_dim:], self._c
+
+    @property
+    def obs_dim(self) -> int:
+        Z, H = self.mdrnn.z_dim, self.mdrnn.hidden
+        return {"z": Z, "zh": Z + H, "zch": Z + 2 * H}[self.obs_mode]
+
+    def _obs(self) -> torch.Tensor:
+        A = self.mdrnn.action_dim
+        if self.obs_mode == "zh":
+            return self._xh[:, A:].clone()  # [z | h] lies contiguous in the buffer
+        if self.obs_mode == "z":
+            return self.z.clone()
+        h, c = self.state
+        return torch.cat([self.z, c, h], dim=1)
+
+    # --- episodes ----------------------------------------------------------------------------------
+    def _load_weights(self) -> None:
+        """Copy M into the dream's fused layout, folding constants into the weights.
+
+        LSTM: gate rows [i, f, o, g] with g's rows doubled, so one sigmoid serves all four gates
+        (tanh(x) = 2 sigmoid(2x) - 1, and sigmoid is several times faster than tanh on CPU); input
+        columns [a | z | h]. Head: mixture columns component-major (K, Z), so reductions over K run on
+        contiguous rows; logits divided by tau; log sigma shifted by log sqrt(2 tau), so a sample is
+        mu_k + exp(logsigma_k) * erfinv(2u - 1).
+        """
+        m, Z, K = self.mdrnn, self.mdrnn.z_dim, self.mdrnn.n_gaussians
+        ZK, tau = Z * K, self.temperature
+        with torch.no_grad():
+            w_ih, w_hh = m.lstm.weight_ih_l0, m.lstm.weight_hh_l0  # (4H, Z+A), (4H, H); rows i, f, g, o
+            w = torch.cat([w_ih[:, Z:], w_ih[:, :Z], w_hh], dim=1)  # (4H, A+Z+H)
+            b = m.lstm.bias_ih_l0 + m.lstm.bias_hh_l0
+            i, f, g, o = w.chunk(4, 0)
+            bi, bf, bg, bo = b.chunk(4, 0)
+            self._w = torch.cat([i, f, o, 2 * g], 0).t().contiguous().to(self.device, self.dtype)  # (A+Z+H, 4H)
+            self._b = torch.cat([bi, bf, bo, 2 * bg], 0).to(self.device, self.dtype)
+            hw, hb = m.head.weight, m.head.bias  # (3ZK+2, H), (3ZK+2,)
+            per_component = torch.arange(ZK, device=hw.device).view(Z, K).t().reshape(-1)  # (Z,K) -> (K,Z)
+            order = torch.cat([per_component + j * ZK for j in range(3)] + [torch.arange(3 * ZK, 3 * ZK + 2)])
+            scale = torch.ones(3 * ZK + 2, dtype=hw.dtype, device=hw.device)
+            scale[:ZK] = 1.0 / tau
+            shift = torch.zeros_like(scale)
+            shift[2 * ZK:3 * ZK] = 0.5 * math.log(2 * tau)
+            self._head_w = (hw[order] * scale[:, None]).t().contiguous().to(self.device, self.dtype)  # (H, 3ZK+2)
+            self._head_b = (hb[order] * scale + shift).to(self.device, self.dtype)
+
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        """Start B new episodes from real first frames; a seed restarts the random streams."""
+        if seed is not None:
+            self.seed = int(seed)
+            self._keys = rng.stream_keys(self.seed, self._stream_ids)
+            self._episodes.fill_(-1)
+            self.generator.manual_seed(self.seed)
+        self._load_weights()
+        self.n_steps = 0
+        self.reset_members(torch.ones(self.batch_size, dtype=torch.bool, device=self.device))
+        for aug in self.augmentations:
+            aug.reset(self.batch_size, self.max_steps, self.generator, self.device)
+        return self._obs()
+
+    def reset_members(self, mask: torch.Tensor) -> torch.Tensor:
+        """Start a new episode for the members where ``mask`` (B,) is true; the others keep going."""
+        mask = mask.to(self.device)
+        self._episodes += mask
+        self._ep_keys = rng.episode_keys(self._keys, self._episodes)
+        first = torch.full_like(self.lengths, -1)
+        u = rng.uniforms(self._ep_keys, first, self._init_idx_keys, self.dtype)  # (B, Z+1)
+        n = len(self.initial_mu)
+        pick = (u[:, 0] * n).long().clamp_(max=n - 1)
+        z0 = self.initial_mu[pick] + self.initial_sigma[pick] * torch.special.ndtri(u[:, 1:])  # (B, Z)
+        A, Z = self.mdrnn.action_dim, self.mdrnn.z_dim
+        keep = ~mask.unsqueeze(1)
+        self._xh[:, A:A + Z] = torch.where(keep, self.z, z0)
+        self._xh[:, A + Z:] *= keep
+        self._c *= keep
+        self.returns *= ~mask
+        self.lengths *= ~mask
+        self.done &= ~mask
+        return self._obs()
+
+    def all_done(self) -> bool:
+        """True when every member has finished (synchronises with the device)."""
+        return bool(self.done.all())
+
+    # --- the step ----------------------------------------------------------------------------------
+    def _write_actions(self, actions: Any) -> None:
+        A = self.mdrnn.action_dim
+        a = torch.as_tensor(actions, device=self.device)
+        buf = self._xh[:, :A]
+        if a.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            if a.shape != (self.batch_size,):
+                raise WorldModelsError(f"discrete actions must have shape ({self.batch_size},), got {tuple(a.shape)}")
+            buf.zero_().scatter_(1, a.long().unsqueeze(1), 1.0)
+        else:
+            if a.shape != (self.batch_size, A):
+                raise WorldModelsError(f"actions must have shape ({self.batch_size}, {A}), got {tuple(a.shape)}")
+            buf.copy_(a)
+
+    def step(self, actions: Any, frozen: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Advance every unfinished member one step.
+
+        actions: float (B, A) or integer (B,) (one-hot for M). ``frozen`` (B,) bool: members that must not
+        move this step (besides finished ones). Returns obs (B, obs_dim), reward (B,) (0 for members that
+        did not move), done (B,) bool (finished, now or before), and info with this step's newly
+        ``terminated`` (done logit > 0) and ``truncated`` (max_steps reached) members.
+        """
+        m = self.mdrnn
+        Z, A, H, K = m.z_dim, m.action_dim, m.hidden, m.n_gaussians
+        ZK = Z * K
+        self._write_actions(actions)
+        alive = ~self.done if frozen is None else ~(self.done | frozen.to(self.device))  # (B,)
+
+        gates = torch.addmm(self._b, self._xh, self._w, out=self._gates).sigmoid_()  # (B, 4H): i f o | g
+        i, f, o, g = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
+        g.mul_(2).sub_(1)  # = tanh of the raw g gate
+        c_new = torch.addcmul(f * self._c, i, g)  # (B, H)
+        h_new = torch.sigmoid(2 * c_new).mul_(2).sub_(1).mul_(o)  # o * tanh(c_new)
+        out = torch.addmm(self._head_b, h_new, self._head_w)  # (B, 3ZK+2), mixtures as (K, Z)
+        u = rng.uniforms(self._ep_keys, self.lengths, self._idx_keys, self.dtype)  # (B, 2Z)
+        z_next = self._sample(out, u[:, :Z], torch.erfinv(u[:, Z:].mul(2).sub_(1)))  # (B, Z)
+        if self.augmentations:
+            ctx = AugmentContext(self.n_steps, self.lengths, (h_new, c_new), self.vae, m, self.generator, self.device)
+            for aug in self.augmentations:
+                z_next = aug(z_next, ctx)
+
+        alive_col = alive.unsqueeze(1)
+        z, (h, c) = self.z, self.state
+        torch.where(alive_col, z_next, z, out=z)
+        torch.where(alive_col, h_new, h, out=h)
+        torch.where(alive_col, c_new, c, out=c)
+        reward = out[:, 3 * ZK] if self.reward_mode == "predicted" else self._survival
+        reward = reward * alive
+        self.returns += reward
+        self.lengths += alive
+        terminated = alive & (out[:, 3 * ZK + 1] > 0)
+        truncated = alive & ~terminated & (self.lengths >= self.max_steps)
+        self.done |= terminated | truncated
+        self.n_steps += 1
+        return self._obs(), reward, self.done.clone(), {"terminated": terminated, "truncated": truncated}
+
+    def _sample(self, out: torch.Tensor, u: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """One mixture sample per dimension from the head's output (dream layout), u uniform, eps normal/sqrt 2."""
+        m = self.mdrnn
+        B, Z, K = out.shape[0], m.z_dim, m.n_gaussians
+        ZK = Z * K
+        logits = out[:, :ZK].view(B, K, Z)  # already divided by tau
+        cdf = (logits - logits.amax(1, keepdim=True)).exp_().cumsum_(1)  # (B, K, Z), unnormalised
+        k = (cdf[:, :-1] < (u * cdf[:, -1]).unsqueeze(1)).sum(1)  # (B, Z): the inverse CDF at u
+        picked = out[:, ZK:3 * ZK].view(B, 2, K, Z).gather(2, k.view(B, 1, 1, Z).expand(B, 2, 1, Z))  # (B, 2, 1, Z)
+        return torch.addcmul(picked[:, 0, 0], picked[:, 1, 0].exp(), eps)
+
+    # --- pictures ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def frames(self, members: Sequence[int] | slice | None = None) -> np.ndarray:
+        """Decode the current latents of some members with V: uint8 (n, 64, 64, 3)."""
+        if self.vae is None:
+            raise WorldModelsError("this dream has no VAE to decode frames with")
+        z = self.z if members is None else self.z[members]
+        x = self.vae.decode(z.to(next(self.vae.parameters()).dtype))  # (n, 3, 64, 64) in [0, 1]
+        return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def flops_per_step(mdrnn: MDRNN, batch_size: int) -> int:
+    """Multiply-add FLOPs (2 per MAC) of one dream step's two matmuls: the LSTM gates and the head."""
+    Z, A, H, K = mdrnn.z_dim, mdrnn.action_dim, mdrnn.hidden, mdrnn.n_gaussians
+    return 2 * batch_size * ((A + Z + H) * 4 * H + H * (3 * Z * K + 2))
