@@ -44,7 +44,8 @@ class Agent:
         """uint8 frame (64, 64, 3) -> the env action; advances M by one step."""
         from worldmodels.models.vae import frames_to_tensor
 
-        mu, logvar = self.vae.encode(frames_to_tensor(obs[None]))  # (1, Z) each
+        # np.array copies: envs may hand out read-only frames, which torch warns about
+        mu, logvar = self.vae.encode(frames_to_tensor(np.array(obs[None])))  # (1, Z) each
         z = mu
         if self.sample_z:
             z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=self.generator)

@@ -1,0 +1,108 @@
+"""Score the evolved controller C, with V and M, in the real env over many episodes.
+
+Episode i is played with env seed episode_seed(seed, i, "eval"): a range disjoint from the seeds of
+collection and training, so no evaluation episode was seen before. ProcGen --levels test plays levels
+never used in collection (a disjoint start_level range); --levels train replays the collection's levels.
+Other envs have no levels: both choices play fresh eval seeds. Per-episode results depend only on the
+seed, not on the number of workers.
+
+Writes <run>/eval-<levels>/: returns.csv (episode, seed, level, return, length), summary.json
+(mean, std, min, max, ... and what was evaluated) and episode.gif (episode 0, frames upscaled).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from worldmodels.config import option
+from worldmodels.errors import WorldModelsError
+from worldmodels.utils import atomic_write_text
+
+CSV_COLUMNS = ("episode", "seed", "level", "return", "length")
+GIF_MAX_FRAMES = 400
+
+
+@dataclasses.dataclass
+class Config:
+    run: str = option("runs/default", "run folder with vae/, mdrnn/ and controller/")
+    episodes: int = option(100, "real-env episodes to play")
+    workers: int = option(-1, "worker processes (-1: one per CPU core, 0: inline)")
+    levels: Literal["train", "test"] = option("test", "ProcGen levels: test = never seen in collection")
+    max_steps: Optional[int] = option(None, "episode step limit (default: the env's own)")
+    seed: int = option(0, "evaluation seed: episode i plays env seed episode_seed(seed, i, 'eval')")
+    params: Literal["auto", "best", "mean"] = option(
+        "auto", "which controller: best = best candidate of any generation, mean = CMA-ES mean now, "
+                "auto = the mean solution with the best periodic score (best if none was scored)")
+    gif: bool = option(True, "record episode 0 as episode.gif")
+
+
+def controller_params(state: dict[str, Any], which: str) -> tuple[np.ndarray, str]:
+    """The parameter vector a controller checkpoint offers under ``which``, and a label for it."""
+    if which == "mean":
+        return np.asarray(state["mean"]), f"CMA-ES mean after generation {state['generation']}"
+    best_eval = state.get("best_eval") or {}
+    if which == "auto" and best_eval.get("generation", -1) >= 0:
+        return np.asarray(best_eval["params"]), (f"mean solution of generation {best_eval['generation'] + 1} "
+                                                 f"(periodic score {best_eval['score']:.2f})")
+    return np.asarray(state["best"]["params"]), f"best candidate (fitness {state['best']['fitness']:.2f})"
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Evaluate ``cfg.run``'s controller; returns the summary written to summary.json."""
+    from worldmodels.agent import init_worker, load_world, worker_episode
+    from worldmodels.checkpoint import load_checkpoint
+    from worldmodels.envs import episode_seed
+    from worldmodels.parallel import WorkerPool
+    from worldmodels.plots import episode_gif
+    from worldmodels.stages.train_controller import n_workers
+
+    if cfg.episodes < 1:
+        raise WorldModelsError(f"episodes must be at least 1, got {cfg.episodes}")
+    run_dir = Path(cfg.run)
+    state = load_checkpoint(run_dir / "controller", kind="controller")
+    identity, train_cfg = state["identity"], state["config"]
+    world = load_world(run_dir, identity["obs_mode"], "cpu", latents=train_cfg.get("latents"))
+    for key, now in (("vae_id", world.vae_id), ("mdrnn_id", world.mdrnn_id), ("input_dim", world.input_dim)):
+        if identity.get(key) != now:
+            raise WorldModelsError(f"{run_dir}: the controller was evolved with a different {key.split('_')[0]} "
+                                   f"than the one in the run now; retrain the controller (--fresh)")
+    params, label = controller_params(state, cfg.params)
+    spec = world.worker_spec(cfg.max_steps, levels=cfg.levels)
+    out_dir = run_dir / f"eval-{cfg.levels}"
+    tasks = [(params, episode_seed(cfg.seed, i, "eval"), cfg.gif and i == 0) for i in range(cfg.episodes)]
+    rows, frames = [], None
+    with WorkerPool(n_workers(cfg.workers), init_worker, (spec,), what="evaluation") as pool:
+        bar = tqdm(pool.imap(worker_episode, tasks), total=len(tasks), desc="evaluate", unit="episode")
+        for i, result in bar:
+            rows.append((i, tasks[i][1], result["level"], result["return"], result["length"]))
+            if result["frames"] is not None:
+                frames = result["frames"]
+            bar.set_postfix(mean=f"{np.mean([r[3] for r in rows]):.1f}")
+    returns = np.array([r[3] for r in rows])
+    summary = {"env": world.env, "levels": cfg.levels, "env_kwargs": spec["env_kwargs"], "episodes": len(rows),
+               "mean": float(returns.mean()), "std": float(returns.std()), "min": float(returns.min()),
+               "max": float(returns.max()), "median": float(np.median(returns)),
+               "mean_length": float(np.mean([r[4] for r in rows])), "seed": cfg.seed, "params": cfg.params,
+               "controller": label, "controller_id": state["id"], "generation": state["generation"],
+               "vae_id": world.vae_id, "mdrnn_id": world.mdrnn_id, "obs_mode": identity["obs_mode"],
+               "trained_where": train_cfg.get("where"), "temperature": train_cfg.get("temperature")}
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(CSV_COLUMNS)
+    writer.writerows(rows)
+    atomic_write_text(out_dir / "returns.csv", buf.getvalue())
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if frames is not None:
+        stride = max(1, -(-len(frames) // GIF_MAX_FRAMES))  # long episodes: every stride-th frame
+        episode_gif(frames[::stride], out_dir / "episode.gif", fps=max(1, 30 // stride))
+    print(f"evaluate: {world.env} ({cfg.levels} levels), {len(rows)} episodes: "
+          f"{summary['mean']:.2f} ± {summary['std']:.2f}  -> {out_dir}")
+    return summary
