@@ -1,0 +1,245 @@
+"""HDF5 episode files: exact round trips, validation of damaged files, refusals, and kill -9 safety."""
+
+import multiprocessing as mp
+import pickle
+import random
+import subprocess
+import sys
+import textwrap
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from worldmodels.data import LATENTS, ROLLOUTS, EpisodeWriter, open_latents, open_rollouts
+from worldmodels.errors import WorldModelsError
+
+BOX = {"type": "box", "shape": [3], "low": [-1.0, 0.0, 0.0], "high": [1.0, 1.0, 1.0]}
+ATTRS = dict(env="carracing", env_kwargs={"a": [1, 2]}, action_space=BOX, policy="brownian", seed=3, max_steps=None)
+DISCRETE_ATTRS = dict(ATTRS, env="doom-takecover", action_space={"type": "discrete", "n": 3}, policy="repeat")
+
+
+def episode(i, discrete=False, max_len=300):
+    """Deterministic synthetic episode ``i`` (contents depend only on i)."""
+    rng = np.random.default_rng(i)
+    n = int(rng.integers(1, max_len))
+    action = rng.integers(0, 3, n) if discrete else rng.uniform(-1, 1, (n, 3)).astype(np.float32)
+    return dict(obs=rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8), action=action,
+                reward=rng.normal(size=n).astype(np.float32), terminated=rng.random(n) < 0.3,
+                truncated=rng.random(n) < 0.3)
+
+
+def write(path, n, attrs=ATTRS, discrete=False):
+    with EpisodeWriter(path, ROLLOUTS, attrs) as w:
+        for i in range(w.n_episodes, n):
+            w.append(episode(i, discrete), seed=100 + i, level=i)
+    return path
+
+
+def assert_episode_equal(got, want):
+    assert sorted(got) == sorted(want)
+    for key in want:
+        assert got[key].dtype == np.asarray(want[key]).dtype or key == "action", key
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_round_trip_is_exact(tmp_path, discrete):
+    attrs = DISCRETE_ATTRS if discrete else ATTRS
+    path = write(tmp_path / "r.h5", 3, attrs, discrete)
+    eps = [episode(i, discrete) for i in range(3)]
+    with open_rollouts(path) as f:
+        assert f.n_episodes == len(f) == 3 and f.n_frames == sum(len(e["obs"]) for e in eps)
+        assert f.attrs["env_kwargs"] == {"a": [1, 2]} and f.attrs["max_steps"] is None
+        assert f.attrs["action_space"] == attrs["action_space"] and f.attrs["schema_version"] == 1
+        assert list(f.episodes["seed"]) == [100, 101, 102] and list(f.episodes["level"]) == [0, 1, 2]
+        assert f.field("action").dtype == (np.int64 if discrete else np.float32)
+        for got, want in zip(f, eps):
+            assert_episode_equal(got, want)
+        assert_episode_equal(f.episode(-1, ["obs"]), {"obs": eps[-1]["obs"]})
+        # global frame indices: read() spans episode boundaries, take() any order with repeats
+        every = {k: np.concatenate([e[k] for e in eps]) for k in eps[0]}
+        np.testing.assert_array_equal(f.read("reward", 5, f.n_frames - 2), every["reward"][5:-2])
+        idx = np.random.default_rng(0).integers(0, f.n_frames, (9, 4))
+        idx[0, 0] = idx[0, 1]
+        for key in ("obs", "action", "terminated"):
+            np.testing.assert_array_equal(f.take(key, idx), every[key][idx])
+        assert f.take("obs", []).shape == (0, 64, 64, 3)
+        with pytest.raises(IndexError):
+            f.take("obs", [f.n_frames])
+        with pytest.raises(IndexError):
+            f.read("obs", 0, f.n_frames + 1)
+
+
+def test_latents_schema_and_required_attrs(tmp_path):
+    attrs = dict(env="carracing", action_space=BOX, z_dim=4, vae_checkpoint="runs/x/vae/checkpoint.pt",
+                 vae_id="abc", rollouts="data/carracing/rollouts.h5")
+    mu = np.arange(20, dtype=np.float32).reshape(5, 4)
+    ep = dict(mu=mu, logvar=-mu, action=np.zeros((5, 3), np.float32), reward=np.ones(5, np.float32),
+              terminated=np.zeros(5, bool), truncated=np.eye(5, dtype=bool)[-1])
+    with EpisodeWriter(tmp_path / "l.h5", LATENTS, attrs) as w:
+        w.append(ep, seed=1)
+    with open_latents(tmp_path / "l.h5") as f:
+        assert f.attrs["vae_id"] == "abc" and f.fields == ["mu", "logvar", "action", "reward", "terminated",
+                                                            "truncated"]
+        assert_episode_equal(f.episode(0), ep)
+    with pytest.raises(WorldModelsError, match="missing: vae_id"):
+        EpisodeWriter(tmp_path / "m.h5", LATENTS, {k: v for k, v in attrs.items() if k != "vae_id"})
+    with pytest.raises(WorldModelsError, match="a worldmodels.latents file, expected worldmodels.rollouts"):
+        open_rollouts(tmp_path / "l.h5")
+
+
+def test_append_rejects_malformed_episodes(tmp_path):
+    with EpisodeWriter(tmp_path / "r.h5", ROLLOUTS, ATTRS) as w:
+        good = episode(0)
+        for bad, match in [({k: v for k, v in good.items() if k != "reward"}, "do not match"),
+                           (dict(good, obs=good["obs"][:, :32]), "shape"),
+                           (dict(good, reward=good["reward"][:-1]), "frames"),
+                           (dict(good, terminated=good["reward"]), "dtype"),
+                           ({k: v[:0] for k, v in good.items()}, "at least one frame")]:
+            with pytest.raises(WorldModelsError, match=match):
+                w.append(bad, seed=0)
+        assert w.n_episodes == 0
+        w.append(good, seed=0)
+    with open_rollouts(tmp_path / "r.h5") as f:
+        assert f.n_episodes == 1 and f.n_frames == len(good["obs"])
+
+
+def test_resume_appends_after_committed_episodes(tmp_path):
+    path = write(tmp_path / "r.h5", 2)
+    with EpisodeWriter(path, ROLLOUTS, ATTRS) as w:
+        assert w.n_episodes == 2
+        # an append interrupted after its frames were written but before the commit leaves extra frames
+        w._file["reward"].resize(w.n_frames + 7, axis=0)
+    write(path, 4)
+    with open_rollouts(path) as f:
+        assert f.n_episodes == 4 and f._file["reward"].shape[0] == f.n_frames
+        for i in range(4):
+            assert_episode_equal(f.episode(i), episode(i))
+
+
+def _damage(path, how):
+    with h5py.File(path, "r+") as f:
+        if how == "missing dataset":
+            del f["reward"]
+        elif how == "wrong dtype":
+            del f["reward"]
+            f.create_dataset("reward", data=np.zeros(f["obs"].shape[0], np.float64))
+        elif how == "wrong shape":
+            del f["action"]
+            f.create_dataset("action", data=np.zeros((f["obs"].shape[0], 2), np.float32))
+        elif how == "wrong schema":
+            f.attrs["schema"] = "someone.else"
+        elif how == "wrong version":
+            f.attrs["schema_version"] = 99
+        elif how == "table gap":
+            f["episodes"][1] = (f["episodes"][1]["start"] + 1, *list(f["episodes"][1])[1:])
+        elif how == "table past data":
+            f["terminated"].resize(f["terminated"].shape[0] - 1, axis=0)
+        elif how == "missing attr":
+            del f.attrs["action_space"]
+
+
+@pytest.mark.parametrize("how,match", [
+    ("missing dataset", "missing dataset 'reward'"), ("wrong dtype", "dtype float64, expected float32"),
+    ("wrong shape", r"shape \(2,\), expected \(3,\)"), ("wrong schema", "a someone.else file"),
+    ("wrong version", "version 99"), ("table gap", "inconsistent"), ("table past data", "covers"),
+    ("missing attr", "missing: action_space")])
+def test_damaged_files_give_one_clear_error(tmp_path, how, match):
+    path = write(tmp_path / "r.h5", 2)
+    _damage(path, how)
+    with pytest.raises(WorldModelsError, match=match):
+        open_rollouts(path)
+
+
+def test_missing_not_hdf5_and_truncated_files(tmp_path):
+    with pytest.raises(WorldModelsError, match="no such file"):
+        open_rollouts(tmp_path / "nope.h5")
+    (tmp_path / "text.h5").write_text("hello")
+    with pytest.raises(WorldModelsError, match="not an HDF5 file"):
+        open_rollouts(tmp_path / "text.h5")
+    path = write(tmp_path / "r.h5", 3)
+    data = path.read_bytes()
+    for keep in (len(data) // 2, len(data) - 100):
+        (tmp_path / "cut.h5").write_bytes(data[:keep])
+        with pytest.raises(WorldModelsError, match="truncated or corrupt"):
+            open_rollouts(tmp_path / "cut.h5")
+
+
+def test_refusals_never_overwrite(tmp_path):
+    path = write(tmp_path / "r.h5", 1)
+    with EpisodeWriter(path, ROLLOUTS, ATTRS):
+        with pytest.raises(WorldModelsError, match="already being written"):
+            EpisodeWriter(path, ROLLOUTS, ATTRS)
+    for other in (dict(ATTRS, env="procgen:coinrun"), dict(ATTRS, seed=4), dict(ATTRS, env_kwargs={}),
+                  dict(ATTRS, policy="random"), dict(ATTRS, max_steps=20)):
+        with pytest.raises(WorldModelsError, match="holds other data.*refusing to overwrite"):
+            EpisodeWriter(path, ROLLOUTS, other)
+    before = path.read_bytes()
+    text = tmp_path / "notes.h5"
+    text.write_text("precious")
+    with pytest.raises(WorldModelsError, match="not an HDF5 file.*refusing to overwrite"):
+        EpisodeWriter(text, ROLLOUTS, ATTRS, fresh=True)
+    latents = dict(env="carracing", action_space=BOX, z_dim=4, vae_checkpoint="c", vae_id="i", rollouts=str(path))
+    with pytest.raises(WorldModelsError, match="worldmodels.rollouts file, expected worldmodels.latents"):
+        EpisodeWriter(path, LATENTS, latents)
+    assert text.read_text() == "precious" and path.read_bytes() == before
+    # fresh=True starts over, but only on a file of the same schema
+    with EpisodeWriter(path, ROLLOUTS, dict(ATTRS, seed=9), fresh=True) as w:
+        assert w.n_episodes == 0
+    assert open_rollouts(path).attrs["seed"] == 9
+
+
+def _read_first_obs(f):
+    return f.episode(0)["obs"].sum()
+
+
+def test_reader_crosses_processes_by_path(tmp_path):
+    path = write(tmp_path / "r.h5", 2)
+    f = open_rollouts(path)
+    copy = pickle.loads(pickle.dumps(f))
+    assert copy.n_episodes == 2 and np.array_equal(copy.episode(1)["obs"], f.episode(1)["obs"])
+    with mp.get_context("fork").Pool(1) as pool:  # a forked copy reopens the file instead of sharing the handle
+        assert pool.apply(_read_first_obs, (f,)) == episode(0)["obs"].sum()
+    assert _read_first_obs(f) == episode(0)["obs"].sum()
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from test_data import ATTRS, episode
+    from worldmodels.data import ROLLOUTS, EpisodeWriter
+    with EpisodeWriter(sys.argv[1], ROLLOUTS, ATTRS) as w:
+        print(w.n_episodes, flush=True)
+        for i in range(w.n_episodes, int(sys.argv[2])):
+            w.append(episode(i, max_len=40), seed=100 + i, level=i)
+""")
+
+
+def test_kill_9_at_random_moments_keeps_committed_episodes(tmp_path):
+    path, n_target = tmp_path / "r.h5", 150
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER.format(tests=str(__import__("pathlib").Path(__file__).parent)))
+    rng = random.Random(0)
+    counts = []
+    for _ in range(5):
+        proc = subprocess.Popen([sys.executable, str(script), str(path), str(n_target)], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        proc.stdout.readline()  # the writer is open (and, after a crash, recovered): kill it while it appends
+        time.sleep(rng.uniform(0.0, 0.15))
+        proc.kill()
+        proc.wait()
+        with open_rollouts(path) as f:
+            counts.append(f.n_episodes)
+            for i in range(f.n_episodes):  # every committed episode is whole and exact
+                assert_episode_equal(f.episode(i), episode(i, max_len=40))
+    print("committed after each kill:", counts)
+    assert counts == sorted(counts) and 0 < counts[-1] < n_target, counts
+    subprocess.run([sys.executable, str(script), str(path), str(n_target)], check=True, capture_output=True)
+    with open_rollouts(path) as f:
+        assert f.n_episodes == n_target
+        assert list(f.episodes["seed"]) == [100 + i for i in range(n_target)]
+        for i in rng.sample(range(n_target), 20):
+            assert_episode_equal(f.episode(i), episode(i, max_len=40))
+    assert not list(tmp_path.glob(".r.h5.*.tmp"))

@@ -1,0 +1,10 @@
+"""HDF5 episode files: schemas, the crash-safe :class:`EpisodeWriter` and the validating :class:`EpisodeFile`.
+
+See ``docs/data.md`` for the layout, field by field.
+"""
+
+from worldmodels.data.files import EpisodeFile, EpisodeWriter, open_latents, open_rollouts
+from worldmodels.data.schema import EPISODE_DTYPE, LATENTS, ROLLOUTS, SCHEMAS, Field, Schema
+
+__all__ = ["EPISODE_DTYPE", "LATENTS", "ROLLOUTS", "SCHEMAS", "EpisodeFile", "EpisodeWriter", "Field", "Schema",
+           "open_latents", "open_rollouts"]
