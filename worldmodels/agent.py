@@ -205,7 +205,8 @@ def load_world(run_dir: Path, obs_mode: str, device: torch.device | str = "cpu",
     m_state = load_checkpoint(run_dir / "mdrnn", kind="mdrnn")
     mdrnn.checkpoint_id, mdrnn.checkpoint_path = m_state["id"], str(checkpoint_file(run_dir / "mdrnn").resolve())
     m_cfg = m_state.get("config") or {}
-    latents_path = Path(latents or m_cfg.get("latents") or "") if (latents or m_cfg.get("latents")) else None
+    latents = latents or (m_state.get("data") or {}).get("path") or m_cfg.get("latents")  # the file M learned from
+    latents_path = Path(latents) if latents else None
     env, action_desc, env_kwargs = m_cfg.get("env"), m_cfg.get("action_space"), {}
     if latents_path is not None:
         from worldmodels.data import open_latents, open_rollouts
