@@ -215,3 +215,26 @@ def test_vector_env_steps_and_autoresets():
         obs = obs2
     assert episodes > n  # members restarted and ended again
     assert venv.dream.lengths.max() <= 4
+
+
+def test_dream_stage_records_a_gif(tmp_path):
+    import imageio.v2 as imageio
+
+    from test_mdrnn import ZT, tiny_cfg, write_latents
+    from worldmodels import cli
+    from worldmodels.checkpoint import save_checkpoint
+    from worldmodels.models.vae import ConvVAE
+    from worldmodels.stages import dream as dream_stage
+    from worldmodels.stages import train_mdrnn
+
+    write_latents(tmp_path / "latents.h5")
+    save_checkpoint(tmp_path / "run" / "vae", "vae", {"model": ConvVAE(ZT).state_dict(), "z_dim": ZT})
+    train_mdrnn.run(tiny_cfg(tmp_path, steps=2, eval_every=2, picture_steps=0))
+    _, cfg = cli.parse_stage_args("dream", ["--run", str(tmp_path / "run"), "--steps", "5", "--members", "2",
+                                            "--out", str(tmp_path / "d.gif"), "--device", "cpu"])
+    result = dream_stage.run(cfg)
+    gif = imageio.mimread(tmp_path / "d.gif")
+    assert len(gif) == result["frames"] and 2 <= len(gif) <= 6 and gif[0].shape[:2] == (64 * 4, 128 * 4)
+    assert result["returns"] == [float(n) for n in result["lengths"]]  # Doom latents: survival reward
+    with pytest.raises(WorldModelsError, match="no checkpoint"):
+        dream_stage.run(dream_stage.Config(run=str(tmp_path / "nothing")))

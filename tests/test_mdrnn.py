@@ -140,3 +140,137 @@ def test_load_mdrnn_round_trip_and_errors(tmp_path):
     save_checkpoint(tmp_path / "bad", "mdrnn", {"model": m.state_dict(), "model_args": {**m.config, "hidden": 9}})
     with pytest.raises(WorldModelsError, match="does not match"):
         load_mdrnn(tmp_path / "bad")
+
+
+# --- the train-mdrnn stage on a tiny latents file ------------------------------------------------------
+
+import subprocess
+import sys
+import numpy as np
+
+from worldmodels import config as cfgmod
+from worldmodels.checkpoint import load_checkpoint, save_checkpoint
+from worldmodels.data import LATENTS, EpisodeWriter, open_latents
+from worldmodels.metrics import read_metrics
+from worldmodels.stages import train_mdrnn
+
+ZT, NA = 3, 3  # latent size and discrete actions of the tiny dataset
+
+
+def write_latents(path, lengths=(12, 30, 7, 25, 18, 9), seed=0):
+    """Episodes whose dynamics M can learn: z_{t+1} = 0.8 z_t + shift[a_t]; mu[:, 2] marks the episode."""
+    rng = np.random.default_rng(seed)
+    shift = np.array([[0.5, 0.0], [-0.5, 0.0], [0.0, 0.5]], np.float32)
+    attrs = {"env": "doom-takecover", "action_space": {"type": "discrete", "n": NA}, "z_dim": ZT,
+             "vae_checkpoint": "", "vae_id": "", "rollouts": ""}
+    with EpisodeWriter(path, LATENTS, attrs) as w:
+        for e, length in enumerate(lengths):
+            a = rng.integers(0, NA, length)
+            mu = np.zeros((length, ZT), np.float32)
+            mu[0, :2] = rng.normal(size=2)
+            for t in range(1, length):
+                mu[t, :2] = 0.8 * mu[t - 1, :2] + shift[a[t - 1]]
+            mu[:, 2] = e
+            term = np.zeros(length, bool)
+            term[-1] = e % 2 == 0
+            w.append({"mu": mu, "logvar": np.full((length, ZT), -6.0, np.float32), "action": a,
+                      "reward": mu[:, 0].copy(), "terminated": term, "truncated": ~term & (np.arange(length) == length - 1)},
+                     seed=e)
+    return str(path)
+
+
+def tiny_cfg(tmp_path, **kw):
+    values = {"latents": str(tmp_path / "latents.h5"), "out": str(tmp_path / "run" / "mdrnn"), "hidden": 16,
+              "n_gaussians": 2, "seq_len": 8, "batch_size": 8, "steps": 40, "eval_every": 20, "lr": 3e-3,
+              "val_fraction": 0.2, "val_batches": 2, "picture_steps": 6, "device": "cpu", **kw}
+    return cfgmod.from_dict(train_mdrnn.Config, values)
+
+
+def test_sequences_never_mix_episodes_and_pad_with_masks(tmp_path):
+    write_latents(tmp_path / "latents.h5")
+    with open_latents(tmp_path / "latents.h5") as src:
+        sampler = train_mdrnn.SequenceSampler(src, np.arange(6), 10, 64, {"type": "discrete", "n": NA})
+        b = sampler.sample(np.random.default_rng(0))
+    ep = b["mu"][:, :, 2]  # (B, T+1): the episode id of every frame read
+    for i in range(64):
+        n = int(b["mask"][i].sum())
+        assert (ep[i, :n + 1][b["mu"][i, :n + 1].abs().sum(-1) > 0] == ep[i, 0]).all()
+        assert n == int(b["mask_z"][i].sum()) + (0 if b["mask_z"][i, n - 1] else 1)
+        assert not b["mask"][i, n:].any() and (b["action"][i, n:] == 0).all()
+        assert torch.equal(b["action"][i, :n].sum(-1), torch.ones(n))  # one-hot
+    assert (b["mask"].sum(1) < 10).any() and (b["mask"].sum(1) == 10).any()  # short episodes padded
+    assert b["done"].sum() > 0  # episode ends are sampled, with their done targets
+
+
+def test_tiny_run_lowers_the_loss_and_records_what_later_stages_need(tmp_path):
+    write_latents(tmp_path / "latents.h5")
+    cfg = tiny_cfg(tmp_path, steps=60)
+    with pytest.warns(UserWarning, match="skipping dream_vs_real"):
+        result = train_mdrnn.run(cfg)
+    records = read_metrics(tmp_path / "run" / "mdrnn" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [20, 40, 60]
+    assert records[-1]["mdrnn/nll"] < records[0]["mdrnn/nll"] - 0.3
+    assert records[-1]["val/mdrnn/nll"] < records[0]["val/mdrnn/nll"]
+    assert all(k in records[-1] for k in ("mdrnn/reward_mse", "mdrnn/done_bce", "val/mdrnn/done_bce"))
+    state = load_checkpoint(result["checkpoint"], kind="mdrnn")
+    assert state["config"]["env"] == "doom-takecover" and state["config"]["action_space"]["n"] == NA
+    assert state["config"]["latents"] == str((tmp_path / "latents.h5").resolve()) and not result["picture"]
+    m = load_mdrnn(tmp_path / "run" / "mdrnn")
+    assert (m.z_dim, m.action_dim, m.hidden, m.n_gaussians) == (ZT, NA, 16, 2)
+
+
+def test_resume_continues_exactly_and_refuses_a_changed_config(tmp_path):
+    write_latents(tmp_path / "latents.h5")
+    kw = {"steps": 20, "eval_every": 10, "picture_steps": 0}
+    straight = train_mdrnn.run(tiny_cfg(tmp_path, out=str(tmp_path / "a" / "mdrnn"), **kw))
+    first = train_mdrnn.run(tiny_cfg(tmp_path, out=str(tmp_path / "b" / "mdrnn"), **{**kw, "steps": 10}))
+    resumed = train_mdrnn.run(tiny_cfg(tmp_path, out=str(tmp_path / "b" / "mdrnn"), **kw))
+    assert resumed["id"] == first["id"] and resumed["step"] == 20
+    a, b = (load_checkpoint(r["checkpoint"])["model"] for r in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in read_metrics(tmp_path / "b" / "mdrnn" / "metrics.jsonl")] == [10, 20]
+    with pytest.raises(WorldModelsError, match="different config.*hidden"):
+        train_mdrnn.run(tiny_cfg(tmp_path, out=str(tmp_path / "b" / "mdrnn"), hidden=8))
+    fresh = train_mdrnn.run(tiny_cfg(tmp_path, out=str(tmp_path / "b" / "mdrnn"), hidden=8, fresh=True,
+                                     **{**kw, "steps": 2, "eval_every": 2}))
+    assert fresh["id"] != first["id"] and load_mdrnn(fresh["checkpoint"]).hidden == 8
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    write_latents(tmp_path / "latents.h5")
+    real_losses, calls = train_mdrnn.batch_losses, []
+
+    def diverging(*args):  # training steps after the 5th produce NaN, as a too-high learning rate would
+        losses = real_losses(*args)
+        if torch.is_grad_enabled():
+            calls.append(1)
+            if len(calls) > 5:
+                losses = {k: v * float("nan") for k, v in losses.items()}
+        return losses
+
+    monkeypatch.setattr(train_mdrnn, "batch_losses", diverging)
+    with pytest.raises(WorldModelsError, match=r"mdrnn/loss = nan.*checkpoint of step 4 .* kept.*--lr"):
+        train_mdrnn.run(tiny_cfg(tmp_path, eval_every=2, steps=10, picture_steps=0))
+    state = load_checkpoint(tmp_path / "run" / "mdrnn")
+    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_dream_vs_real_picture_with_a_vae(tmp_path):
+    from worldmodels.models.vae import ConvVAE
+
+    write_latents(tmp_path / "latents.h5")
+    vae = ConvVAE(ZT)
+    save_checkpoint(tmp_path / "run" / "vae", "vae", {"model": vae.state_dict(), "z_dim": ZT})
+    result = train_mdrnn.run(tiny_cfg(tmp_path, steps=2, eval_every=2))
+    out = tmp_path / "run" / "mdrnn"
+    assert result["picture"] and (out / "dream_vs_real.png").stat().st_size > 1000
+    import imageio.v2 as imageio
+
+    gif = imageio.mimread(out / "dream_vs_real.gif")
+    assert len(gif) == 6 and gif[0].shape[:2] == (64 * 4, 128 * 4)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "worldmodels", "train-mdrnn", "--latents", str(tmp_path / "no.h5"),
+                           "--out", str(tmp_path / "m")], capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0 and "no.h5" in proc.stderr

@@ -1,0 +1,299 @@
+"""Train M, the MDN-RNN, on the latent sequences of a latents.h5 file (written by `worldmodels encode`).
+
+Each step reads a batch of sequences straight from HDF5 (one contiguous slice per sequence, never
+crossing an episode boundary; short tails padded and masked), re-samples z = mu + exp(logvar/2) * eps
+from V's stored posteriors, and fits p(z_{t+1}), reward[t] and done[t] from (z_t, a_t). Whole episodes
+are held out for validation. Every --eval-every steps: `mdrnn/*` and `val/mdrnn/*` metrics and an
+atomic checkpoint. At the end, dream_vs_real.png/.gif: a real episode beside M's open-loop dream
+decoded by V. Rerunning the same command resumes; --fresh starts over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from worldmodels import config as cfgmod
+from worldmodels.checkpoint import CHECKPOINT_NAME, checkpoint_file, load_checkpoint, new_id, save_checkpoint
+from worldmodels.data import open_latents
+from worldmodels.errors import WorldModelsError
+from worldmodels.metrics import MetricsLogger
+from worldmodels.models.mdrnn import MDRNN, mdrnn_loss, sample_gmm, sample_latents
+from worldmodels.stages.train_vae import split_episodes
+from worldmodels.utils import exclusive_lock, pick_device, seed_everything
+
+
+@dataclasses.dataclass
+class Config:
+    latents: str = cfgmod.option("", "latents.h5 written by `worldmodels encode` (required)")
+    out: str = cfgmod.option("", "run folder for M, e.g. runs/<name>/mdrnn (required)")
+    vae: Optional[str] = cfgmod.option(None, "V's run folder for the dream_vs_real picture (default: <out>/../vae)")
+    hidden: int = cfgmod.option(256, "LSTM size (paper: 256 CarRacing, 512 Doom)")
+    n_gaussians: int = cfgmod.option(5, "mixture components per latent dimension")
+    seq_len: int = cfgmod.option(999, "time steps per training sequence (paper: 999 CarRacing, 500 Doom)")
+    batch_size: int = cfgmod.option(100, "sequences per step")
+    steps: int = cfgmod.option(4000, "total gradient steps (may grow on resume)")
+    lr: float = cfgmod.option(1e-3, "Adam learning rate")
+    grad_clip: float = cfgmod.option(1.0, "gradient norm clip")
+    reward_weight: float = cfgmod.option(1.0, "weight of the reward MSE in the loss (0: no reward head training)")
+    done_weight: float = cfgmod.option(1.0, "weight of the done BCE in the loss")
+    done_pos_weight: float = cfgmod.option(10.0, "weight of done=1 targets inside the BCE (paper: 10)")
+    val_fraction: float = cfgmod.option(0.05, "fraction of episodes held out for validation")
+    val_batches: int = cfgmod.option(4, "validation batches per evaluation (the same sequences every time)")
+    eval_every: int = cfgmod.option(100, "steps between metrics, validation and checkpoints")
+    picture_steps: int = cfgmod.option(64, "frames in dream_vs_real.png/.gif (0: no picture)")
+    picture_temperature: float = cfgmod.option(1.0, "temperature of the pictured dream")
+    device: str = cfgmod.option("auto", "auto (cuda if available), cpu, cuda, cuda:1, ...")
+    seed: int = cfgmod.option(0, "seed for weights, sequence sampling, z re-sampling and validation split")
+    fresh: bool = cfgmod.option(False, "delete this run folder's checkpoint and metrics and start over")
+
+
+# Keys that may differ when resuming: they change how long or where we train, not what is trained.
+CONTINUATION_SAFE = ("steps", "device", "fresh", "eval_every", "vae", "picture_steps", "picture_temperature",
+                     "val_batches")
+OUTPUTS = (CHECKPOINT_NAME, "metrics.jsonl", "dream_vs_real.png", "dream_vs_real.gif")
+
+
+def action_dim_of(desc: dict[str, Any]) -> int:
+    return int(desc["n"]) if desc["type"] == "discrete" else int(np.prod(desc["shape"]))
+
+
+def actions_to_input(actions: np.ndarray, desc: dict[str, Any]) -> np.ndarray:
+    """Stored actions -> M's input: one-hot float32 (T, n) for discrete, float32 (T, A) for boxes."""
+    if desc["type"] == "discrete":
+        return np.eye(int(desc["n"]), dtype=np.float32)[actions]
+    return actions.astype(np.float32).reshape(len(actions), -1)
+
+
+class SequenceSampler:
+    """Batches of fixed-length sequences from some episodes of a latents file, read per batch from HDF5.
+
+    Only the frames of the batch are read (B contiguous slices), so memory does not grow with the file.
+    Episodes are drawn in proportion to their length, a window start uniformly inside the episode.
+    """
+
+    FIELDS = ("mu", "logvar", "action", "reward", "terminated")
+
+    def __init__(self, src: Any, episodes: np.ndarray, seq_len: int, batch_size: int, action_desc: dict[str, Any]):
+        self.src, self.seq_len, self.batch_size, self.action_desc = src, seq_len, batch_size, action_desc
+        rows = src.episodes[episodes]
+        self.starts, self.lengths = rows["start"].astype(np.int64), rows["length"].astype(np.int64)
+        self.p = self.lengths / self.lengths.sum()
+        self.z_dim, self.action_dim = int(src.attrs["z_dim"]), action_dim_of(action_desc)
+
+    def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """mu, logvar (B, T+1, Z); action (B, T, A); reward, done, mask (B, T); mask_z (B, T) (has a next z)."""
+        B, T, Z = self.batch_size, self.seq_len, self.z_dim
+        batch = {"mu": np.zeros((B, T + 1, Z), np.float32), "logvar": np.zeros((B, T + 1, Z), np.float32),
+                 "action": np.zeros((B, T, self.action_dim), np.float32), "reward": np.zeros((B, T), np.float32),
+                 "done": np.zeros((B, T), np.float32), "mask": np.zeros((B, T), bool), "mask_z": np.zeros((B, T), bool)}
+        picks = rng.choice(len(self.starts), size=B, p=self.p)
+        for b, e in enumerate(picks):
+            length = int(self.lengths[e])
+            offset = int(rng.integers(0, max(length - T, 0) + 1))
+            lo = int(self.starts[e]) + offset
+            n = min(T + 1, length - offset)  # frames read: T inputs and the next z, cut at the episode's end
+            for key in ("mu", "logvar"):
+                batch[key][b, :n] = self.src.read(key, lo, lo + n)
+            steps = min(T, n)
+            batch["action"][b, :steps] = actions_to_input(self.src.read("action", lo, lo + steps), self.action_desc)
+            batch["reward"][b, :steps] = self.src.read("reward", lo, lo + steps)
+            batch["done"][b, :steps] = self.src.read("terminated", lo, lo + steps)
+            batch["mask"][b, :steps] = True
+            batch["mask_z"][b, :n - 1] = True
+        return {k: torch.from_numpy(v) for k, v in batch.items()}
+
+
+def batch_losses(model: MDRNN, batch: dict[str, torch.Tensor], cfg: Config, device: torch.device,
+                 generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Teacher-forced loss: z re-sampled from (mu, logvar), inputs (z_t, a_t), targets z_{t+1}, r_t, d_t."""
+    b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    z = sample_latents(b["mu"], b["logvar"], generator)  # (B, T+1, Z)
+    out, _ = model(z[:, :-1], b["action"])  # (B, T, ...)
+    return mdrnn_loss(out, z[:, 1:], b["reward"], b["done"], b["mask_z"], b["mask"], cfg.reward_weight,
+                      cfg.done_weight, cfg.done_pos_weight)
+
+
+def _check_same_run(state: dict[str, Any], cfg: Config, latents: str, out: Path) -> None:
+    saved, new = dict(state.get("config") or {}), cfgmod.to_dict(cfg)
+    saved["latents"], new["latents"] = state.get("data", {}).get("path"), latents
+    changed = [f"{k}: {saved.get(k)!r} -> {new[k]!r}" for k in new
+               if k not in CONTINUATION_SAFE and k != "out" and saved.get(k) != new[k]]
+    if changed:
+        raise WorldModelsError(f"{out} holds a run with a different config ({'; '.join(changed)}); "
+                               "rerun with the same options to resume, add --fresh to start over, "
+                               "or choose another --out")
+
+
+def _finite_or_stop(values: dict[str, float], where: str, out: Path, step: int) -> None:
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        kept = f"the checkpoint of step {step} in {out} is kept" if step else "no checkpoint was written"
+        raise WorldModelsError(f"{', '.join(f'{k} = {v}' for k, v in bad.items())} {where}; stopped, "
+                               f"{kept}; try a lower --lr")
+
+
+@torch.no_grad()
+def evaluate(model: MDRNN, batches: list[dict[str, torch.Tensor]], cfg: Config, device: torch.device) -> dict[str, float]:
+    """Mean val/mdrnn/* over fixed validation batches (with a fixed z re-sampling)."""
+    if not batches:
+        return {}
+    model.eval()
+    g = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    sums = torch.zeros(4, device=device)
+    for batch in batches:
+        losses = batch_losses(model, batch, cfg, device, g)
+        sums += torch.stack([losses[k] for k in ("loss", "nll", "reward_mse", "done_bce")])
+    model.train()
+    means = (sums / len(batches)).tolist()
+    return dict(zip(("val/mdrnn/loss", "val/mdrnn/nll", "val/mdrnn/reward_mse", "val/mdrnn/done_bce"), means))
+
+
+@torch.no_grad()
+def draw_dream_vs_real(model: MDRNN, src: Any, episode: int, cfg: Config, out: Path, device: torch.device) -> bool:
+    """dream_vs_real.png/.gif: an episode's real frames (top) and M's open-loop dream from its first latent,
+    fed the same actions, decoded by V. Returns False (with a warning) when V is missing."""
+    from worldmodels import plots
+    from worldmodels.models.vae import load_vae, tensor_to_frames
+
+    vae_dir = Path(cfg.vae) if cfg.vae else out.parent / "vae"
+    if not checkpoint_file(vae_dir).is_file():
+        warnings.warn(f"no V checkpoint at {vae_dir}: skipping dream_vs_real (pass --vae)", stacklevel=2)
+        return False
+    vae = load_vae(vae_dir, device)
+    ep = src.episode(episode, ["mu", "action"])
+    n = min(cfg.picture_steps, len(ep["mu"]))
+    mu = torch.from_numpy(ep["mu"][:n]).to(device)  # (n, Z)
+    actions = torch.from_numpy(actions_to_input(ep["action"][:n], src.attrs["action_space"])).to(device)
+    real = _real_frames(src, episode, n)
+    if real is None:  # rollouts file gone: V's reconstruction of the real latents stands in
+        real = tensor_to_frames(vae.decode(mu))
+    model.eval()
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
+    z, state, dream = mu[:1], None, [mu[:1]]
+    for t in range(n - 1):
+        o, state = model.step(z, actions[t:t + 1], state)
+        z = sample_gmm(o.logpi, o.mu, o.logsigma, cfg.picture_temperature, g)  # (1, Z)
+        dream.append(z)
+    model.train()
+    dreamed = tensor_to_frames(vae.decode(torch.cat(dream)))
+    plots.dream_vs_real(real, dreamed, out / "dream_vs_real.png",
+                        f"episode {episode}: real (top) and M's open-loop dream at tau {cfg.picture_temperature}")
+    plots.episode_gif(np.concatenate([real, dreamed], axis=2), out / "dream_vs_real.gif", fps=15)
+    return True
+
+
+def _real_frames(src: Any, episode: int, n: int) -> np.ndarray | None:
+    from worldmodels.data import open_rollouts
+
+    path = src.attrs.get("rollouts")
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        with open_rollouts(path) as rollouts:
+            if rollouts.n_episodes <= episode or int(rollouts.episodes[episode]["length"]) != int(src.episodes[episode]["length"]):
+                return None
+            start = int(rollouts.episodes[episode]["start"])
+            return rollouts.read("obs", start, start + n)
+    except WorldModelsError:
+        return None
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Train (or resume training) M; returns a summary with the checkpoint path and the last metrics."""
+    if not cfg.latents or not cfg.out:
+        raise WorldModelsError("--latents (a latents.h5) and --out (a run folder such as runs/<name>/mdrnn) are required")
+    for key in ("seq_len", "batch_size", "steps", "hidden", "n_gaussians", "eval_every"):
+        if getattr(cfg, key) < 1:
+            raise WorldModelsError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out / CHECKPOINT_NAME, "train-mdrnn"), open_latents(cfg.latents) as src:
+        return _train(cfg, out, src)
+
+
+def _train(cfg: Config, out: Path, src: Any) -> dict[str, Any]:
+    latents_path = str(Path(src.path).resolve())
+    ckpt_path = out / CHECKPOINT_NAME
+    if cfg.fresh:
+        for name in OUTPUTS:
+            (out / name).unlink(missing_ok=True)
+    state = load_checkpoint(ckpt_path, kind="mdrnn") if ckpt_path.exists() else None
+    if state is not None:
+        _check_same_run(state, cfg, latents_path, out)
+    n_episodes = state["data"]["n_episodes"] if state else src.n_episodes
+    if src.n_episodes < n_episodes:
+        raise WorldModelsError(f"{cfg.latents} has {src.n_episodes} episodes but this run was trained on {n_episodes}; "
+                               "use --fresh to start over on this file")
+    if n_episodes < 1:
+        raise WorldModelsError(f"{cfg.latents} holds no complete episode yet; encode some first")
+    train_eps, val_eps = split_episodes(n_episodes, cfg.val_fraction, cfg.seed)
+    desc = dict(src.attrs["action_space"])
+    train = SequenceSampler(src, train_eps, cfg.seq_len, cfg.batch_size, desc)
+    val_batches = ([SequenceSampler(src, val_eps, cfg.seq_len, cfg.batch_size, desc).sample(
+        np.random.default_rng([cfg.seed, 99, i])) for i in range(cfg.val_batches)] if len(val_eps) else [])
+    cfgmod.save(cfg, out / "config.yaml")
+
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    model = MDRNN(train.z_dim, train.action_dim, cfg.hidden, cfg.n_gaussians).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    start, run_id = 0, new_id()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, run_id = int(state["step"]), state["id"]
+    # later stages find the env, its action space and the data here (worldmodels.agent.load_world)
+    record = {**cfgmod.to_dict(cfg), "latents": latents_path, "env": src.attrs["env"], "action_space": desc,
+              "z_dim": train.z_dim}
+    tqdm.write(f"train-mdrnn: {len(train_eps)} training episodes, {len(val_eps)} validation episodes, "
+               f"device {device}, steps {start + 1}..{cfg.steps}")
+    g = torch.Generator(device=device)
+    stats: dict[str, float] = dict(state.get("metrics", {})) if state else {}
+    sums, n_sums, t0, saved_step = torch.zeros(4, device=device), 0, time.perf_counter(), start
+    with MetricsLogger(out / "metrics.jsonl", step_key="step", resume_from=start + 1 if start else None) as log:
+        bar = tqdm(range(start, cfg.steps), desc="train-mdrnn", unit="step", dynamic_ncols=True,
+                   initial=start, total=cfg.steps)
+        for step in bar:
+            batch = train.sample(np.random.default_rng([cfg.seed, step]))  # per-step streams: resume-exact
+            g.manual_seed(cfg.seed * 1_000_003 + step)
+            losses = batch_losses(model, batch, cfg, device, g)
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sums += torch.stack([losses[k].detach() for k in ("loss", "nll", "reward_mse", "done_bce")])
+            n_sums += 1
+            if (step + 1) % cfg.eval_every and step + 1 != cfg.steps:
+                continue
+            means = (sums / n_sums).tolist()
+            stats = dict(zip(("mdrnn/loss", "mdrnn/nll", "mdrnn/reward_mse", "mdrnn/done_bce"), means))
+            _finite_or_stop(stats, f"before step {step + 1}", out, saved_step)
+            stats.update(evaluate(model, val_batches, cfg, device))
+            _finite_or_stop(stats, f"in validation at step {step + 1}", out, saved_step)
+            stats["mdrnn/sequences_per_s"] = n_sums * cfg.batch_size / (time.perf_counter() - t0)
+            log.log(step + 1, **stats)
+            save_checkpoint(ckpt_path, "mdrnn", {
+                "id": run_id, "model": model.state_dict(), "model_args": model.config, "optimizer": opt.state_dict(),
+                "step": step + 1, "config": record, "metrics": stats,
+                "data": {"path": latents_path, "n_episodes": n_episodes, "val_episodes": val_eps.tolist()}})
+            saved_step = step + 1
+            bar.set_postfix(nll=f"{stats['mdrnn/nll']:.3f}", val=f"{stats.get('val/mdrnn/nll', float('nan')):.3f}")
+            sums.zero_()
+            n_sums, t0 = 0, time.perf_counter()
+        bar.close()
+    picture = False
+    if cfg.picture_steps > 0 and (start < cfg.steps or not (out / "dream_vs_real.png").exists()):
+        episode = int(val_eps[0]) if len(val_eps) else int(train_eps[0])
+        picture = draw_dream_vs_real(model, src, episode, cfg, out, device)
+    return {"checkpoint": str(ckpt_path), "id": run_id, "step": max(start, cfg.steps), "metrics": stats,
+            "picture": picture, "val_episodes": val_eps.tolist(), "train_episodes": train_eps.tolist()}
+
