@@ -67,3 +67,30 @@ def test_evaluate_cli_and_missing_controller(trained_run, tmp_path, capsys):
         ev.run(ev.Config(run=str(tmp_path / "nothing"), episodes=1))
     assert cli.main(["evaluate", "--run", str(tmp_path / "nothing")]) == 1
     assert "train the controller stage first" in capsys.readouterr().err
+
+
+def test_killed_evaluation_resumes_with_the_missing_episodes(trained_run, monkeypatch):
+    import worldmodels.agent as agent
+
+    cfg = ev.Config(run=str(trained_run), episodes=3, workers=0, max_steps=6, seed=3, levels="train")
+    full = ev.run(cfg)
+    expected = read_rows(trained_run / "eval-train" / "returns.csv")
+    (trained_run / "eval-train" / "returns.csv").unlink()
+    played, real_episode = [], agent.worker_episode
+
+    def dies_after_two(task):
+        if len(played) == 2:
+            raise KeyboardInterrupt
+        played.append(task[1])
+        return real_episode(task)
+
+    monkeypatch.setattr(agent, "worker_episode", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        ev.run(cfg)
+    assert not (trained_run / "eval-train" / "returns.csv").exists()
+    played.clear()
+    monkeypatch.setattr(agent, "worker_episode", lambda task: played.append(task[1]) or real_episode(task))
+    assert ev.run(cfg) == full
+    assert played == [episode_seed(3, 2, "eval")]  # only the episode the killed run had not finished
+    assert read_rows(trained_run / "eval-train" / "returns.csv") == expected
+    assert not (trained_run / "eval-train" / "returns.partial.jsonl").exists()

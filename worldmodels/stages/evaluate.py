@@ -8,6 +8,8 @@ seed, not on the number of workers.
 
 Writes <run>/eval-<levels>/: returns.csv (episode, seed, level, return, length), summary.json
 (mean, std, min, max, ... and what was evaluated) and episode.gif (episode 0, frames upscaled).
+Finished episodes go to returns.partial.jsonl as they come: rerunning a killed evaluation with the
+same settings plays only the missing episodes.
 """
 
 from __future__ import annotations
@@ -55,13 +57,39 @@ def controller_params(state: dict[str, Any], which: str) -> tuple[np.ndarray, st
     return np.asarray(state["best"]["params"]), f"best candidate (fitness {state['best']['fitness']:.2f})"
 
 
+def _read_progress(path: Path, key: dict[str, Any]) -> dict[int, tuple]:
+    """Episodes an interrupted evaluation of the same controller and settings already finished."""
+    if not path.exists():
+        return {}
+    lines = path.read_text().splitlines()
+    try:
+        if json.loads(lines[0]) != {"key": key}:
+            return {}
+    except (IndexError, json.JSONDecodeError):
+        return {}
+    done = {}
+    for line in lines[1:]:
+        try:
+            row = tuple(json.loads(line))
+        except json.JSONDecodeError:  # a torn last line from a killed run
+            continue
+        done[int(row[0])] = row
+    return done
+
+
+def _write_gif(frames: np.ndarray, path: Path) -> None:
+    from worldmodels.plots import episode_gif
+
+    stride = max(1, -(-len(frames) // GIF_MAX_FRAMES))  # long episodes: every stride-th frame
+    episode_gif(frames[::stride], path, fps=max(1, 30 // stride))
+
+
 def run(cfg: Config) -> dict[str, Any]:
     """Evaluate ``cfg.run``'s controller; returns the summary written to summary.json."""
     from worldmodels.agent import init_worker, load_world, worker_episode
     from worldmodels.checkpoint import load_checkpoint
     from worldmodels.envs import episode_seed
     from worldmodels.parallel import WorkerPool
-    from worldmodels.plots import episode_gif
     from worldmodels.stages.train_controller import n_workers
 
     if cfg.episodes < 1:
@@ -77,15 +105,31 @@ def run(cfg: Config) -> dict[str, Any]:
     params, label = controller_params(state, cfg.params)
     spec = world.worker_spec(cfg.max_steps, levels=cfg.levels)
     out_dir = run_dir / f"eval-{cfg.levels}"
-    tasks = [(params, episode_seed(cfg.seed, i, "eval"), cfg.gif and i == 0) for i in range(cfg.episodes)]
-    rows, frames = [], None
-    with WorkerPool(n_workers(cfg.workers), init_worker, (spec,), what="evaluation") as pool:
-        bar = tqdm(pool.imap(worker_episode, tasks), total=len(tasks), desc="evaluate", unit="episode")
-        for i, result in bar:
-            rows.append((i, tasks[i][1], result["level"], result["return"], result["length"]))
+    seeds = [episode_seed(cfg.seed, i, "eval") for i in range(cfg.episodes)]
+    # Finished episodes are appended to a progress file, so a killed evaluation resumes where it stopped.
+    key = {"controller_id": state["id"], "generation": state["generation"], "params": cfg.params,
+           "seed": cfg.seed, "levels": cfg.levels, "max_steps": cfg.max_steps}
+    progress = out_dir / "returns.partial.jsonl"
+    done = _read_progress(progress, key)
+    want_gif = cfg.gif and (0 not in done or not (out_dir / "episode.gif").exists())
+    todo = [i for i in range(cfg.episodes) if i not in done or (i == 0 and want_gif)]
+    tasks = [(params, seeds[i], want_gif and i == 0) for i in todo]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not done:
+        progress.write_text(json.dumps({"key": key}) + "\n")
+    with WorkerPool(n_workers(cfg.workers), init_worker, (spec,), what="evaluation") as pool, \
+            open(progress, "a") as log:
+        bar = tqdm(pool.imap(worker_episode, tasks), total=cfg.episodes, initial=cfg.episodes - len(todo),
+                   desc="evaluate", unit="episode")
+        for j, result in bar:
+            i = todo[j]
             if result["frames"] is not None:
-                frames = result["frames"]
-            bar.set_postfix(mean=f"{np.mean([r[3] for r in rows]):.1f}")
+                _write_gif(result["frames"], out_dir / "episode.gif")
+            done[i] = (i, seeds[i], result["level"], result["return"], result["length"])
+            log.write(json.dumps(done[i]) + "\n")
+            log.flush()
+            bar.set_postfix(mean=f"{np.mean([r[3] for r in done.values()]):.1f}")
+    rows = [done[i] for i in range(cfg.episodes)]
     returns = np.array([r[3] for r in rows])
     summary = {"env": world.env, "levels": cfg.levels, "env_kwargs": spec["env_kwargs"], "episodes": len(rows),
                "mean": float(returns.mean()), "std": float(returns.std()), "min": float(returns.min()),
@@ -100,9 +144,7 @@ def run(cfg: Config) -> dict[str, Any]:
     writer.writerows(rows)
     atomic_write_text(out_dir / "returns.csv", buf.getvalue())
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    if frames is not None:
-        stride = max(1, -(-len(frames) // GIF_MAX_FRAMES))  # long episodes: every stride-th frame
-        episode_gif(frames[::stride], out_dir / "episode.gif", fps=max(1, 30 // stride))
+    progress.unlink()
     print(f"evaluate: {world.env} ({cfg.levels} levels), {len(rows)} episodes: "
           f"{summary['mean']:.2f} ± {summary['std']:.2f}  -> {out_dir}")
     return summary
