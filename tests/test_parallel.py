@@ -9,8 +9,6 @@ import pytest
 from worldmodels.errors import WorldModelsError
 from worldmodels.parallel import WorkerPool
 
-ray = pytest.importorskip("ray", reason="ray is not installed (pip install worldmodels[distributed])")
-
 _STATE = {}
 
 
@@ -40,6 +38,7 @@ def fail(task):
 
 @pytest.fixture(scope="module")
 def ray_instance():
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install worldmodels[distributed])")
     # Ray workers import this module by name (as the package's own worker functions are imported).
     tests_dir = os.path.dirname(os.path.abspath(__file__))
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
