@@ -12,8 +12,11 @@ if [ ! -x "$_venv/bin/python" ]; then
   "$_python" -m venv "$_venv"
 fi
 _stamp="$_venv/.worldmodels-installed"
-_want="$(cat "$_root/setup.cfg" | sha256sum | cut -c1-16)$_extras"
-if [ ! -f "$_stamp" ] || [ "$(cat "$_stamp")" != "$_want" ]; then
+_hash="$(sha256sum < "$_root/setup.cfg" | cut -c1-16)"
+_want="$_hash$_extras"
+_have="$(cat "$_stamp" 2>/dev/null || true)"
+# Up to date when setup.cfg is unchanged and the extras asked for are the ones installed (or none are asked).
+if [ "$_have" != "$_want" ] && { [ -n "$_extras" ] || [ "${_have:0:16}" != "$_hash" ]; }; then
   echo "[setup] installing worldmodels$_extras (torch first, CPU wheel unless one is already installed)"
   "$_venv/bin/python" -m pip install -q --upgrade pip setuptools wheel
   # torch first: with no torch installed, a looser spec lets pip fetch gigabytes of CUDA packages.
