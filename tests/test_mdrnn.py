@@ -132,6 +132,7 @@ def test_load_mdrnn_round_trip_and_errors(tmp_path):
     save_checkpoint(tmp_path / "m", "mdrnn", {"model": m.state_dict(), "model_args": m.config})
     loaded = load_mdrnn(tmp_path / "m", "cpu")
     assert all(torch.equal(p, q) for p, q in zip(m.parameters(), loaded.parameters())) and not loaded.training
+    assert len(loaded.checkpoint_id) == 32 and loaded.checkpoint_path.endswith("checkpoint.pt")
     with pytest.raises(WorldModelsError, match="no checkpoint"):
         load_mdrnn(tmp_path / "missing")
     save_checkpoint(tmp_path / "v", "vae", {"model": {}})

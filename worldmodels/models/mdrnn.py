@@ -159,8 +159,11 @@ def mdrnn_loss(out: MDRNNOutput, z_next: torch.Tensor, reward: torch.Tensor, don
 
 
 def load_mdrnn(path: str | os.PathLike, device: torch.device | str = "cpu") -> MDRNN:
-    """Load M from a ``checkpoint.pt`` or its folder, in eval mode on ``device``; one-line errors otherwise."""
-    from worldmodels.checkpoint import load_checkpoint
+    """Load M from a ``checkpoint.pt`` or its folder, in eval mode on ``device``; one-line errors otherwise.
+
+    The model carries ``checkpoint_id`` (the training run's id) and ``checkpoint_path``.
+    """
+    from worldmodels.checkpoint import checkpoint_file, load_checkpoint
 
     state = load_checkpoint(path, kind="mdrnn", map_location=device)
     try:
@@ -169,4 +172,6 @@ def load_mdrnn(path: str | os.PathLike, device: torch.device | str = "cpu") -> M
     except (KeyError, TypeError, RuntimeError) as err:
         raise WorldModelsError(f"{path}: MDRNN checkpoint does not match the model "
                                f"({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    model.checkpoint_id = state["id"]
+    model.checkpoint_path = str(checkpoint_file(path).resolve())
     return model.to(device).eval()
