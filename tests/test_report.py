@@ -1,0 +1,83 @@
+"""report: on a real smoke pipeline run, the numbers, links and missing stages it writes."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from worldmodels import cli
+from worldmodels.errors import WorldModelsError
+from worldmodels.stages import report
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    from worldmodels.pipeline import run_pipeline
+
+    path = tmp_path_factory.mktemp("report") / "run"
+    run_pipeline(env="carracing", preset="smoke", run_dir=str(path), log=lambda *_: None)
+    return path
+
+
+def _links(text: str) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+
+
+def test_report_holds_eval_mean_and_only_existing_figures(run_dir: Path) -> None:
+    text = (run_dir / "report.md").read_text()  # written by the pipeline's own report step
+    summary = json.loads((run_dir / "eval-test" / "summary.json").read_text())
+    assert f"{summary['mean']:.2f} ± {summary['std']:.2f}" in text
+    assert "906 ± 21" in text  # the paper's CarRacing number beside ours
+    links = _links(text)
+    for needed in ("vae/reconstructions.png", "vae/traversal.png", "mdrnn/dream_vs_real.png",
+                   "controller/learning_curve.png", "eval-test/episode.gif"):
+        assert needed in links
+    assert all(not Path(link).is_absolute() and (run_dir / link).is_file() for link in links)
+    assert "missing" not in text.split("## Evaluation")[0]  # every stage ran
+    vae_last = json.loads((run_dir / "vae" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert f"`vae/recon` {vae_last['vae/recon']:.4g}" in text
+
+
+def test_removed_stage_is_listed_missing_and_its_figures_unlinked(run_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    shutil.rmtree(copy / "controller")
+    (copy / "report.md").unlink()
+    result = report.run(report.Config(run=str(copy)))
+    text = Path(result["path"]).read_text()
+    assert result["missing"] == ["train-controller"]
+    assert "| train-controller | **missing** |" in text
+    assert "controller/learning_curve.png" not in _links(text)
+    assert all((copy / link).is_file() for link in _links(text))
+
+
+def test_learning_curve_is_redrawn_and_links_are_relative_to_out(run_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / "controller" / "learning_curve.png").unlink()
+    out = tmp_path / "elsewhere" / "r.md"
+    report.run(report.Config(run=str(copy), out=str(out)))
+    assert (copy / "controller" / "learning_curve.png").stat().st_size > 1000
+    links = _links(out.read_text())
+    assert "../run/controller/learning_curve.png" in links
+    assert all((out.parent / link).is_file() for link in links)
+
+
+def test_missing_or_empty_run_dir_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    with pytest.raises(WorldModelsError, match="does not exist"):
+        report.run(report.Config(run=str(tmp_path / "nope")))
+    with pytest.raises(WorldModelsError, match="holds no stage output"):
+        report.run(report.Config(run=str(tmp_path)))
+    assert cli.main(["report", "--run", str(tmp_path / "nope")]) == 1
+    assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("env,temperature,expected", [
+    ("doom-takecover", 1.15, "1092 ± 556"), ("doom-takecover", 1.0, "868 ± 511"),
+    ("procgen:coinrun", None, "no ProcGen result"), ("carracing", None, "906 ± 21")])
+def test_paper_score_per_env(env: str, temperature: float | None, expected: str) -> None:
+    assert expected in report.paper_score(env, temperature)

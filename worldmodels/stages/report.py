@@ -1,0 +1,241 @@
+"""Write <run>/report.md: the run's config, each stage's final metrics, the evaluation table next to the
+paper's number, and the figures (VAE reconstructions, latent traversal, M's dream beside reality, the CMA-ES
+learning curve, C playing the real game).
+
+Reads only what the stages left in the run folder (the layout of ``worldmodels.pipeline``: rollouts.h5,
+vae/, latents.h5, mdrnn/, controller/, eval-<levels>/); a stage that has not run is listed as missing.
+Figures are linked with paths relative to the report, so it renders on GitHub. A missing learning curve
+is redrawn from controller/metrics.jsonl.
+
+  worldmodels report --run runs/carracing-default
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import yaml
+
+from worldmodels import config as cfgmod
+from worldmodels import plots
+from worldmodels.config import option
+from worldmodels.errors import WorldModelsError
+from worldmodels.metrics import read_metrics
+from worldmodels.utils import atomic_write_text
+
+
+@dataclasses.dataclass
+class Config:
+    run: str = option("", "run folder written by the pipeline or the stages (required)")
+    out: Optional[str] = option(None, "report to write (default: <run>/report.md)")
+
+
+# (stage, what proves it ran, folder holding its config.yaml / metrics.jsonl or None)
+STAGES = [
+    ("collect", "rollouts.h5", None),
+    ("train-vae", "vae/checkpoint.pt", "vae"),
+    ("encode", "latents.h5", None),
+    ("train-mdrnn", "mdrnn/checkpoint.pt", "mdrnn"),
+    ("train-controller", "controller/checkpoint.pt", "controller"),
+    ("evaluate", "eval-*/summary.json", None),
+]
+
+# (file, caption); the stage that draws each one says what it shows.
+FIGURES = [
+    ("vae/reconstructions.png", "V: real frames (top) and their reconstructions"),
+    ("vae/traversal.png", "V: each row sweeps one latent dimension from -3 to +3"),
+    ("mdrnn/dream_vs_real.png", "M: a real episode (top) and M's open-loop dream of it from the same first "
+                                "frame and actions"),
+    ("mdrnn/dream_vs_real.gif", "M: the same, animated (real left, dream right)"),
+    ("controller/learning_curve.png", "C: CMA-ES fitness per generation"),
+]
+
+# Ha & Schmidhuber (2018), real-env scores; Doom's depends on the dream temperature C was trained at.
+PAPER_CARRACING = "906 ± 21 (full model, z and h; 100 random tracks)"
+PAPER_DOOM = {0.10: "193 ± 58", 0.50: "196 ± 50", 1.00: "868 ± 511", 1.15: "1092 ± 556", 1.30: "753 ± 139"}
+NO_PAPER_PROCGEN = "none: the World Models paper has no ProcGen result"
+
+
+def paper_score(env: str, temperature: float | None) -> str:
+    """The paper's real-env score to compare a run of ``env`` with (C trained at dream ``temperature``)."""
+    family = env.split(":", 1)[0].split("-", 1)[0]
+    if family == "carracing":
+        return PAPER_CARRACING
+    if family == "doom":
+        if temperature is not None and round(float(temperature), 2) in PAPER_DOOM:
+            tau = round(float(temperature), 2)
+            return f"{PAPER_DOOM[tau]} (C trained in the dream at τ {tau:g})"
+        return f"{PAPER_DOOM[1.15]} (C trained in the dream at τ 1.15)"
+    if family == "procgen":
+        return NO_PAPER_PROCGEN
+    return "none known"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _stage_config(run_dir: Path, stage: str, folder: str | None) -> dict[str, Any] | None:
+    """The config a stage saved beside its outputs, else the one the pipeline recorded when it finished."""
+    for path in ([run_dir / folder / "config.yaml"] if folder else []) + [run_dir / "pipeline" / f"{stage}.done.yaml"]:
+        if path.is_file():
+            values = cfgmod.read_yaml(path)
+            values.pop("fresh", None)  # an instruction to that one invocation, not a setting of the run
+            return values
+    return None
+
+
+def _data_summary(path: Path, rollouts: bool) -> dict[str, Any]:
+    """Episodes, frames and (for rollouts) the collecting policy's mean return, from an HDF5 episode file."""
+    from worldmodels.data import open_latents, open_rollouts
+
+    with (open_rollouts if rollouts else open_latents)(path) as src:
+        eps = src.episodes
+        out: dict[str, Any] = {"env": src.attrs.get("env"), "episodes": int(src.n_episodes),
+                               "frames": int(src.n_frames)}
+        if src.n_episodes and rollouts:
+            out["mean_length"] = float(np.mean(eps["length"]))
+            rewards = src.read("reward", 0, src.n_frames)                        # (F,)
+            returns = np.add.reduceat(rewards.astype(np.float64), eps["start"].astype(np.int64))  # (N,)
+            out["collect/return_mean"], out["collect/return_std"] = float(returns.mean()), float(returns.std())
+            out["policy"] = src.attrs.get("policy")
+        if not rollouts:
+            out["z_dim"] = int(src.read("mu", 0, 1).shape[1]) if src.n_frames else None
+    return out
+
+
+def _last_metrics(folder: Path) -> dict[str, Any] | None:
+    records = read_metrics(folder / "metrics.jsonl")
+    return records[-1] if records else None
+
+
+def _evaluations(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for path in sorted(run_dir.glob("eval-*/summary.json")):
+        try:
+            found.append((path.parent.name, json.loads(path.read_text())))
+        except json.JSONDecodeError:
+            raise WorldModelsError(f"{path} is not valid JSON; rerun `worldmodels evaluate --run {run_dir}`") from None
+    return found
+
+
+def _sizes(configs: dict[str, dict[str, Any] | None]) -> str:
+    """One sentence with the sizes that matter for the score, as far as the configs tell them."""
+    col, vae, m, c = (configs.get(s) or {} for s in ("collect", "train-vae", "train-mdrnn", "train-controller"))
+    parts = [f"{col['episodes']} rollouts" if "episodes" in col else "",
+             f"z {vae['z_dim']}" if "z_dim" in vae else "", f"h {m['hidden']}" if "hidden" in m else "",
+             (f"{c['generations']} generations of {c['popsize']} × {c['rollouts']} rollouts "
+              f"({c.get('where', '?')}, τ {c.get('temperature', '?')})") if "generations" in c else ""]
+    parts = [p for p in parts if p]
+    return f"This run: {', '.join(parts)}." if parts else ""
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def build_report(run_dir: Path, out: Path) -> tuple[str, dict[str, Any]]:
+    """The report's markdown and a summary (present/missing stages, evaluations, figures)."""
+    link_base = out.parent
+
+    def link(path: Path) -> str:
+        return Path(os.path.relpath(path, link_base)).as_posix()
+
+    present = {stage: any(run_dir.glob(proof)) for stage, proof, _ in STAGES}
+    missing = [s for s, ok in present.items() if not ok]
+    evals = _evaluations(run_dir)
+    configs = {stage: _stage_config(run_dir, stage, folder) for stage, _, folder in STAGES}
+    env = next((s.get("env") for _, s in evals if s.get("env")), None) or next(
+        (c.get("env") for c in configs.values() if c and c.get("env")), None) or "unknown env"
+    c_cfg = configs.get("train-controller") or {}
+
+    lines = [f"# World Models run: {env}", "", f"Run folder `{run_dir}`. Written by `worldmodels report`; every "
+             "number below is read from the files the stages wrote.", ""]
+    lines += ["## Stages", ""]
+    lines += _table(["stage", "status", "output"], [
+        [stage, "done" if present[stage] else "**missing**", f"`{proof}`"] for stage, proof, _ in STAGES])
+    if missing:
+        lines += ["", "Missing (not run yet, or removed): " + ", ".join(missing) + "."]
+
+    # --- results
+    lines += ["", "## Evaluation in the real environment", ""]
+    if evals:
+        rows = []
+        for name, s in evals:
+            rows.append([f"`{name}`", str(s.get("env", env)), str(s.get("episodes", "?")),
+                         f"{s['mean']:.2f} ± {s['std']:.2f}", f"{s.get('min', float('nan')):.2f} .. "
+                         f"{s.get('max', float('nan')):.2f}", str(s.get("controller", "")),
+                         paper_score(str(s.get("env", env)), s.get("temperature", c_cfg.get("temperature")))])
+        lines += _table(["evaluation", "env", "episodes", "return, mean ± std", "min .. max", "controller",
+                         "paper (Ha & Schmidhuber 2018)"], rows)
+        lines += ["", "Mean ± standard deviation over the evaluated episodes (seeds never used in collection or "
+                  "training). " + _sizes(configs) + " The paper used 10,000 rollouts and population 64 × 16 "
+                  "rollouts for up to 1,800 generations: compare sizes before comparing scores."]
+    else:
+        lines += ["Missing: no `eval-<levels>/summary.json` (run `worldmodels evaluate --run DIR`).",
+                  "", f"Paper's number for this env: {paper_score(env, c_cfg.get('temperature'))}."]
+
+    # --- final metrics
+    lines += ["", "## Final metrics of each stage", ""]
+    for stage, proof, folder in STAGES:
+        if stage == "evaluate":
+            continue
+        values: dict[str, Any] | None = None
+        if stage in ("collect", "encode") and present[stage]:
+            values = _data_summary(run_dir / proof, rollouts=stage == "collect")
+        elif folder is not None:
+            values = _last_metrics(run_dir / folder)
+        if not values:
+            lines += [f"- **{stage}**: missing" + ("" if not present[stage] else " (no metrics.jsonl records)")]
+            continue
+        lines += [f"- **{stage}**: " + ", ".join(f"`{k}` {_fmt(v)}" for k, v in values.items() if v is not None)]
+
+    # --- figures
+    lines += ["", "## Figures", ""]
+    figures: list[str] = []
+    curve = run_dir / "controller" / "learning_curve.png"
+    if not curve.exists() and read_metrics(run_dir / "controller" / "metrics.jsonl"):
+        plots.learning_curve(read_metrics(run_dir / "controller" / "metrics.jsonl"), curve, f"{env}: CMA-ES")
+    gifs = [(Path(name) / "episode.gif", f"C playing the real game ({name}, episode 0)") for name, _ in evals]
+    for rel, caption in [(Path(p), c) for p, c in FIGURES] + gifs:
+        path = run_dir / rel
+        if path.is_file():
+            figures.append(rel.as_posix())
+            lines += [f"**{caption}**", "", f"![{caption}]({link(path)})", ""]
+        else:
+            lines += [f"- missing: `{rel.as_posix()}` ({caption})", ""]
+
+    # --- config
+    lines += ["## Config", "", "Each stage's merged settings, one line per stage (the block is a valid "
+              "`--config` file).", "", "```yaml"]
+    for stage, _, _ in STAGES:
+        values, section = configs[stage], stage.replace("-", "_")
+        lines += [f"# {section}: no config recorded" if values is None else
+                  f"{section}: " + yaml.safe_dump(values, default_flow_style=True, width=10_000, sort_keys=False).strip()]
+    lines += ["```", ""]
+    summary = {"env": env, "missing": missing, "evaluations": {n: s for n, s in evals}, "figures": figures}
+    return "\n".join(lines), summary
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Write the report; returns its path and what it found (missing stages, evaluations, figures)."""
+    if not cfg.run:
+        raise WorldModelsError("--run (a run folder written by the pipeline or the stages) is required")
+    run_dir = Path(cfg.run)
+    if not run_dir.is_dir():
+        raise WorldModelsError(f"run folder {run_dir} does not exist; run ./run_pipeline.sh or the stages first")
+    if not any(any(run_dir.glob(proof)) for _, proof, _ in STAGES):
+        raise WorldModelsError(f"{run_dir} holds no stage output (no rollouts.h5, vae/, mdrnn/, controller/ or "
+                               "eval-*/); is this the right run folder?")
+    out = Path(cfg.out) if cfg.out else run_dir / "report.md"
+    text, summary = build_report(run_dir, out)
+    atomic_write_text(out, text)
+    print(f"report: {out}" + (f" (missing: {', '.join(summary['missing'])})" if summary["missing"] else ""))
+    return {"path": str(out), **summary}
