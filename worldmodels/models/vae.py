@@ -105,7 +105,8 @@ def vae_loss(x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, logvar: tor
 def load_vae(path: str | os.PathLike, device: torch.device | str = "cpu") -> ConvVAE:
     """Load a trained V from ``checkpoint.pt`` or its run folder, in eval mode.
 
-    The model carries ``checkpoint_id`` (the training run's id), ``checkpoint_path`` and ``z_dim``.
+    The model carries ``checkpoint_id`` (the training run's id), ``checkpoint_path``, ``checkpoint_epoch``
+    (epochs trained, -1 if unknown) and ``z_dim``.
     """
     state = load_checkpoint(path, kind="vae", map_location="cpu")
     try:
@@ -121,4 +122,5 @@ def load_vae(path: str | os.PathLike, device: torch.device | str = "cpu") -> Con
         raise WorldModelsError(f"{checkpoint_file(path)}: weights do not fit ConvVAE(z_dim={z_dim}): {first}") from None
     model.checkpoint_id = state["id"]
     model.checkpoint_path = str(checkpoint_file(path).resolve())
+    model.checkpoint_epoch = int(state.get("epoch", -1))
     return model.to(device).eval()

@@ -1,0 +1,145 @@
+"""Figures the stages write (PNG via matplotlib, GIF via imageio): one function per figure.
+
+Figures are built with ``matplotlib.figure.Figure`` (no pyplot), so they never touch a notebook's
+backend or global state, and are saved atomically so a killed run never leaves a torn PNG.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from worldmodels.utils import atomic_path
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Write ``fig`` as a PNG atomically; returns the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def tile(images: np.ndarray, pad: int = 2, value: int = 255) -> np.ndarray:
+    """uint8 images (R, C, H, W, 3) -> one (R*(H+pad)-pad, C*(W+pad)-pad, 3) mosaic with white gaps."""
+    rows, cols, h, w, ch = images.shape
+    out = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad, ch), value, dtype=np.uint8)
+    for r in range(rows):
+        for c in range(cols):
+            out[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = images[r, c]
+    return out
+
+
+def reconstruction_grid(real: np.ndarray, recon: np.ndarray, path: str | os.PathLike, title: str = "") -> Path:
+    """Real frames (N, 64, 64, 3) uint8 in the top row, their reconstructions below; PNG at ``path``."""
+    if real.shape != recon.shape:
+        raise ValueError(f"real {real.shape} and reconstructions {recon.shape} differ")
+    mosaic = tile(np.stack([real, recon]))                       # (2*(64+2)-2, N*(64+2)-2, 3)
+    fig = Figure(figsize=(max(2.0, mosaic.shape[1] / 60), mosaic.shape[0] / 60 + 0.4))
+    ax = fig.add_subplot()
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_yticks([32, 32 + 66], ["real", "V(real)"])
+    ax.set_xticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def latent_traversal(images: np.ndarray, values: Sequence[float], path: str | os.PathLike, title: str = "") -> Path:
+    """Decoded frames (Z, S, 64, 64, 3): row i sweeps latent dimension i through ``values`` (S of them)."""
+    n_dims, n_steps = images.shape[:2]
+    if len(values) != n_steps:
+        raise ValueError(f"{len(values)} values for {n_steps} columns")
+    mosaic = tile(images)
+    fig = Figure(figsize=(mosaic.shape[1] / 60 + 0.6, mosaic.shape[0] / 60 + 0.6))
+    ax = fig.add_subplot()
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_xticks([32 + 66 * i for i in range(n_steps)], [f"{v:+.1f}" for v in values], fontsize=7)
+    ax.set_yticks([32 + 66 * i for i in range(n_dims)], [f"z{i}" for i in range(n_dims)], fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def learning_curve(records: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """CMA-ES learning curve from ``controller/metrics.jsonl`` records: the population's best, mean and
+    worst fitness per generation, and the mean solution's periodic scores (``eval/*``, ``eval_real/*``)
+    as points with one-standard-deviation bars."""
+    gens = [r for r in records if "cmaes/mean" in r]
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    if gens:
+        x = np.array([r["generation"] + 1 for r in gens])
+        best, mean, worst = (np.array([float(r[f"cmaes/{k}"]) for r in gens]) for k in ("best", "mean", "worst"))
+        ax.fill_between(x, worst, best, alpha=0.2, color="tab:blue", label="population best..worst")
+        ax.plot(x, mean, color="tab:blue", label="population mean")
+    for prefix, color, label in (("eval", "tab:red", "mean solution"), ("eval_real", "tab:green", "mean solution, real env")):
+        pts = [r for r in records if f"{prefix}/mean" in r]
+        if pts:
+            ax.errorbar([r["generation"] + 1 for r in pts], [float(r[f"{prefix}/mean"]) for r in pts],
+                        yerr=[float(r[f"{prefix}/std"]) for r in pts], fmt="o-", color=color, capsize=3,
+                        markersize=4, label=label)
+    ax.set_xlabel("generation")
+    ax.set_ylabel("return (fitness = mean over rollouts)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def episode_gif(frames: np.ndarray, path: str | os.PathLike, fps: int = 30, scale: int = 4) -> Path:
+    """uint8 frames (T, H, W, 3) -> an animated GIF, each frame upscaled ``scale`` times (nearest)."""
+    import imageio.v2 as imageio
+
+    frames = np.asarray(frames, dtype=np.uint8)
+    if frames.ndim != 4 or len(frames) == 0:
+        raise ValueError(f"expected frames (T, H, W, 3), got {frames.shape}")
+    big = frames.repeat(scale, axis=1).repeat(scale, axis=2)  # (T, H*scale, W*scale, 3)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        imageio.mimsave(tmp, list(big), format="GIF", duration=1000 / fps, loop=0)
+    return path
+
+
+def dream_vs_real(real: np.ndarray, dream: np.ndarray, path: str | os.PathLike, title: str = "",
+                  columns: int = 10) -> Path:
+    """Real frames (T, 64, 64, 3) above M's dream of the same episode (T, 64, 64, 3), ``columns`` evenly
+    spaced time steps; PNG at ``path``."""
+    if real.shape != dream.shape:
+        raise ValueError(f"real {real.shape} and dream {dream.shape} differ")
+    steps = np.unique(np.linspace(0, len(real) - 1, min(columns, len(real))).round().astype(int))
+    mosaic = tile(np.stack([real[steps], dream[steps]]))
+    fig = Figure(figsize=(max(2.0, mosaic.shape[1] / 60), mosaic.shape[0] / 60 + 0.6))
+    ax = fig.add_subplot()
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_yticks([32, 32 + 66], ["real", "dream"])
+    ax.set_xticks([32 + 66 * i for i in range(len(steps))], [f"t={s}" for s in steps], fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def frame_rows(rows: Sequence[tuple[str, np.ndarray]], path: str | os.PathLike, title: str = "",
+               columns: int = 10) -> Path:
+    """Labelled rows of frames over time, e.g. reality and dreams at several temperatures: each row is
+    (label, uint8 frames (T, 64, 64, 3)), all of the same T; ``columns`` evenly spaced time steps; PNG."""
+    if not rows:
+        raise ValueError("no rows to draw")
+    length = len(rows[0][1])
+    if any(frames.shape != rows[0][1].shape for _, frames in rows):
+        raise ValueError(f"rows differ in shape: {[frames.shape for _, frames in rows]}")
+    steps = np.unique(np.linspace(0, length - 1, min(columns, length)).round().astype(int))
+    mosaic = tile(np.stack([frames[steps] for _, frames in rows]))      # (R*66-2, C*66-2, 3)
+    fig = Figure(figsize=(max(2.0, mosaic.shape[1] / 60) + 0.8, mosaic.shape[0] / 60 + 0.6))
+    ax = fig.add_subplot()
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_yticks([32 + 66 * i for i in range(len(rows))], [label for label, _ in rows], fontsize=7)
+    ax.set_xticks([32 + 66 * i for i in range(len(steps))], [f"t={s}" for s in steps], fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)
