@@ -243,3 +243,20 @@ def test_kill_9_at_random_moments_keeps_committed_episodes(tmp_path):
         for i in rng.sample(range(n_target), 20):
             assert_episode_equal(f.episode(i), episode(i, max_len=40))
     assert not list(tmp_path.glob(".r.h5.*.tmp"))
+
+
+def test_reader_in_another_process_never_blocks_the_writer(tmp_path):
+    path = write(tmp_path / "r.h5", 2)
+    code = ("import sys; from worldmodels.data import open_rollouts; f = open_rollouts(sys.argv[1]); "
+            "print(f.n_episodes, flush=True); sys.stdin.readline(); "
+            "print(f.episode(1)['obs'].sum(), f.n_episodes, open_rollouts(sys.argv[1]).n_episodes)")
+    reader = subprocess.Popen([sys.executable, "-c", code, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    assert reader.stdout.readline().strip() == "2"
+    write(path, 3)  # resumes and commits while the reader holds the file open
+    out, _ = reader.communicate("go\n", timeout=60)
+    # the open reader keeps its snapshot (2 episodes, readable); a new one sees the third episode
+    assert out.split() == [str(episode(1)["obs"].sum()), "2", "3"]
+    with pytest.raises(WorldModelsError, match="open for reading in this process"):
+        with open_rollouts(path):
+            EpisodeWriter(path, ROLLOUTS, ATTRS)

@@ -44,19 +44,19 @@ def _open_h5(path: Path, schema: Schema, mode: str = "r") -> h5py.File:
     cache = dict(rdcc_nbytes=CACHE_BYTES, rdcc_nslots=CACHE_SLOTS)
     try:
         if mode == "r":
-            # swmr=True reads a file while it is written, and a file whose writer was killed.
-            return h5py.File(path, "r", swmr=True, **cache)
+            # swmr=True reads a file while it is written, and a file whose writer was killed. Readers take
+            # no HDF5 file lock, so an open reader (a training run) never stops a writer from resuming.
+            return h5py.File(path, "r", swmr=True, locking=False, **cache)
         return h5py.File(path, mode, libver="latest", **cache)
     except OSError as err:
         msg = str(err)
-        if "unable to lock file" in msg:  # HDF5's own lock: a writer is starting, or (for a writer) readers are open
-            holder = "a writer" if mode == "r" else "another process (a reader such as a running training stage?)"
-            raise WorldModelsError(f"{path}: in use by {holder}; retry when it is done") from None
+        if "unable to lock file" in msg:  # HDF5's own lock, taken by some program other than ours
+            raise WorldModelsError(f"{path}: locked by another program; retry when it is done") from None
         if "already open for read-only" in msg:
             raise WorldModelsError(f"{path}: open for reading in this process; close it before writing") from None
         if mode == "r":
             with contextlib.suppress(OSError):  # an HDF5 file from elsewhere, without SWMR support
-                return h5py.File(path, "r", **cache)
+                return h5py.File(path, "r", locking=False, **cache)
         if mode != "r" and "consistency flags" in msg:
             raise  # the writer handles an interrupted file by recovering it
         raise WorldModelsError(f"{path}: cannot open as HDF5 ({_first_line(err)}); "
@@ -125,6 +125,8 @@ class EpisodeFile:
         table = f.get(EPISODES)
         if not isinstance(table, h5py.Dataset) or table.dtype != EPISODE_DTYPE or table.ndim != 1:
             raise WorldModelsError(f"{where}: missing or malformed '{EPISODES}' table")
+        if f.swmr_mode:  # another handle on this file in this process may hold stale metadata
+            table.refresh()
         episodes = table[()]
         starts, lengths = episodes["start"], episodes["length"]
         n_frames = int(lengths.sum())
@@ -136,6 +138,8 @@ class EpisodeFile:
             ds = f.get(field.name)
             if not isinstance(ds, h5py.Dataset):
                 raise WorldModelsError(f"{where}: missing dataset '{field.name}'")
+            if f.swmr_mode:
+                ds.refresh()
             if ds.dtype != field.dtype:
                 raise WorldModelsError(f"{where}: dataset '{field.name}' has dtype {ds.dtype}, expected {field.dtype}")
             if ds.shape[1:] != field.shape:
@@ -344,11 +348,12 @@ class EpisodeWriter:
         table = f[EPISODES]
         lengths = table["length"] if len(table) else np.zeros(0, np.int64)
         self.n_episodes, self.n_frames = len(table), int(np.sum(lengths))
+        f.swmr_mode = True  # at once: readers may have the file open
         # Frames past the table belong to an episode that never committed: drop them.
         for fd in self._fields:
             if f[fd.name].shape[0] != self.n_frames:
                 f[fd.name].resize(self.n_frames, axis=0)
-        f.swmr_mode = True
+                f[fd.name].flush()
 
     def _recover(self) -> None:
         """Copy the committed episodes of an interrupted file into a fresh one, then swap it in atomically."""

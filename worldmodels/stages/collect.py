@@ -1,0 +1,158 @@
+"""Roll out a random policy in a real env and write every episode to one HDF5 file (rollouts.h5).
+
+Worker processes step the envs; finished episodes come back to this process, which writes them in
+episode order, so the file is the same for any number of workers. Episode i uses the env seed
+episode_seed(seed, i, "collect") and a policy generator seeded from it. Rerunning the same command
+resumes from the episodes already in the file; a killed run keeps every episode it committed.
+
+  worldmodels collect --env carracing --episodes 10000 --workers 16
+  worldmodels collect --env procgen:coinrun --episodes 500 --env-kwargs '{num_levels: 200}'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from worldmodels.config import option
+from worldmodels.data import ROLLOUTS, EpisodeWriter
+from worldmodels.errors import WorldModelsError
+from worldmodels.parallel import BACKENDS, WorkerPool
+from worldmodels.policies import POLICIES, make_policy, resolve_policy
+
+
+@dataclasses.dataclass
+class Config:
+    env: str = option("carracing", "env: carracing, doom-takecover or procgen:<game>")
+    episodes: int = option(100, "episodes the file should hold; a rerun resumes up to this count")
+    workers: int = option(2, "worker processes stepping envs (0: step them in this process)")
+    out: str = option("", "output file; empty means data/<env>/rollouts.h5 (':' in the env name becomes '-')")
+    seed: int = option(0, "run seed; episode i uses env seed episode_seed(seed, i, 'collect')")
+    max_steps: Optional[int] = option(None, "cap on frames per episode (truncated there); none: the env's own limit")
+    policy: str = option("auto", "brownian (continuous), random (i.i.d.), repeat (held 1-10 frames), "
+                         "auto (brownian for Box, repeat for Discrete)", choices=POLICIES)
+    env_kwargs: dict = option(factory=dict, help="keyword arguments for the env, as YAML: '{num_levels: 200}'")
+    fresh: bool = option(False, "delete an existing rollouts file at --out and start over")
+    backend: str = option("local", "where workers run: local processes, or a ray cluster", choices=BACKENDS)
+    ray_address: str = option("", "ray cluster address for --backend ray (empty: start a local ray)")
+
+
+def default_out(env: str) -> Path:
+    return Path("data") / env.replace(":", "-") / "rollouts.h5"
+
+
+# One env per worker process, created once by the pool's initializer and reused for every episode.
+_ENV: Any = None
+
+
+def _init_env(env_name: str, env_kwargs: dict) -> None:
+    global _ENV
+    from worldmodels.envs import make
+
+    _ENV = make(env_name, **env_kwargs)
+
+
+def rollout(env: Any, policy_name: str, space: dict, max_steps: int | None, seed: int) -> dict[str, Any]:
+    """One episode: ``obs[t]`` is what the policy saw when it chose ``action[t]``; reward and flags follow it."""
+    obs, info = env.reset(seed=seed)
+    # A stream of its own, so the policy's noise is not the env's (gymnasium seeds its RNG from `seed` too).
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
+    policy = make_policy(policy_name, space, rng)
+    policy.reset()
+    frames, actions, rewards, terms, truncs = [], [], [], [], []
+    while True:
+        action = policy.act(obs)
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        frames.append(obs)
+        actions.append(action)
+        rewards.append(reward)
+        truncated = truncated or (max_steps is not None and len(frames) >= max_steps and not terminated)
+        terms.append(terminated)
+        truncs.append(truncated)
+        if terminated or truncated:
+            break
+        obs = next_obs
+    discrete = space["type"] == "discrete"
+    arrays = dict(obs=np.stack(frames).astype(np.uint8, copy=False),  # (L, 64, 64, 3)
+                  action=np.asarray(actions, dtype=np.int64 if discrete else np.float32),  # (L,) or (L, A)
+                  reward=np.asarray(rewards, dtype=np.float32), terminated=np.asarray(terms, dtype=bool),
+                  truncated=np.asarray(truncs, dtype=bool))
+    return {"arrays": arrays, "seed": seed, "level": int(info.get("level", -1))}
+
+
+def _close_inline_env() -> None:
+    global _ENV
+    if _ENV is not None:  # only workers=0 makes the env in this process
+        _ENV.close()
+        _ENV = None
+
+
+def _collect_one(policy_name: str, space: dict, max_steps: int | None, seed: int) -> dict[str, Any]:
+    return rollout(_ENV, policy_name, space, max_steps, seed)
+
+
+def write_episodes(writer: EpisodeWriter, pool: WorkerPool, policy: str, space: dict, max_steps: int | None,
+                   seeds: list[int], bar: tqdm | None = None) -> None:
+    """Roll out one episode per seed on the pool's workers and append them to ``writer`` in seed order."""
+    fn = functools.partial(_collect_one, policy, space, max_steps)
+    start, frames = time.perf_counter(), 0
+    for _, episode in pool.imap(fn, seeds, ordered=True):  # episode order: the same file for any W
+        writer.append(episode["arrays"], seed=episode["seed"], level=episode["level"])
+        frames += len(episode["arrays"]["obs"])
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"{frames / (time.perf_counter() - start):.0f} frames/s")
+
+
+def _check(cfg: Config) -> None:
+    if cfg.episodes < 1:
+        raise WorldModelsError(f"--episodes must be at least 1, got {cfg.episodes}")
+    if cfg.workers < 0:
+        raise WorldModelsError(f"--workers must be 0 or more, got {cfg.workers}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise WorldModelsError(f"--max-steps must be at least 1 (or none), got {cfg.max_steps}")
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Collect up to ``cfg.episodes`` episodes into ``cfg.out``; returns a summary (path, episodes, frames...)."""
+    from worldmodels.envs import describe_action_space, env_family, episode_seed, make
+
+    _check(cfg)
+    env_family(cfg.env)  # an unknown name fails here, listing the known ones
+    episode_seed(cfg.seed, cfg.episodes - 1, "collect")  # and so does a seed or count out of range
+    probe = make(cfg.env, **cfg.env_kwargs)  # fails early on bad env kwargs, and tells the action space
+    space = describe_action_space(probe.action_space)
+    probe.close()
+    policy = resolve_policy(cfg.policy, space)
+    out = Path(cfg.out) if cfg.out else default_out(cfg.env)
+    attrs = dict(env=cfg.env, env_kwargs=cfg.env_kwargs, action_space=space, policy=policy, seed=cfg.seed,
+                 max_steps=cfg.max_steps)
+
+    with EpisodeWriter(out, ROLLOUTS, attrs, fresh=cfg.fresh) as writer:
+        first, first_frames = writer.n_episodes, writer.n_frames
+        seeds = [episode_seed(cfg.seed, i, "collect") for i in range(first, cfg.episodes)]
+        start = time.perf_counter()
+        if seeds:  # a finished file needs no workers
+            with tqdm(total=cfg.episodes, initial=first, unit="ep", desc=f"collect {cfg.env}",
+                      dynamic_ncols=True) as bar:
+                try:
+                    with WorkerPool(cfg.workers, initializer=_init_env, initargs=(cfg.env, cfg.env_kwargs),
+                                    what="collection", backend=cfg.backend,
+                                    ray_address=cfg.ray_address or None) as pool:
+                        write_episodes(writer, pool, policy, space, cfg.max_steps, seeds, bar)
+                finally:
+                    _close_inline_env()
+        seconds = time.perf_counter() - start
+        new_frames = writer.n_frames - first_frames
+        summary = {"path": str(out), "episodes": writer.n_episodes, "frames": writer.n_frames,
+                   "new_episodes": writer.n_episodes - first, "new_frames": new_frames, "seconds": seconds,
+                   "frames_per_s": new_frames / seconds if seconds > 0 else 0.0}
+    print(f"{out}: {summary['episodes']} episodes, {summary['frames']} frames "
+          f"({summary['new_episodes']} new, {summary['frames_per_s']:.0f} frames/s)")
+    return summary
