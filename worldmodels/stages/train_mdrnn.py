@@ -166,7 +166,7 @@ def draw_dream_vs_real(model: MDRNN, src: Any, episode: int, cfg: Config, out: P
 
     vae_dir = Path(cfg.vae) if cfg.vae else out.parent / "vae"
     if not checkpoint_file(vae_dir).is_file():
-        warnings.warn(f"no V checkpoint at {vae_dir}: skipping dream_vs_real (pass --vae)", stacklevel=2)
+        warnings.warn(f"no V checkpoint at {vae_dir}: skipping dream_vs_real (pass --vae)", stacklevel=3)
         return False
     vae = load_vae(vae_dir, device)
     ep = src.episode(episode, ["mu", "action"])
