@@ -1,0 +1,107 @@
+"""The study stage: the smoke preset end to end (table, CSV, figure), resume without recomputation, summaries."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from worldmodels import cli
+from worldmodels.errors import WorldModelsError
+from worldmodels.stages import study
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    # Batch-of-one convolutions on a busy 2-core machine are ~50x slower with 2 torch threads than with one.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, one_thread):
+    out = tmp_path_factory.mktemp("study") / "study"
+    assert cli.main(["study", "--preset", "smoke", "--out", str(out)]) == 0
+    return out
+
+
+def test_smoke_study_writes_every_condition_and_level_set(smoke):
+    conditions = study.default_conditions()
+    assert conditions == ["offline", "dream", "dream+random_swing", "dream+deepdream", "dream+value_diversification",
+                          "dream+all"]
+    lines = (smoke / "results.md").read_text().splitlines()
+    assert lines[0] == "| game | condition | seeds | train levels | test levels | gap (train - test) |"
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:] if line.startswith("| coinrun")]
+    assert [r[1] for r in rows] == conditions
+    csv_rows = [line.split(",") for line in (smoke / "results.csv").read_text().splitlines()[1:]]
+    assert sorted((r[2], r[3]) for r in csv_rows) == sorted((c, lv) for c in conditions for lv in ("train", "test"))
+    for r, cond in zip(rows, conditions):
+        cell = json.loads((smoke / "cells" / f"coinrun__seed0__{cond}.json").read_text())
+        train, test = cell["train"]["mean"], cell["test"]["mean"]
+        assert r[3] == f"{train:.2f} ± 0.00" and r[4] == f"{test:.2f} ± 0.00" and r[5] == f"{train - test:.2f} ± 0.00"
+        assert cell["train"]["episodes"] == cell["test"]["episodes"] == 2
+    assert (smoke / "results.png").stat().st_size > 1000
+    # Each condition trained its own controller; the offline one says so, the augmented ones record their settings.
+    ckpts = {c: torch.load(smoke / "coinrun" / "seed0" / c / "controller" / "checkpoint.pt", weights_only=False)
+             for c in conditions}
+    assert len({c["id"] for c in ckpts.values()}) == len(conditions)
+    assert ckpts["offline"]["config"]["where"] == "offline"
+    assert [a["name"] for a in ckpts["dream+all"]["identity"]["augment"]] == ["random_swing", "deepdream",
+                                                                            "value_diversification"]
+    assert ckpts["dream"]["identity"]["augment"] == []
+    assert ckpts["dream+deepdream"]["identity"]["augment"][0]["steps"] == 2  # the preset's options reached it
+
+
+def test_rerun_recomputes_nothing_and_a_lost_cell_only_itself(smoke, monkeypatch):
+    from worldmodels.stages import collect, evaluate, train_controller
+
+    cells = sorted((smoke / "cells").glob("*.json"))
+    before = {p: p.read_text() for p in cells}
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(collect, "run", forbidden)
+    monkeypatch.setattr(train_controller, "evolve", forbidden)
+    monkeypatch.setattr(evaluate, "run", forbidden)
+    summary = study.run(study.Config(**{**_smoke_config(), "out": str(smoke)}))
+    assert summary["computed"] == 0 and summary["cells"] == 6
+    assert {p: p.read_text() for p in cells} == before
+
+    # A cell whose record is lost is the only one redone (the world is kept, its controller resumes).
+    lost = smoke / "cells" / "coinrun__seed0__dream+random_swing.json"
+    lost.unlink()
+    evaluated = []
+    monkeypatch.undo()
+    real_evaluate = evaluate.run
+    monkeypatch.setattr(collect, "run", forbidden)
+    monkeypatch.setattr(evaluate, "run", lambda cfg: evaluated.append(cfg.levels) or real_evaluate(cfg))
+    summary = study.run(study.Config(**{**_smoke_config(), "out": str(smoke)}))
+    assert summary["computed"] == 1 and evaluated == ["train", "test"]
+    assert json.loads(lost.read_text())["condition"] == "dream+random_swing"
+
+
+def _smoke_config():
+    from worldmodels import config as cfgmod
+
+    return cfgmod.to_dict(cfgmod.load(study.Config, "study", preset="smoke"))
+
+
+def test_summary_statistics_and_gap():
+    cells = [{"game": "maze", "seed": s, "condition": "dream", "train": {"mean": tr, "std": 0, "episodes": 5},
+              "test": {"mean": te, "std": 0, "episodes": 5}} for s, (tr, te) in enumerate([(4, 1), (6, 2), (8, 6)])]
+    (row,) = study.summarise(cells, ["maze"], ["offline", "dream"])
+    assert row["seeds"] == 3 and row["train_mean"] == 6 and np.isclose(row["train_std"], 2.0)
+    assert np.isclose(row["test_mean"], 3) and np.isclose(row["gap_mean"], 3) and np.isclose(row["gap_std"], 1.0)
+
+
+def test_bad_study_configs_are_clear_errors(tmp_path):
+    with pytest.raises(WorldModelsError, match="unknown study condition 'dream\\+magic'"):
+        study.run(study.Config(out=str(tmp_path), conditions=["dream+magic"]))
+    with pytest.raises(WorldModelsError, match="unknown augmentation 'deep_dream'"):
+        study.run(study.Config(out=str(tmp_path), augment={"deep_dream": {}}))
+    assert cli.main(["study", "--out", str(tmp_path), "--conditions", "offline,real"]) == 1

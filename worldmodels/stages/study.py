@@ -1,0 +1,285 @@
+"""The ProcGen study: does training C on dream-like (augmented) imagination generalise better to unseen levels?
+
+For each game and seed: collect -> train-vae -> encode -> train-mdrnn once, on training levels only
+(env_kwargs, by default num_levels=200, start_level=0, distribution_mode=easy), then one controller
+per condition: offline (return-weighted regression on the collected episodes), dream (CMA-ES in M's
+dream), dream+<augmentation> for each augmentation alone, dream+all (the three, in order). Every
+controller is evaluated for real on training levels and on unseen test levels.
+
+Layout under --out: <game>/seed<k>/ holds rollouts.h5, vae/, latents.h5, mdrnn/ and world.json (the
+world is finished); <game>/seed<k>/<condition>/ holds the controller and its eval-train/, eval-test/;
+cells/<game>__seed<k>__<condition>.json records a finished cell (written atomically, never recomputed).
+results.csv, results.md and results.png are rebuilt from the cell records at the end of every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from worldmodels import config as cfgmod
+from worldmodels.config import option
+from worldmodels.errors import WorldModelsError
+from worldmodels.utils import atomic_write_text
+
+LEVELS = ("train", "test")
+SPARSE = {"coinrun", "maze", "heist", "jumper", "leaper", "caveflyer", "climber", "ninja"}
+
+
+def default_conditions() -> list[str]:
+    from worldmodels.augment import AUGMENTATIONS
+
+    return ["offline", "dream"] + [f"dream+{name}" for name in AUGMENTATIONS] + ["dream+all"]
+
+
+@dataclasses.dataclass
+class Config:
+    out: str = option("runs/study-procgen", "study folder: worlds, controllers, cell records and the results")
+    games: list[str] = option(factory=lambda: ["coinrun", "maze", "bigfish", "chaser"], help="ProcGen games")
+    seeds: list[int] = option(factory=lambda: [0, 1, 2], help="seeds; each trains its own V, M and controllers")
+    conditions: list[str] = option(factory=default_conditions,
+                                   help="offline, dream, dream+<augmentation>[+<augmentation>...], dream+all")
+    env_kwargs: dict = option(factory=lambda: {"num_levels": 200, "start_level": 0, "distribution_mode": "easy"},
+                              help="ProcGen options of the training levels (collection and eval-train)")
+    collect: dict = option(factory=lambda: {"episodes": 200}, help="collect options (env, out, seed are set)")
+    train_vae: dict = option(factory=dict, help="train-vae options (data, out, seed, device are set)")
+    encode: dict = option(factory=dict, help="encode options (data, vae, out, device are set)")
+    train_mdrnn: dict = option(factory=dict, help="train-mdrnn options (latents, out, seed, device are set)")
+    train_controller: dict = option(factory=dict, help="train-controller options for the dream conditions")
+    augment: dict = option(factory=dict, help="per-augmentation options, e.g. {deepdream: {strength: 0.5}}")
+    offline: dict = option(factory=dict, help="offline fit options: weighting, beta, ridge")
+    evaluate: dict = option(factory=lambda: {"episodes": 100},
+                            help="evaluate options for both level sets (run, levels, seed, gif are set)")
+    device: str = option("auto", "device of every stage: auto, cpu, cuda")
+
+
+def _augment_names(condition: str) -> list[str]:
+    """``dream+a+b`` -> [a, b]; ``dream+all`` -> every augmentation; ``dream`` -> []."""
+    from worldmodels.augment import AUGMENTATIONS
+
+    head, *names = condition.split("+")
+    if head != "dream" or ("all" in names and len(names) > 1) or not all(n in AUGMENTATIONS or n == "all" for n in names):
+        raise WorldModelsError(f"unknown study condition {condition!r}; use offline, dream, dream+all or "
+                               f"dream+<augmentation>[+...] with augmentations {', '.join(AUGMENTATIONS)}")
+    return list(AUGMENTATIONS) if names == ["all"] else names
+
+
+def _stage_cfg(module: Any, section: str, values: dict[str, Any], fixed: dict[str, Any]) -> Any:
+    return cfgmod.from_dict(module.Config, {**values, **fixed}, where=f"study.{section}")
+
+
+# ------------------------------------------------------------------------------------------------ world
+def build_world(cfg: Config, game: str, seed: int) -> Path:
+    """collect -> train-vae -> encode -> train-mdrnn for one game and seed (skipped once world.json exists)."""
+    from worldmodels.stages import collect, encode, train_mdrnn, train_vae
+
+    base = Path(cfg.out) / game / f"seed{seed}"
+    if (base / "world.json").exists():
+        return base
+    base.mkdir(parents=True, exist_ok=True)
+    rollouts, latents = base / "rollouts.h5", base / "latents.h5"
+    stages = [
+        (collect, "collect", {"env": f"procgen:{game}", "out": str(rollouts), "seed": seed,
+                              "env_kwargs": dict(cfg.env_kwargs)}),
+        (train_vae, "train_vae", {"data": str(rollouts), "out": str(base / "vae"), "seed": seed, "device": cfg.device}),
+        (encode, "encode", {"data": str(rollouts), "vae": str(base / "vae"), "out": str(latents), "device": cfg.device}),
+        (train_mdrnn, "train_mdrnn", {"latents": str(latents), "out": str(base / "mdrnn"), "seed": seed,
+                                      "device": cfg.device}),
+    ]
+    for module, section, fixed in stages:
+        module.run(_stage_cfg(module, section, getattr(cfg, section), fixed))
+    atomic_write_text(base / "world.json", json.dumps({"game": game, "seed": seed, "finished": time.time()}) + "\n")
+    return base
+
+
+# ------------------------------------------------------------------------------------------------ controllers
+def train_in_dream(cfg: Any, augmentations: Sequence[Any]) -> dict[str, Any]:
+    """train-controller's dream path with augmented fitness dreams.
+
+    The same ``evolve`` loop, World, dream factory and seeds as ``train_controller.run(--where dream)``;
+    the only difference is that every fitness dream runs ``augmentations`` inside its step. The
+    periodic mean-solution score stays in the plain dream (augmentations perturb training, not
+    selection). The augmentations' settings are part of the checkpoint's identity, so a resume with
+    other settings is refused. To be replaced by ``train_controller.run`` once it takes ``augment``.
+    """
+    from worldmodels.agent import load_world
+    from worldmodels.augment import describe
+    from worldmodels.stages import train_controller as tc
+    from worldmodels.utils import exclusive_lock, pick_device
+
+    world = load_world(Path(cfg.run), cfg.obs_mode, pick_device(cfg.device), latents=cfg.latents)
+    max_steps = cfg.max_steps or tc.DEFAULT_MAX_STEPS.get(world.family, 1000)
+    identity = {"env": world.env, "vae_id": world.vae_id, "mdrnn_id": world.mdrnn_id, **world.controller_spec(),
+                "augment": describe(augmentations)}
+    dreams = world.dream_factory(cfg.temperature, max_steps, cfg.seed)
+
+    def dream(batch: int, augs: Sequence[Any]) -> Any:
+        d = dreams(batch)  # cached per batch size: set the augmentations on every use
+        d.augmentations = list(augs)
+        return d
+
+    def fitness(params: np.ndarray, gen: int) -> np.ndarray:
+        return world.dream_returns(dream(len(params) * cfg.rollouts, augmentations), params, cfg.rollouts,
+                                   tc.dream_seed(cfg.seed, gen, 0))
+
+    scorers = {"eval": lambda mean, gen: world.dream_returns(
+        dream(cfg.eval_episodes, ()), mean[None], cfg.eval_episodes, tc.dream_seed(cfg.seed, gen, 1))[0]}
+    out_dir = Path(cfg.run) / "controller"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out_dir / "checkpoint.pt", "train-controller"):
+        return tc.evolve(cfg, out_dir, world.n_params, fitness, scorers, identity)
+
+
+def train_offline(cfg: Config, run_dir: Path, obs_mode: str) -> None:
+    """Fit and save the offline controller (kept if a previous run already wrote it)."""
+    from worldmodels.agent import load_world
+    from worldmodels.offline import fit_offline_controller, save_offline_controller
+    from worldmodels.utils import pick_device
+
+    if (run_dir / "controller" / "checkpoint.pt").exists():
+        return  # refitting would give it a new id and restart its evaluations
+    options = dict(cfg.offline)
+    bad = sorted(set(options) - {"weighting", "beta", "ridge"})
+    if bad:
+        raise WorldModelsError(f"study.offline: unknown key(s) {', '.join(bad)}; valid keys: beta, ridge, weighting")
+    world = load_world(run_dir, obs_mode, pick_device(cfg.device))
+    fit = fit_offline_controller(world, **options)
+    save_offline_controller(run_dir / "controller", fit, world, {"obs_mode": obs_mode, **options})
+
+
+def run_cell(cfg: Config, world_dir: Path, game: str, seed: int, condition: str) -> dict[str, Any]:
+    """Train one condition's controller on a finished world and evaluate it on both level sets."""
+    from worldmodels.augment import build_augmentations
+    from worldmodels.stages import evaluate as ev
+    from worldmodels.stages import train_controller as tc
+
+    t0 = time.time()
+    run_dir = world_dir / condition
+    run_dir.mkdir(exist_ok=True)
+    for part in ("vae", "mdrnn"):  # the condition's run folder shares the world's V and M
+        link = run_dir / part
+        if not link.exists():
+            link.symlink_to(Path("..") / part, target_is_directory=True)
+    tc_cfg = _stage_cfg(tc, "train_controller", cfg.train_controller,
+                        {"run": str(run_dir), "seed": seed, "device": cfg.device, "where": "dream"})
+    if condition == "offline":
+        train_offline(cfg, run_dir, tc_cfg.obs_mode)
+    else:
+        augs = build_augmentations(_augment_names(condition), cfg.augment)
+        train_in_dream(tc_cfg, augs)
+    record = {"game": game, "seed": seed, "condition": condition}
+    for levels in LEVELS:
+        summary = ev.run(_stage_cfg(ev, "evaluate", cfg.evaluate,
+                                    {"run": str(run_dir), "levels": levels, "seed": seed, "gif": False}))
+        record[levels] = {k: summary[k] for k in ("mean", "std", "episodes", "mean_length", "controller_id")}
+    record["seconds"] = time.time() - t0
+    return record
+
+
+# ------------------------------------------------------------------------------------------------ results
+def read_cells(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def summarise(cells: list[dict[str, Any]], games: Sequence[str], conditions: Sequence[str]) -> list[dict[str, Any]]:
+    """Per game and condition: mean and std over seeds of the per-seed mean return, per level set and gap."""
+    rows = []
+    for game in games:
+        for cond in conditions:
+            mine = [c for c in cells if c["game"] == game and c["condition"] == cond]
+            if not mine:
+                continue
+            row = {"game": game, "condition": cond, "seeds": len(mine)}
+            for key, values in (("train", [c["train"]["mean"] for c in mine]), ("test", [c["test"]["mean"] for c in mine]),
+                                ("gap", [c["train"]["mean"] - c["test"]["mean"] for c in mine])):
+                row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(values)
+            rows.append(row)
+    return rows
+
+
+def write_results(out: Path, cells: list[dict[str, Any]], games: Sequence[str], conditions: Sequence[str]) -> dict[str, Path]:
+    """results.csv (one row per cell, seed and level set), results.md (table) and results.png (bars)."""
+    lines = ["game,seed,condition,levels,mean,std,episodes"]
+    for c in sorted(cells, key=lambda c: (c["game"], c["seed"], c["condition"])):
+        for levels in LEVELS:
+            r = c[levels]
+            lines.append(f"{c['game']},{c['seed']},{c['condition']},{levels},{r['mean']:.6g},{r['std']:.6g},{r['episodes']}")
+    atomic_write_text(out / "results.csv", "\n".join(lines) + "\n")
+    rows = summarise(cells, games, conditions)
+    md = ["| game | condition | seeds | train levels | test levels | gap (train - test) |",
+          "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        kind = "sparse" if r["game"] in SPARSE else "dense"
+        md.append(f"| {r['game']} ({kind}) | {r['condition']} | {r['seeds']} | "
+                  + " | ".join(f"{r[k + '_mean']:.2f} ± {r[k + '_std']:.2f}" for k in ("train", "test", "gap")) + " |")
+    md.append("")
+    md.append("Mean ± std over seeds of each seed's mean real-env return (std with ddof=1; 0 for one seed). "
+              "Differences smaller than these stds are within noise, not evidence.")
+    atomic_write_text(out / "results.md", "\n".join(md) + "\n")
+    _plot(out / "results.png", rows, games, conditions)
+    return {"csv": out / "results.csv", "md": out / "results.md", "png": out / "results.png"}
+
+
+def _plot(path: Path, rows: list[dict[str, Any]], games: Sequence[str], conditions: Sequence[str]) -> None:
+    from matplotlib.figure import Figure
+
+    from worldmodels.plots import save_figure
+
+    shown = [g for g in games if any(r["game"] == g for r in rows)]
+    fig = Figure(figsize=(max(6, 1.4 * len(conditions)), 3.2 * max(1, len(shown))))
+    for i, game in enumerate(shown):
+        ax = fig.add_subplot(len(shown), 1, i + 1)
+        mine = {r["condition"]: r for r in rows if r["game"] == game}
+        x = np.arange(len(conditions))
+        for j, (levels, color) in enumerate((("train", "tab:blue"), ("test", "tab:orange"))):
+            means = [mine[c][f"{levels}_mean"] if c in mine else np.nan for c in conditions]
+            stds = [mine[c][f"{levels}_std"] if c in mine else 0.0 for c in conditions]
+            ax.bar(x + (j - 0.5) * 0.38, means, 0.38, yerr=stds, capsize=3, color=color, label=f"{levels} levels")
+        ax.set_xticks(x, conditions, rotation=20, fontsize=8)
+        ax.set_ylabel("real return")
+        ax.set_title(f"{game} ({'sparse' if game in SPARSE else 'dense'} reward)")
+        ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+# ------------------------------------------------------------------------------------------------ the stage
+def run(cfg: Config) -> dict[str, Any]:
+    """Run every missing cell, then rebuild the tables and figure; returns their paths and the summary rows."""
+    if not cfg.games or not cfg.seeds or not cfg.conditions:
+        raise WorldModelsError("study needs at least one game, one seed and one condition")
+    for cond in cfg.conditions:
+        if cond != "offline":
+            _augment_names(cond)
+    from worldmodels.augment import build_augmentations
+
+    build_augmentations([], cfg.augment)  # unknown augmentation names in the options fail now, not hours later
+    out = Path(cfg.out)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    cfgmod.save(cfg, out / "config.yaml")
+    cells = [(g, s, c) for g in cfg.games for s in cfg.seeds for c in cfg.conditions]
+    todo = [cell for cell in cells if not (out / "cells" / f"{cell[0]}__seed{cell[1]}__{cell[2]}.json").exists()]
+    computed = 0
+    with tqdm(total=len(cells), initial=len(cells) - len(todo), desc="study", unit="cell") as bar:
+        for game, seed, condition in todo:
+            bar.set_postfix_str(f"{game} seed {seed} {condition}")
+            world_dir = build_world(cfg, game, seed)
+            record = run_cell(cfg, world_dir, game, seed, condition)
+            atomic_write_text(out / "cells" / f"{game}__seed{seed}__{condition}.json", json.dumps(record, indent=1) + "\n")
+            computed += 1
+            bar.update()
+    paths = write_results(out, [c for c in read_cells(out) if (c["game"], c["seed"], c["condition"]) in set(cells)],
+                          cfg.games, cfg.conditions)
+    print(f"study: {len(cells)} cells ({computed} computed now) -> {paths['md']}")
+    return {"cells": len(cells), "computed": computed, **{k: str(v) for k, v in paths.items()},
+            "rows": summarise(read_cells(out), cfg.games, cfg.conditions)}
