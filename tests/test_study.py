@@ -104,4 +104,24 @@ def test_bad_study_configs_are_clear_errors(tmp_path):
         study.run(study.Config(out=str(tmp_path), conditions=["dream+magic"]))
     with pytest.raises(WorldModelsError, match="unknown augmentation 'deep_dream'"):
         study.run(study.Config(out=str(tmp_path), augment={"deep_dream": {}}))
+    with pytest.raises(WorldModelsError, match="study.train_vae: unknown key zdim; valid keys: .*z_dim"):
+        study.run(study.Config(out=str(tmp_path), train_vae={"zdim": 3}))
     assert cli.main(["study", "--out", str(tmp_path), "--conditions", "offline,real"]) == 1
+    assert not (tmp_path / "coinrun").exists()  # nothing started
+
+
+def test_full_study_config_is_valid():
+    from pathlib import Path
+
+    from worldmodels import config as cfgmod
+
+    cfg = cfgmod.load(study.Config, "study", config_file=str(Path(__file__).parents[1] / "studies" / "procgen.yaml"))
+    assert cfg.games == ["coinrun", "maze", "bigfish", "chaser"] and len(cfg.seeds) >= 3
+    assert cfg.conditions == study.default_conditions() and cfg.evaluate["episodes"] >= 100
+    assert cfg.env_kwargs == {"num_levels": 200, "start_level": 0, "distribution_mode": "easy"}
+    for module, section in (("collect", "collect"), ("train_vae", "train_vae"), ("encode", "encode"),
+                            ("train_mdrnn", "train_mdrnn"), ("train_controller", "train_controller"),
+                            ("evaluate", "evaluate")):
+        import importlib
+
+        study._stage_cfg(importlib.import_module(f"worldmodels.stages.{module}"), section, getattr(cfg, section), {})

@@ -263,7 +263,13 @@ def run(cfg: Config) -> dict[str, Any]:
             _augment_names(cond)
     from worldmodels.augment import build_augmentations
 
-    build_augmentations([], cfg.augment)  # unknown augmentation names in the options fail now, not hours later
+    # Bad keys fail now, not hours into the study.
+    build_augmentations([], cfg.augment)
+    from worldmodels.stages import collect, encode, evaluate, train_controller, train_mdrnn, train_vae
+
+    for module, section in ((collect, "collect"), (train_vae, "train_vae"), (encode, "encode"),
+                            (train_mdrnn, "train_mdrnn"), (train_controller, "train_controller"), (evaluate, "evaluate")):
+        _stage_cfg(module, section, getattr(cfg, section), {})
     out = Path(cfg.out)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     cfgmod.save(cfg, out / "config.yaml")
