@@ -198,12 +198,11 @@ class EpisodeFile:
         fd = self.field(field)
         uniq, inverse = np.unique(flat, return_inverse=True)
         out = np.empty((len(uniq), *fd.shape), fd.dtype)
-        chunk_ids = uniq // fd.chunk_frames
-        breaks = np.flatnonzero(np.diff(chunk_ids)) + 1
-        bounds = zip(np.concatenate([[0], breaks]), np.concatenate([breaks, [len(uniq)]]))
 
         def gather(ds: h5py.Dataset) -> np.ndarray:
-            for lo, hi in bounds:
+            chunk_ids = uniq // (ds.chunks[0] if ds.chunks else max(self.n_frames, 1))
+            breaks = np.flatnonzero(np.diff(chunk_ids)) + 1
+            for lo, hi in zip(np.concatenate([[0], breaks]), np.concatenate([breaks, [len(uniq)]])):
                 first = uniq[lo]
                 out[lo:hi] = ds[first:uniq[hi - 1] + 1][uniq[lo:hi] - first]
             return out
@@ -265,8 +264,9 @@ def _create_layout(path: Path, fields: list[Field], raw_attrs: Mapping[str, Any]
     """An empty file with every dataset and attribute in place (nothing may be added once in SWMR mode)."""
     with h5py.File(path, "w", libver="latest") as f:
         for fd in fields:
+            filt, level = fd.compression or (None, None)
             f.create_dataset(fd.name, (0, *fd.shape), fd.dtype, maxshape=(None, *fd.shape), chunks=fd.chunks,
-                             compression=fd.compression)
+                             compression=filt, compression_opts=level)
         f.create_dataset(EPISODES, (0,), EPISODE_DTYPE, maxshape=(None,), chunks=(1024,))
         for key, value in raw_attrs.items():
             f.attrs[key] = value
