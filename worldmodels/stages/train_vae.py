@@ -53,7 +53,7 @@ class Config:
 
 
 # Keys that may differ when resuming: they change how or how long we train, not what is trained.
-CONTINUATION_SAFE = ("epochs", "shuffle_buffer", "workers", "device", "bf16", "channels_last", "fresh")
+CONTINUATION_SAFE = ("epochs", "shuffle_buffer", "workers", "device", "bf16", "channels_last", "fresh", "env")
 PICTURE_FRAMES = 8
 TRAVERSAL_VALUES = np.linspace(-3.0, 3.0, 7)
 
