@@ -9,8 +9,9 @@ its seed, so per-episode results do not depend on which worker ran it or how man
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -105,7 +106,27 @@ def worker_episode(task: tuple[np.ndarray, int, bool]) -> dict[str, Any]:
     params, seed, record = task
     agent: Agent = _WORKER["agent"]
     agent.controller.set_flat(params)
-    return run_episode(_WORKER["env"], agent, seed, _WORKER["spec"].get("max_steps"), record)
+    with one_torch_thread():
+        return run_episode(_WORKER["env"], agent, seed, _WORKER["spec"].get("max_steps"), record)
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run batch-of-one V/M/C steps on one torch thread, then restore the caller's setting.
+
+    A 64x64 frame is far too small to split: on a loaded 2-core machine one encode took 236 ms with
+    2 threads and 3.6 ms with 1. Pool and ray workers already run on one thread (this is then a
+    no-op); the inline path (workers=0) plays in the caller's process, whose other work (a batched
+    dream) keeps its threads once the episode is over.
+    """
+    before = torch.get_num_threads()
+    if before != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if before != 1:
+            torch.set_num_threads(before)
 
 
 class World:
@@ -128,7 +149,6 @@ class World:
         self.hidden = int(getattr(mdrnn, "hidden", 0) or mdrnn.lstm.hidden_size)
         self.action_map = make_action_map(self.family, action_desc)
         self.input_dim = controller_input_dim(self.z_dim, self.hidden, obs_mode)
-        self._dreams: dict[int, Any] = {}
 
     @property
     def vae_id(self) -> str:
@@ -162,8 +182,9 @@ class World:
         return {"vae": self.vae.checkpoint_path, "mdrnn": self.mdrnn.checkpoint_path, "env": self.env,
                 "env_kwargs": self.env_options(levels), "max_steps": max_steps, **self.controller_spec()}
 
-    def dream_factory(self, temperature: float, max_steps: int, seed: int):
-        """``batch -> DreamEnv`` of that many members (built once per batch size)."""
+    def dream_factory(self, temperature: float, max_steps: int, seed: int, augmentations: Sequence[Any] = ()):
+        """``batch -> DreamEnv`` of that many members (built once per batch size, per factory), with
+        ``augmentations`` (:mod:`worldmodels.augment`) applied inside every step of its dreams."""
         from worldmodels.data import open_latents
         from worldmodels.dream import DreamEnv
 
@@ -174,14 +195,26 @@ class World:
             mu, logvar = f.take("mu", starts), f.take("logvar", starts)  # (E, Z) each: real first frames
         initial = (torch.as_tensor(np.asarray(mu)), torch.as_tensor(np.asarray(logvar)))
         reward = "survival" if self.family == "doom" else "predicted"
+        dreams: dict[int, Any] = {}
 
         def make(batch: int):
-            if batch not in self._dreams:
-                self._dreams[batch] = DreamEnv(self.vae, self.mdrnn, initial, temperature, batch, self.device,
-                                               max_steps, reward=reward, obs_mode=self.obs_mode, seed=seed)
-            return self._dreams[batch]
+            if batch not in dreams:
+                dreams[batch] = DreamEnv(self.vae, self.mdrnn, initial, temperature, batch, self.device, max_steps,
+                                         reward=reward, obs_mode=self.obs_mode, seed=seed,
+                                         augmentations=augmentations)
+            return dreams[batch]
 
         return make
+
+    def real_latents(self, latents: str | Path | None = None) -> torch.Tensor:
+        """Every collected frame's mu (N, Z), e.g. the bank of ``random_swing`` with ``source: real``."""
+        from worldmodels.data import open_latents
+
+        path = latents or self.latents_path
+        if path is None:
+            raise WorldModelsError("no latents file for the real latents; pass --latents")
+        with open_latents(path) as f:
+            return torch.as_tensor(np.asarray(f.read("mu", 0, f.n_frames)))
 
     def dream_returns(self, dream: Any, params: np.ndarray, rollouts: int, seed: int) -> np.ndarray:
         """Returns (P, rollouts) of candidates ``params`` (P, N), all played in one batched dream."""

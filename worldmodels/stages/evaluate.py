@@ -4,7 +4,7 @@ Episode i is played with env seed episode_seed(seed, i, "eval"): a range disjoin
 collection and training, so no evaluation episode was seen before. ProcGen --levels test plays levels
 never used in collection (a disjoint start_level range); --levels train replays the collection's levels.
 Other envs have no levels: both choices play fresh eval seeds. Per-episode results depend only on the
-seed, not on the number of workers.
+seed, not on the number of workers or on the backend (--backend local processes, or ray).
 
 Writes <run>/eval-<levels>/: returns.csv (episode, seed, level, return, length), summary.json
 (mean, std, min, max, ... and what was evaluated) and episode.gif (episode 0, frames upscaled).
@@ -44,6 +44,8 @@ class Config:
         "auto", "which controller: best = best candidate of any generation, mean = CMA-ES mean now, "
                 "auto = the mean solution with the best periodic score (best if none was scored)")
     gif: bool = option(True, "record episode 0 as episode.gif")
+    backend: Literal["local", "ray"] = option("local", "episode workers: local processes or a ray cluster")
+    ray_address: Optional[str] = option(None, "ray cluster to join: auto or HOST:PORT (default: a local ray instance)")
 
 
 def controller_params(state: dict[str, Any], which: str) -> tuple[np.ndarray, str]:
@@ -117,7 +119,8 @@ def run(cfg: Config) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     if not done:
         progress.write_text(json.dumps({"key": key}) + "\n")
-    with WorkerPool(n_workers(cfg.workers), init_worker, (spec,), what="evaluation") as pool, \
+    with WorkerPool(n_workers(cfg.workers), init_worker, (spec,), what="evaluation", backend=cfg.backend,
+                    ray_address=cfg.ray_address) as pool, \
             open(progress, "a") as log:
         bar = tqdm(pool.imap(worker_episode, tasks), total=cfg.episodes, initial=cfg.episodes - len(todo),
                    desc="evaluate", unit="episode")

@@ -99,63 +99,24 @@ def build_world(cfg: Config, game: str, seed: int) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ controllers
-def train_in_dream(cfg: Any, augmentations: Sequence[Any]) -> dict[str, Any]:
-    """train-controller's dream path with augmented fitness dreams.
-
-    The same ``evolve`` loop, World, dream factory and seeds as ``train_controller.run(--where dream)``;
-    the only difference is that every fitness dream runs ``augmentations`` inside its step. The
-    periodic mean-solution score stays in the plain dream (augmentations perturb training, not
-    selection). The augmentations' settings are part of the checkpoint's identity, so a resume with
-    other settings is refused. To be replaced by ``train_controller.run`` once it takes ``augment``.
-    """
-    from worldmodels.agent import load_world
-    from worldmodels.augment import describe
+def controller_cfg(cfg: Config, run_dir: Path, seed: int, condition: str) -> Any:
+    """train-controller's Config for one condition: the study's train_controller section, with
+    ``where: offline`` and the offline options, or ``where: dream`` and the condition's augmentations."""
     from worldmodels.stages import train_controller as tc
-    from worldmodels.utils import exclusive_lock, pick_device
 
-    world = load_world(Path(cfg.run), cfg.obs_mode, pick_device(cfg.device), latents=cfg.latents)
-    max_steps = cfg.max_steps or tc.DEFAULT_MAX_STEPS.get(world.family, 1000)
-    identity = {"env": world.env, "vae_id": world.vae_id, "mdrnn_id": world.mdrnn_id, **world.controller_spec(),
-                "augment": describe(augmentations)}
-    dreams = world.dream_factory(cfg.temperature, max_steps, cfg.seed)
-
-    def dream(batch: int, augs: Sequence[Any]) -> Any:
-        d = dreams(batch)  # cached per batch size: set the augmentations on every use
-        d.augmentations = list(augs)
-        return d
-
-    def fitness(params: np.ndarray, gen: int) -> np.ndarray:
-        return world.dream_returns(dream(len(params) * cfg.rollouts, augmentations), params, cfg.rollouts,
-                                   tc.dream_seed(cfg.seed, gen, 0))
-
-    scorers = {"eval": lambda mean, gen: world.dream_returns(
-        dream(cfg.eval_episodes, ()), mean[None], cfg.eval_episodes, tc.dream_seed(cfg.seed, gen, 1))[0]}
-    out_dir = Path(cfg.run) / "controller"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(out_dir / "checkpoint.pt", "train-controller"):
-        return tc.evolve(cfg, out_dir, world.n_params, fitness, scorers, identity)
-
-
-def train_offline(cfg: Config, run_dir: Path, obs_mode: str) -> None:
-    """Fit and save the offline controller (kept if a previous run already wrote it)."""
-    from worldmodels.agent import load_world
-    from worldmodels.offline import fit_offline_controller, save_offline_controller
-    from worldmodels.utils import pick_device
-
-    if (run_dir / "controller" / "checkpoint.pt").exists():
-        return  # refitting would give it a new id and restart its evaluations
-    options = dict(cfg.offline)
-    bad = sorted(set(options) - {"weighting", "beta", "ridge"})
-    if bad:
-        raise WorldModelsError(f"study.offline: unknown key(s) {', '.join(bad)}; valid keys: beta, ridge, weighting")
-    world = load_world(run_dir, obs_mode, pick_device(cfg.device))
-    fit = fit_offline_controller(world, **options)
-    save_offline_controller(run_dir / "controller", fit, world, {"obs_mode": obs_mode, **options})
+    fixed: dict[str, Any] = {"run": str(run_dir), "seed": seed, "device": cfg.device}
+    if condition == "offline":
+        bad = sorted(set(cfg.offline) - {"weighting", "beta", "ridge"})
+        if bad:
+            raise WorldModelsError(f"study.offline: unknown key(s) {', '.join(bad)}; valid keys: beta, ridge, weighting")
+        fixed.update(where="offline", **{f"offline_{k}": v for k, v in cfg.offline.items()})
+    else:
+        fixed.update(where="dream", augment=_augment_names(condition), augment_options=dict(cfg.augment))
+    return _stage_cfg(tc, "train_controller", cfg.train_controller, fixed)
 
 
 def run_cell(cfg: Config, world_dir: Path, game: str, seed: int, condition: str) -> dict[str, Any]:
     """Train one condition's controller on a finished world and evaluate it on both level sets."""
-    from worldmodels.augment import build_augmentations
     from worldmodels.stages import evaluate as ev
     from worldmodels.stages import train_controller as tc
 
@@ -166,13 +127,9 @@ def run_cell(cfg: Config, world_dir: Path, game: str, seed: int, condition: str)
         link = run_dir / part
         if not link.exists():
             link.symlink_to(Path("..") / part, target_is_directory=True)
-    tc_cfg = _stage_cfg(tc, "train_controller", cfg.train_controller,
-                        {"run": str(run_dir), "seed": seed, "device": cfg.device, "where": "dream"})
-    if condition == "offline":
-        train_offline(cfg, run_dir, tc_cfg.obs_mode)
-    else:
-        augs = build_augmentations(_augment_names(condition), cfg.augment)
-        train_in_dream(tc_cfg, augs)
+    # An interrupted cell resumes: CMA-ES from its checkpoint; an offline fit is kept (a refit would get a new
+    # id and restart its evaluations).
+    tc.run(controller_cfg(cfg, run_dir, seed, condition))
     record = {"game": game, "seed": seed, "condition": condition}
     for levels in LEVELS:
         summary = ev.run(_stage_cfg(ev, "evaluate", cfg.evaluate,
@@ -270,6 +227,8 @@ def run(cfg: Config) -> dict[str, Any]:
     for module, section in ((collect, "collect"), (train_vae, "train_vae"), (encode, "encode"),
                             (train_mdrnn, "train_mdrnn"), (train_controller, "train_controller"), (evaluate, "evaluate")):
         _stage_cfg(module, section, getattr(cfg, section), {})
+    for cond in cfg.conditions:
+        controller_cfg(cfg, Path(cfg.out), 0, cond)
     out = Path(cfg.out)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     cfgmod.save(cfg, out / "config.yaml")

@@ -1,10 +1,13 @@
-"""Evolve the linear controller C with CMA-ES, in M's dream or in the real env.
+"""Evolve the linear controller C with CMA-ES, in M's dream or in the real env; or fit it offline.
 
 --where dream: each generation the whole population x rollouts (64 x 16 = 1024 members in the paper)
 is one batched DreamEnv run at --temperature, on --device. Doom's dream reward is survival (+1 per
-step, cut at 2100); other envs use M's predicted reward. --where real: worker processes play the real
-env, each with V and M on CPU (the paper's CarRacing setup). Fitness is the mean return over the
-rollouts; CMA-ES (the cma library, x0 = 0) minimises its negative, with no weight-decay term.
+step, cut at 2100); other envs use M's predicted reward. --augment turns on generative augmentations
+(worldmodels.augment) in every fitness dream; the periodic mean-solution score stays in the plain dream.
+--where real: workers (--backend local processes or ray) play the real env, each with V and M on CPU
+(the paper's CarRacing setup). Fitness is the mean return over the rollouts; CMA-ES (the cma library,
+x0 = 0) minimises its negative, with no weight-decay term. --where offline: no search and no new
+interaction, C is the return-weighted regression of the collected actions on [z, h] (worldmodels.offline).
 
 Writes <run>/controller/: checkpoint.pt (CMA-ES state, best and mean parameters, generation, RNG
 state; rewritten atomically every generation), config.yaml, metrics.jsonl and learning_curve.png.
@@ -35,7 +38,8 @@ from worldmodels.utils import exclusive_lock, pick_device
 @dataclasses.dataclass
 class Config:
     run: str = option("runs/default", "run folder holding vae/ and mdrnn/; C is written to <run>/controller/")
-    where: Literal["dream", "real"] = option("dream", "evolve in M's dream (batched) or in the real env (workers)")
+    where: Literal["dream", "real", "offline"] = option(
+        "dream", "evolve in M's dream (batched) or in the real env (workers), or fit offline on the collected episodes")
     temperature: float = option(1.15, "dream temperature tau (mixture logits / tau, sigma * sqrt(tau))")
     popsize: int = option(64, "CMA-ES population size")
     rollouts: int = option(16, "rollouts per candidate; fitness is their mean return")
@@ -50,6 +54,16 @@ class Config:
     obs_mode: Literal["zh", "zch", "z"] = option("zh", "controller input: [z, h], [z, c, h] or z only")
     latents: Optional[str] = option(None, "latents.h5 for the dream's initial z (default: the one M was trained on)")
     device: str = option("auto", "dream device: auto, cpu, cuda")
+    augment: list[str] = option(factory=list, help="dream augmentations, in order: random_swing, deepdream, "
+                                                   "value_diversification (comma-separated; default none)")
+    augment_options: dict = option(factory=dict, help="per-augmentation options, e.g. "
+                                                      "{random_swing: {probability: 0.5, strength: 0.3}}")
+    offline_weighting: Literal["softmax", "minmax", "uniform"] = option(
+        "softmax", "--where offline: episode weights from returns (uniform = behaviour cloning)")
+    offline_beta: float = option(1.0, "--where offline: softmax sharpness on standardised returns")
+    offline_ridge: float = option(1e-3, "--where offline: ridge penalty, relative to the total weight")
+    backend: Literal["local", "ray"] = option("local", "real-env workers: local processes or a ray cluster")
+    ray_address: Optional[str] = option(None, "ray cluster to join: auto or HOST:PORT (default: a local ray instance)")
     fresh: bool = option(False, "start over, replacing an existing controller checkpoint")
 
 
@@ -162,7 +176,7 @@ def _resume_state(cfg: Config, path: Path, identity: dict[str, Any]) -> dict[str
                 f"{path} was started with {key}={state['config'].get(key)!r}, not {getattr(cfg, key)!r}; "
                 "rerun with the same settings to resume, or pass --fresh to start over")
     for key, value in identity.items():
-        if state["identity"].get(key) != value:
+        if state["identity"].get(key, [] if key == "augment" else None) != value:
             raise WorldModelsError(f"{path} was trained with a different {key} ({state['identity'].get(key)!r} "
                                    f"vs {value!r}); pass --fresh to start over against the current V and M")
     return state
@@ -175,9 +189,51 @@ def _plot(out_dir: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the stage
+# Settings an offline fit depends on: a rerun with the same ones keeps the fitted controller (same id).
+OFFLINE_KEYS = ("where", "obs_mode", "latents", "offline_weighting", "offline_beta", "offline_ridge")
+
+
+def make_augmentations(cfg: Config, world: Any) -> list[Any]:
+    """``cfg.augment`` with ``cfg.augment_options``; random swing with ``source: real`` gets every
+    collected frame's mu as its bank, on the dream's device."""
+    from worldmodels.augment import build_augmentations
+
+    swing = (cfg.augment_options.get("random_swing") or {}) if isinstance(cfg.augment_options, dict) else {}
+    bank = None
+    if "random_swing" in cfg.augment and isinstance(swing, dict) and swing.get("source") == "real":
+        bank = world.real_latents(cfg.latents).to(world.device)
+    return build_augmentations(cfg.augment, cfg.augment_options, latents=bank)
+
+
+def fit_offline(cfg: Config, world: Any, out_dir: Path) -> dict[str, Any]:
+    """--where offline: fit C on the collected episodes; an existing fit with the same settings is kept."""
+    from worldmodels.offline import fit_offline_controller, save_offline_controller
+
+    path = out_dir / "checkpoint.pt"
+    identity = {"env": world.env, "vae_id": world.vae_id, "mdrnn_id": world.mdrnn_id, **world.controller_spec()}
+    if path.exists() and not cfg.fresh:
+        state = load_checkpoint(path, kind="controller")
+        for key in OFFLINE_KEYS:
+            if state["config"].get(key) != getattr(cfg, key):
+                raise WorldModelsError(f"{path} was made with {key}={state['config'].get(key)!r}, not "
+                                       f"{getattr(cfg, key)!r}; pass --fresh to replace it")
+        if any(state["identity"].get(k) != v for k, v in identity.items()):
+            raise WorldModelsError(f"{path} was fitted against another V or M; pass --fresh to refit")
+        print(f"controller: offline fit already in {path} (kept; --fresh refits)")
+        return {"generation": 0, "checkpoint": str(path), "offline": state["offline"], "kept": True}
+    fit = fit_offline_controller(world, latents=cfg.latents, weighting=cfg.offline_weighting,
+                                 beta=cfg.offline_beta, ridge=cfg.offline_ridge)
+    save_offline_controller(out_dir, fit, world, cfgmod.to_dict(cfg))
+    cfgmod.save(cfg, out_dir / "config.yaml")
+    print(f"controller: offline fit on {fit.info['episodes']} episodes ({fit.info['frames']} frames, "
+          f"{cfg.offline_weighting} weights) -> {path}")
+    return {"generation": 0, "checkpoint": str(path), "offline": fit.info, "kept": False}
+
+
 def run(cfg: Config) -> dict[str, Any]:
-    """Train C for ``cfg.run``; returns :func:`evolve`'s summary."""
+    """Train C for ``cfg.run``; returns :func:`evolve`'s summary (or :func:`fit_offline`'s)."""
     from worldmodels.agent import init_worker, load_world, worker_episode
+    from worldmodels.augment import describe
     from worldmodels.parallel import WorkerPool
 
     for name in ("popsize", "rollouts", "generations", "eval_episodes"):
@@ -185,18 +241,27 @@ def run(cfg: Config) -> dict[str, Any]:
             raise WorldModelsError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     if cfg.sigma0 <= 0 or cfg.temperature <= 0:
         raise WorldModelsError("sigma0 and temperature must be positive")
-    device = pick_device(cfg.device) if cfg.where == "dream" else torch.device("cpu")
+    if cfg.augment and cfg.where != "dream":
+        raise WorldModelsError(f"--augment changes dreamed latents; it needs --where dream, not {cfg.where}")
+    if cfg.ray_address and cfg.backend != "ray":
+        raise WorldModelsError("--ray-address needs --backend ray")
+    device = pick_device(cfg.device) if cfg.where != "real" else torch.device("cpu")
     world = load_world(Path(cfg.run), cfg.obs_mode, device, latents=cfg.latents)
-    max_steps = cfg.max_steps or DEFAULT_MAX_STEPS.get(world.family, 1000)
-    n_params = world.n_params
-    identity = {"env": world.env, "vae_id": world.vae_id, "mdrnn_id": world.mdrnn_id, **world.controller_spec()}
     out_dir = Path(cfg.run) / "controller"
     out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.where == "offline":
+        with exclusive_lock(out_dir / "checkpoint.pt", "train-controller"):
+            return fit_offline(cfg, world, out_dir)
+    augs = make_augmentations(cfg, world)
+    max_steps = cfg.max_steps or DEFAULT_MAX_STEPS.get(world.family, 1000)
+    identity = {"env": world.env, "vae_id": world.vae_id, "mdrnn_id": world.mdrnn_id, **world.controller_spec(),
+                "augment": describe(augs)}
     spec = world.worker_spec(max_steps, levels="train")
 
     pool = None
     if cfg.where == "real" or cfg.eval_real:
-        pool = WorkerPool(n_workers(cfg.workers), init_worker, (spec,), what="real-env controller fitness")
+        pool = WorkerPool(n_workers(cfg.workers), init_worker, (spec,), what="real-env controller fitness",
+                          backend=cfg.backend, ray_address=cfg.ray_address)
 
     def real_returns(params: np.ndarray, seeds: list[int]) -> np.ndarray:
         tasks = [(p, s, False) for p in params for s in seeds]
@@ -205,14 +270,16 @@ def run(cfg: Config) -> dict[str, Any]:
 
     scorers: dict[str, Scorer] = {}
     if cfg.where == "dream":
-        dreams = world.dream_factory(cfg.temperature, max_steps, cfg.seed)
+        # Augmentations perturb the fitness dreams (training); the mean solution is scored in the plain dream.
+        dreams = world.dream_factory(cfg.temperature, max_steps, cfg.seed, augmentations=augs)
+        plain = world.dream_factory(cfg.temperature, max_steps, cfg.seed) if augs else dreams
 
         def fitness(params: np.ndarray, gen: int) -> np.ndarray:
             return world.dream_returns(dreams(len(params) * cfg.rollouts), params, cfg.rollouts,
                                        dream_seed(cfg.seed, gen, 0))
 
         scorers["eval"] = lambda mean, gen: world.dream_returns(
-            dreams(cfg.eval_episodes), mean[None], cfg.eval_episodes, dream_seed(cfg.seed, gen, 1))[0]
+            plain(cfg.eval_episodes), mean[None], cfg.eval_episodes, dream_seed(cfg.seed, gen, 1))[0]
     else:
         def fitness(params: np.ndarray, gen: int) -> np.ndarray:
             return real_returns(params, population_seeds(cfg.seed, gen, cfg.rollouts))
@@ -224,7 +291,7 @@ def run(cfg: Config) -> dict[str, Any]:
 
     with exclusive_lock(out_dir / "checkpoint.pt", "train-controller"):
         try:
-            summary = evolve(cfg, out_dir, n_params, fitness, scorers, identity)
+            summary = evolve(cfg, out_dir, world.n_params, fitness, scorers, identity)
         except BaseException:
             if pool is not None:
                 pool.close(cancel=True)
