@@ -110,7 +110,10 @@ class EpisodeFile:
 
     def _validate(self) -> None:
         f, where = self._file, str(self.path)
-        attrs = decode_attrs(f.attrs)
+        try:
+            attrs = decode_attrs(f.attrs)
+        except ValueError as err:
+            raise WorldModelsError(f"{where}: malformed file attributes ({err})") from None
         name, version = attrs.get("schema"), attrs.get("schema_version")
         if name != self.schema.name:
             found = f"a {name} file" if name else "not a worldmodels episode file (no schema attribute)"

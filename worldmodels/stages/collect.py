@@ -69,7 +69,7 @@ def rollout(env: Any, policy_name: str, space: dict, max_steps: int | None, seed
     while True:
         action = policy.act(obs)
         next_obs, reward, terminated, truncated, _ = env.step(action)
-        frames.append(obs)
+        frames.append(np.array(obs, dtype=np.uint8))  # a copy: an env may reuse its frame buffer
         actions.append(action)
         rewards.append(reward)
         truncated = truncated or (max_steps is not None and len(frames) >= max_steps and not terminated)
@@ -79,7 +79,7 @@ def rollout(env: Any, policy_name: str, space: dict, max_steps: int | None, seed
             break
         obs = next_obs
     discrete = space["type"] == "discrete"
-    arrays = dict(obs=np.stack(frames).astype(np.uint8, copy=False),  # (L, 64, 64, 3)
+    arrays = dict(obs=np.stack(frames),  # (L, 64, 64, 3) uint8
                   action=np.asarray(actions, dtype=np.int64 if discrete else np.float32),  # (L,) or (L, A)
                   reward=np.asarray(rewards, dtype=np.float32), terminated=np.asarray(terms, dtype=bool),
                   truncated=np.asarray(truncs, dtype=bool))
