@@ -292,3 +292,92 @@ def test_dead_real_env_worker_gives_clear_error(tiny_run, tmp_path):
     assert proc.returncode == 1
     assert "worker process died" in err and "Traceback" not in err
     assert load_checkpoint(run / "controller")["generation"] >= 1  # completed generations kept
+
+
+# ------------------------------------------------------------------------------------------ augment, offline, backend
+def _copy_run(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("controller"))
+    return run
+
+
+SWING = {"random_swing": {"probability": 1.0, "strength": 1.0, "window": 2}}
+
+
+def test_augmented_dream_run_records_its_augmentations_and_resumes_only_with_them(tiny_run, tmp_path):
+    import yaml
+
+    from worldmodels import cli
+
+    run = _copy_run(tiny_run, tmp_path)
+    plain = tc.run(stage_cfg(run, generations=1, eval_every=0, fresh=True))
+    plain_fit = read_metrics(run / "controller" / "metrics.jsonl")[0]["cmaes/mean"]
+    assert load_checkpoint(run / "controller")["identity"]["augment"] == []
+    assert cli.main(["train-controller", "--run", str(run), "--popsize", "4", "--rollouts", "2", "--generations", "1",
+                     "--eval-every", "0", "--max-steps", "8", "--device", "cpu", "--fresh",
+                     "--augment", "random_swing", "--augment-options", str(SWING)]) == 0
+    state = load_checkpoint(run / "controller")
+    assert [(a["name"], a["probability"], a["strength"]) for a in state["identity"]["augment"]] == [
+        ("random_swing", 1.0, 1.0)]
+    saved = yaml.safe_load((run / "controller" / "config.yaml").read_text())
+    assert saved["augment"] == ["random_swing"] and saved["augment_options"] == SWING
+    # Same seed, same CMA-ES samples: only the swung fitness dreams can change the population's fitness.
+    assert read_metrics(run / "controller" / "metrics.jsonl")[0]["cmaes/mean"] != plain_fit
+    assert plain["generation"] == 1
+    other = {"random_swing": {**SWING["random_swing"], "strength": 0.5}}
+    for changed in (dict(augment_options=other), dict(augment=[])):
+        with pytest.raises(WorldModelsError, match="different augment"):
+            tc.run(stage_cfg(run, generations=2, eval_every=0, **{"augment": ["random_swing"],
+                                                                  "augment_options": SWING, **changed}))
+    tc.run(stage_cfg(run, generations=2, eval_every=0, augment=["random_swing"], augment_options=SWING))
+    assert load_checkpoint(run / "controller")["generation"] == 2
+
+
+def test_augment_and_backend_misuse_are_clear_errors(tiny_run):
+    for where in ("real", "offline"):
+        with pytest.raises(WorldModelsError, match=f"needs --where dream, not {where}"):
+            tc.run(stage_cfg(tiny_run, where=where, augment=["deepdream"]))
+    with pytest.raises(WorldModelsError, match="unknown augmentation 'swing'"):
+        tc.run(stage_cfg(tiny_run, augment=["swing"], fresh=True, generations=1))
+    with pytest.raises(WorldModelsError, match="--ray-address needs --backend ray"):
+        tc.run(stage_cfg(tiny_run, where="real", ray_address="auto"))
+
+
+def test_offline_fit_is_kept_on_rerun_and_refused_with_other_settings(tiny_run, tmp_path, capsys):
+    from worldmodels import cli
+    from worldmodels.stages import evaluate as ev
+
+    run = _copy_run(tiny_run, tmp_path)
+    args = ["train-controller", "--run", str(run), "--where", "offline", "--offline-weighting", "minmax",
+            "--offline-ridge", "0.01", "--device", "cpu"]
+    assert cli.main(args) == 0
+    state = load_checkpoint(run / "controller", kind="controller")
+    assert state["config"]["where"] == "offline" and state["offline"]["weighting"] == "minmax"
+    assert state["offline"]["ridge"] == 0.01 and state["offline"]["episodes"] == 3
+    assert cli.main(args) == 0 and "kept" in capsys.readouterr().out
+    assert load_checkpoint(run / "controller")["id"] == state["id"]
+    assert cli.main(args[:-4] + ["--offline-ridge", "0.1"]) == 1
+    assert "offline_ridge=0.01" in capsys.readouterr().err
+    summary = ev.run(ev.Config(run=str(run), episodes=1, workers=0, max_steps=4, gif=False, levels="train"))
+    assert summary["trained_where"] == "offline" and summary["controller_id"] == state["id"]
+    # A dream run on top of an offline fit is refused too (it would overwrite the fit).
+    with pytest.raises(WorldModelsError, match="where='offline'"):
+        tc.run(stage_cfg(run, generations=1))
+
+
+def test_backend_options_reach_the_worker_pool(tiny_run, tmp_path, monkeypatch):
+    import worldmodels.parallel as parallel
+
+    seen, real_pool = [], parallel.WorkerPool
+
+    def recording_pool(*args, backend="local", ray_address=None, **kw):
+        seen.append((backend, ray_address))
+        return real_pool(*args, **kw)  # run locally: only the wiring is under test here
+
+    monkeypatch.setattr(parallel, "WorkerPool", recording_pool)
+    run = _copy_run(tiny_run, tmp_path)
+    tc.run(stage_cfg(run, where="real", workers=0, max_steps=3, popsize=2, rollouts=1, generations=1,
+                     eval_every=0, backend="ray", ray_address="HOST:1234"))
+    assert seen == [("ray", "HOST:1234")]

@@ -217,20 +217,29 @@ def test_vector_env_steps_and_autoresets():
     assert venv.dream.lengths.max() <= 4
 
 
-def test_dream_stage_records_a_gif(tmp_path):
-    import imageio.v2 as imageio
-
+@pytest.fixture(scope="module")
+def dream_run(tmp_path_factory):
+    """A run folder with a random V and a 2-step M trained on tiny Doom latents."""
     from test_mdrnn import ZT, tiny_cfg, write_latents
-    from worldmodels import cli
     from worldmodels.checkpoint import save_checkpoint
     from worldmodels.models.vae import ConvVAE
-    from worldmodels.stages import dream as dream_stage
     from worldmodels.stages import train_mdrnn
 
-    write_latents(tmp_path / "latents.h5")
-    save_checkpoint(tmp_path / "run" / "vae", "vae", {"model": ConvVAE(ZT).state_dict(), "z_dim": ZT})
-    train_mdrnn.run(tiny_cfg(tmp_path, steps=2, eval_every=2, picture_steps=0))
-    _, cfg = cli.parse_stage_args("dream", ["--run", str(tmp_path / "run"), "--steps", "5", "--members", "2",
+    root = tmp_path_factory.mktemp("dream_stage")
+    write_latents(root / "latents.h5")
+    torch.manual_seed(0)
+    save_checkpoint(root / "run" / "vae", "vae", {"model": ConvVAE(ZT).state_dict(), "z_dim": ZT})
+    train_mdrnn.run(tiny_cfg(root, steps=2, eval_every=2, picture_steps=0))
+    return root
+
+
+def test_dream_stage_records_a_gif(dream_run, tmp_path):
+    import imageio.v2 as imageio
+
+    from worldmodels import cli
+    from worldmodels.stages import dream as dream_stage
+
+    _, cfg = cli.parse_stage_args("dream", ["--run", str(dream_run / "run"), "--steps", "5", "--members", "2",
                                             "--out", str(tmp_path / "d.gif"), "--device", "cpu"])
     result = dream_stage.run(cfg)
     gif = imageio.mimread(tmp_path / "d.gif")
@@ -238,3 +247,31 @@ def test_dream_stage_records_a_gif(tmp_path):
     assert result["returns"] == [float(n) for n in result["lengths"]]  # Doom latents: survival reward
     with pytest.raises(WorldModelsError, match="no checkpoint"):
         dream_stage.run(dream_stage.Config(run=str(tmp_path / "nothing")))
+
+
+def test_dream_stage_pictures_an_augmented_dream_beside_the_plain_one(dream_run, tmp_path):
+    import imageio.v2 as imageio
+
+    from worldmodels import cli
+    from worldmodels.stages import dream as dream_stage
+
+    def halves(strength, probability):
+        out = tmp_path / f"d{strength}.gif"
+        _, cfg = cli.parse_stage_args("dream", [
+            "--run", str(dream_run / "run"), "--steps", "6", "--out", str(out), "--device", "cpu",
+            "--augment", "random_swing", "--augment-options",
+            f"{{random_swing: {{probability: {probability}, strength: {strength}, window: 1}}}}"])
+        result = dream_stage.run(cfg)
+        assert result["png"] == str(out.with_suffix(".png")) and out.with_suffix(".png").stat().st_size > 1000
+        assert result["augment"][0]["strength"] == strength
+        gif = np.stack(imageio.mimread(out))[..., :3]  # (T, 256, 512, 3): plain | augmented, upscaled x4
+        assert gif.shape[2] == 2 * gif.shape[1] == 2 * 256
+        return gif[:, :, :256], gif[:, :, 256:], result
+
+    plain, augmented, result = halves(0.0, 1.0)
+    assert np.array_equal(plain, augmented)  # strength 0 is the identity: same seed, same actions, same dream
+    assert result["augmented_returns"] == result["returns"]
+    plain2, augmented, _ = halves(1.0, 1.0)
+    assert np.array_equal(plain2, plain)  # the plain dream does not depend on the augmented one
+    assert not np.array_equal(plain2[1:], augmented[1:])  # swung at step 0: the dream goes elsewhere
+    assert np.array_equal(plain2[0], augmented[0])  # the start frame is shared

@@ -94,3 +94,15 @@ def test_killed_evaluation_resumes_with_the_missing_episodes(trained_run, monkey
     assert played == [episode_seed(3, 2, "eval")]  # only the episode the killed run had not finished
     assert read_rows(trained_run / "eval-train" / "returns.csv") == expected
     assert not (trained_run / "eval-train" / "returns.partial.jsonl").exists()
+
+
+def test_ray_backend_gives_the_local_returns(trained_run):
+    pytest.importorskip("ray", reason="the ray backend needs ray (pip install worldmodels[distributed])")
+    results = {}
+    for backend, workers in (("local", 0), ("ray", 2)):  # ray: a private local instance, num_cpus=2
+        ev.run(ev.Config(run=str(trained_run), episodes=3, workers=workers, max_steps=8, levels="train",
+                         seed=11, gif=False, backend=backend))
+        results[backend] = read_rows(trained_run / "eval-train" / "returns.csv")
+        (trained_run / "eval-train" / "returns.csv").unlink()
+    assert results["ray"] == results["local"] and len(results["local"]) == 3
+    assert len({r["return"] for r in results["local"]}) > 1  # different tracks: a real comparison
