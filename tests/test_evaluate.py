@@ -106,3 +106,19 @@ def test_ray_backend_gives_the_local_returns(trained_run):
         (trained_run / "eval-train" / "returns.csv").unlink()
     assert results["ray"] == results["local"] and len(results["local"]) == 3
     assert len({r["return"] for r in results["local"]}) > 1  # different tracks: a real comparison
+
+
+def test_inline_episodes_run_on_one_torch_thread_and_restore_it(trained_run, monkeypatch):
+    import torch
+
+    import worldmodels.agent as agent
+
+    seen, real_run = [], agent.run_episode
+    monkeypatch.setattr(agent, "run_episode", lambda *a, **kw: seen.append(torch.get_num_threads()) or real_run(*a, **kw))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ev.run(ev.Config(run=str(trained_run), episodes=2, workers=0, max_steps=3, seed=5, gif=False))
+        assert seen == [1, 1] and torch.get_num_threads() == 2  # the caller's setting is back afterwards
+    finally:
+        torch.set_num_threads(before)
