@@ -3,7 +3,8 @@
 See ``docs/data.md`` for the layout, field by field.
 """
 
-from worldmodels.data.files import EpisodeFile, EpisodeWriter, open_latents, open_rollouts
+from worldmodels.data.files import EpisodeFile, open_latents, open_rollouts
+from worldmodels.data.writer import EpisodeWriter
 from worldmodels.data.schema import EPISODE_DTYPE, LATENTS, ROLLOUTS, SCHEMAS, Field, Schema
 
 __all__ = ["EPISODE_DTYPE", "LATENTS", "ROLLOUTS", "SCHEMAS", "EpisodeFile", "EpisodeWriter", "Field", "Schema",

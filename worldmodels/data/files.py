@@ -1,31 +1,22 @@
-"""HDF5 episode files: one crash-safe writer (:class:`EpisodeWriter`) and a validating reader (:class:`EpisodeFile`).
+"""Reading HDF5 episode files: :class:`EpisodeFile` validates on open and reads only what is asked for.
 
-Crash safety comes from HDF5's single-writer/multiple-reader (SWMR) mode: every dataset and attribute is
-created first, then the writer switches to SWMR mode and only appends (resize, write, flush). HDF5 orders
-its writes in that mode so that the file on disk is readable by a SWMR reader at every moment, even after
-``kill -9``. An episode is committed by extending the ``episodes`` table, which happens only after all of
-its frames were written and flushed; readers trust only the frames the table covers.
-
-A file whose writer died keeps HDF5's "open for writing" flags set and cannot be reopened for writing.
-The next writer then copies the committed episodes into a fresh file and renames it over the old one
-(atomic; O(file size), but only after a crash) and goes on appending.
+Files are opened in HDF5's SWMR read mode (readable while written, and after the writer was killed) and
+without HDF5's file lock, so readers never stop a writer. See ``docs/data.md`` for the layout and
+``worldmodels/data/writer.py`` for how episodes are committed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import h5py
 import numpy as np
 
-from worldmodels.data.schema import (EPISODE_DTYPE, EPISODES, LATENTS, RESERVED_ATTRS, ROLLOUTS, SCHEMAS, Field,
-                                     Schema, decode_attrs, encode_attrs, normalized)
+from worldmodels.data.schema import EPISODE_DTYPE, EPISODES, LATENTS, ROLLOUTS, SCHEMAS, Field, Schema, decode_attrs
 from worldmodels.errors import WorldModelsError
-from worldmodels.utils import atomic_path, exclusive_lock
 
 # Per-dataset chunk cache: holds a few 1.5 MB obs chunks, so partial-chunk appends and neighbouring
 # random reads do not decompress the same chunk again and again.
@@ -250,7 +241,8 @@ class EpisodeFile:
         self.__init__(state["path"], SCHEMAS[state["schema"]])
 
     def __repr__(self) -> str:
-        return f"EpisodeFile({str(self.path)!r}, {self.schema.name}, {self.n_episodes} episodes, {self.n_frames} frames)"
+        return (f"EpisodeFile({str(self.path)!r}, {self.schema.name}, {self.n_episodes} episodes, "
+                f"{self.n_frames} frames)")
 
 
 def open_rollouts(path: str | os.PathLike) -> EpisodeFile:
@@ -261,171 +253,3 @@ def open_rollouts(path: str | os.PathLike) -> EpisodeFile:
 def open_latents(path: str | os.PathLike) -> EpisodeFile:
     """Open and validate a latents file (``worldmodels encode``)."""
     return EpisodeFile(path, LATENTS)
-
-
-def _create_layout(path: Path, fields: list[Field], raw_attrs: Mapping[str, Any]) -> None:
-    """An empty file with every dataset and attribute in place (nothing may be added once in SWMR mode)."""
-    with h5py.File(path, "w", libver="latest") as f:
-        for fd in fields:
-            filt, level = fd.compression or (None, None)
-            f.create_dataset(fd.name, (0, *fd.shape), fd.dtype, maxshape=(None, *fd.shape), chunks=fd.chunks,
-                             compression=filt, compression_opts=level)
-        f.create_dataset(EPISODES, (0,), EPISODE_DTYPE, maxshape=(None,), chunks=(1024,))
-        for key, value in raw_attrs.items():
-            f.attrs[key] = value
-
-
-def _copy_frames(src: h5py.Dataset, dst: h5py.Dataset, n: int, chunk: int) -> None:
-    """Copy frames [0, n): whole chunks as stored bytes (no decompression), the partial last chunk decoded."""
-    dst.resize(n, axis=0)
-    full = n // chunk
-    zeros = (0,) * (src.ndim - 1)
-    for c in range(full):
-        mask, data = src.id.read_direct_chunk((c * chunk, *zeros))
-        dst.id.write_direct_chunk((c * chunk, *zeros), data, mask)
-    if full * chunk < n:
-        dst[full * chunk:n] = src[full * chunk:n]
-
-
-class EpisodeWriter:
-    """The single writer of an episode file: creates it, or resumes one with the same schema and attrs.
-
-    ``attrs`` identify the data (env, kwargs, policy, seed...): an existing file whose attrs differ is
-    refused, never overwritten. ``fresh=True`` deletes an existing file of the same schema first.
-    Holds ``<path>.lock`` while open, so a second writer gets a clear error.
-    """
-
-    def __init__(self, path: str | os.PathLike, schema: Schema, attrs: Mapping[str, Any], fresh: bool = False):
-        from worldmodels import __version__
-
-        self.path = Path(path)
-        self.schema = schema
-        reserved = sorted(set(attrs) & set(RESERVED_ATTRS))
-        if reserved:
-            raise WorldModelsError(f"attribute names reserved by the writer: {', '.join(reserved)}")
-        self.attrs = dict(attrs)
-        self._fields = schema.fields(self.attrs)
-        self._raw_attrs = encode_attrs({"schema": schema.name, "schema_version": schema.version,
-                                        "worldmodels_version": __version__, **self.attrs})
-        self._file: h5py.File | None = None
-        self._stack = contextlib.ExitStack()
-        try:
-            self._stack.enter_context(exclusive_lock(self.path, f"{schema.name} writer"))
-            self._remove_stale_temps()
-            if self.path.exists():
-                self._check_existing(fresh)
-            if not self.path.exists():
-                with atomic_path(self.path) as tmp:
-                    _create_layout(tmp, self._fields, self._raw_attrs)
-            self._open_for_append()
-        except BaseException:
-            self.close()
-            raise
-
-    def _refusal(self, problem: str) -> WorldModelsError:
-        return WorldModelsError(f"{problem}; refusing to overwrite it: write to another path or delete the file")
-
-    def _check_existing(self, fresh: bool) -> None:
-        try:
-            with EpisodeFile(self.path, self.schema) as old:
-                stored = old.attrs
-        except WorldModelsError as err:
-            raise self._refusal(str(err)) from None
-        if fresh:
-            self.path.unlink()
-            return
-        diffs = [key for key in sorted(set(self.attrs) | (set(stored) - set(RESERVED_ATTRS)))
-                 if normalized(stored.get(key)) != normalized(self.attrs.get(key))]
-        if diffs:
-            detail = "; ".join(f"{k}: file has {stored.get(k)!r}, this run wants {self.attrs.get(k)!r}"
-                               for k in diffs[:4])
-            raise self._refusal(f"{self.path} holds other data ({detail})")
-
-    def _open_for_append(self) -> None:
-        try:
-            f = _open_h5(self.path, self.schema, "r+")
-        except OSError:  # HDF5's "still open for writing" flags: the last writer was killed
-            self._recover()
-            f = _open_h5(self.path, self.schema, "r+")
-        self._file = f
-        table = f[EPISODES]
-        lengths = table["length"] if len(table) else np.zeros(0, np.int64)
-        self.n_episodes, self.n_frames = len(table), int(np.sum(lengths))
-        f.swmr_mode = True  # at once: readers may have the file open
-        # Frames past the table belong to an episode that never committed: drop them.
-        for fd in self._fields:
-            if f[fd.name].shape[0] != self.n_frames:
-                f[fd.name].resize(self.n_frames, axis=0)
-                f[fd.name].flush()
-
-    def _recover(self) -> None:
-        """Copy the committed episodes of an interrupted file into a fresh one, then swap it in atomically."""
-        from tqdm import tqdm
-
-        with EpisodeFile(self.path, self.schema) as old, atomic_path(self.path) as tmp:
-            print(f"{self.path}: the last writer was interrupted; recovering its {old.n_episodes} committed "
-                  "episodes into a clean file", file=sys.stderr)
-            src = old._file
-            _create_layout(tmp, self._fields, dict(src.attrs))
-            with h5py.File(tmp, "r+", libver="latest", rdcc_nbytes=CACHE_BYTES, rdcc_nslots=CACHE_SLOTS) as dst:
-                n = old.n_frames
-                with tqdm(total=n * len(self._fields), unit="frame", desc="recover", leave=False) as bar:
-                    for fd in self._fields:
-                        _copy_frames(src[fd.name], dst[fd.name], n, fd.chunk_frames)
-                        bar.update(n)
-                dst[EPISODES].resize(old.n_episodes, axis=0)
-                dst[EPISODES][:] = old.episodes
-
-    def _remove_stale_temps(self) -> None:
-        # Temp files of a recovery or creation that was itself killed; we hold the lock, so none is live.
-        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
-            with contextlib.suppress(OSError):
-                stale.unlink()
-
-    def append(self, arrays: Mapping[str, np.ndarray], seed: int, level: int = -1) -> int:
-        """Write one whole episode (``{field: (L, ...)}``) and commit it; returns its episode index."""
-        if self._file is None:
-            raise WorldModelsError(f"{self.path}: writer is closed")
-        names = [fd.name for fd in self._fields]
-        if sorted(arrays) != sorted(names):
-            raise WorldModelsError(f"episode fields {sorted(arrays)} do not match the schema's {sorted(names)}")
-        data, length = {}, None
-        for fd in self._fields:
-            a = np.asarray(arrays[fd.name])
-            if a.ndim != 1 + len(fd.shape) or a.shape[1:] != fd.shape:
-                raise WorldModelsError(f"field {fd.name}: frames of shape {a.shape[1:]}, expected {fd.shape}")
-            if not np.can_cast(a.dtype, fd.dtype, "same_kind"):
-                raise WorldModelsError(f"field {fd.name}: dtype {a.dtype} cannot be stored as {fd.dtype}")
-            if length is not None and len(a) != length:
-                raise WorldModelsError(f"field {fd.name} has {len(a)} frames, others {length}")
-            data[fd.name], length = a, len(a)
-        if not length:
-            raise WorldModelsError("an episode needs at least one frame")
-        f, n = self._file, self.n_frames
-        for name, a in data.items():
-            f[name].resize(n + length, axis=0)
-            f[name][n:] = a
-        for name in data:
-            f[name].flush()
-        # The commit: only now does the episode exist for readers.
-        table = f[EPISODES]
-        table.resize(self.n_episodes + 1, axis=0)
-        table[self.n_episodes] = np.array((n, length, seed, level), dtype=EPISODE_DTYPE)
-        table.flush()
-        self.n_episodes += 1
-        self.n_frames += length
-        return self.n_episodes - 1
-
-    def close(self) -> None:
-        try:
-            if self._file is not None:
-                self._file.close()
-        finally:
-            self._file = None
-            self._stack.close()
-
-    def __enter__(self) -> "EpisodeWriter":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
