@@ -261,3 +261,29 @@ def test_reader_in_another_process_never_blocks_the_writer(tmp_path):
     with pytest.raises(WorldModelsError, match="open for reading in this process"):
         with open_rollouts(path):
             EpisodeWriter(path, ROLLOUTS, ATTRS)
+
+
+def test_recovery_keeps_an_older_files_chunking(tmp_path):
+    """A killed file written with other chunks/filters (an older version) is recovered exactly."""
+    path = tmp_path / "r.h5"
+    script = tmp_path / "old_writer.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(__import__("pathlib").Path(__file__).parent)!r})
+        import dataclasses
+        from test_data import ATTRS, episode
+        from worldmodels.data import ROLLOUTS, EpisodeWriter
+        layout = ROLLOUTS.layout
+        old = dataclasses.replace(ROLLOUTS, layout=lambda a: [dataclasses.replace(f, chunk_frames=100,
+                                  compression=("lzf", None) if f.compression else None) for f in layout(a)])
+        with EpisodeWriter(sys.argv[1], old, ATTRS) as w:
+            for i in range(3):
+                w.append(episode(i), seed=100 + i, level=i)
+            os._exit(0)  # like kill -9: no close, HDF5's "open for writing" flags stay set
+    """))
+    subprocess.run([sys.executable, str(script), str(path)], check=True)
+    write(path, 4)  # recovers (copying stored chunks), then appends with the file's own chunking
+    with open_rollouts(path) as f:
+        assert f.n_episodes == 4 and f._file["obs"].chunks[0] == 100 and f._file["obs"].compression == "lzf"
+        for i in range(4):
+            assert_episode_equal(f.episode(i), episode(i))

@@ -130,16 +130,18 @@ class EpisodeWriter:
         with EpisodeFile(self.path, self.schema) as old, atomic_path(self.path) as tmp:
             print(f"{self.path}: the last writer was interrupted; recovering its {old.n_episodes} committed "
                   "episodes into a clean file", file=sys.stderr)
-            src = old._file
-            _create_layout(tmp, self._fields, dict(src.attrs))
-            with h5py.File(tmp, "r+", libver="latest", rdcc_nbytes=CACHE_BYTES, rdcc_nslots=CACHE_SLOTS) as dst:
-                n = old.n_frames
+            src, n = old._file, old.n_frames
+            with h5py.File(tmp, "w", libver="latest", rdcc_nbytes=CACHE_BYTES, rdcc_nslots=CACHE_SLOTS) as dst:
+                # The same chunks and filters as the old file (which an older version may have chosen
+                # differently): that is what makes copying stored chunk bytes valid.
                 with tqdm(total=n * len(self._fields), unit="frame", desc="recover", leave=False) as bar:
                     for fd in self._fields:
-                        _copy_frames(src[fd.name], dst[fd.name], n, fd.chunk_frames)
+                        ds = dst.create_dataset_like(fd.name, src[fd.name], shape=(0, *fd.shape))
+                        _copy_frames(src[fd.name], ds, n, ds.chunks[0])
                         bar.update(n)
-                dst[EPISODES].resize(old.n_episodes, axis=0)
-                dst[EPISODES][:] = old.episodes
+                dst.create_dataset_like(EPISODES, src[EPISODES], shape=(old.n_episodes,))[:] = old.episodes
+                for key, value in src.attrs.items():
+                    dst.attrs[key] = value
 
     def _remove_stale_temps(self) -> None:
         # Temp files of a recovery or creation that was itself killed; we hold the lock, so none is live.
