@@ -185,15 +185,9 @@ class World:
     def dream_factory(self, temperature: float, max_steps: int, seed: int, augmentations: Sequence[Any] = ()):
         """``batch -> DreamEnv`` of that many members (built once per batch size, per factory), with
         ``augmentations`` (:mod:`worldmodels.augment`) applied inside every step of its dreams."""
-        from worldmodels.data import open_latents
         from worldmodels.dream import DreamEnv
 
-        if self.latents_path is None:
-            raise WorldModelsError("no latents file for the dream's initial frames; pass --latents")
-        with open_latents(self.latents_path) as f:
-            starts = np.asarray(f.episodes["start"])
-            mu, logvar = f.take("mu", starts), f.take("logvar", starts)  # (E, Z) each: real first frames
-        initial = (torch.as_tensor(np.asarray(mu)), torch.as_tensor(np.asarray(logvar)))
+        initial = self.initial_latents()
         reward = "survival" if self.family == "doom" else "predicted"
         dreams: dict[int, Any] = {}
 
@@ -205,6 +199,17 @@ class World:
             return dreams[batch]
 
         return make
+
+    def initial_latents(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar), each (E, Z): V's posterior of every collected episode's first frame (dream starts)."""
+        from worldmodels.data import open_latents
+
+        if self.latents_path is None:
+            raise WorldModelsError("no latents file for the dream's initial frames; pass --latents")
+        with open_latents(self.latents_path) as f:
+            starts = np.asarray(f.episodes["start"])
+            mu, logvar = f.take("mu", starts), f.take("logvar", starts)
+        return torch.as_tensor(np.asarray(mu)), torch.as_tensor(np.asarray(logvar))
 
     def real_latents(self, latents: str | Path | None = None) -> torch.Tensor:
         """Every collected frame's mu (N, Z), e.g. the bank of ``random_swing`` with ``source: real``."""
@@ -225,7 +230,7 @@ class World:
         return rollout_dream(dream, ctrl, self.action_map, seed).reshape(len(params), rollouts)
 
 
-def load_world(run_dir: Path, obs_mode: str, device: torch.device | str = "cpu",
+def load_world(run_dir: Path, obs_mode: str = "zh", device: torch.device | str = "cpu",
                latents: str | None = None) -> World:
     """V and M of ``run_dir`` on ``device``, with the env and options they were trained on."""
     from worldmodels.checkpoint import checkpoint_file, load_checkpoint

@@ -29,8 +29,8 @@ DEFAULT_PRESET = "default"
 def stage_paths(stage: str, run_dir: Path, env: str) -> dict[str, Any]:
     """The file wiring between stages: every path lives inside the run directory."""
     data, latents = str(run_dir / "rollouts.h5"), str(run_dir / "latents.h5")
-    return {
-        "collect": {"env": env, "out": data},
+    paths = {
+        "collect": {"out": data},
         "train-vae": {"data": data, "out": str(run_dir / "vae")},
         "encode": {"data": data, "vae": str(run_dir / "vae"), "out": latents},
         "train-mdrnn": {"latents": latents, "out": str(run_dir / "mdrnn"), "vae": str(run_dir / "vae")},
@@ -38,6 +38,7 @@ def stage_paths(stage: str, run_dir: Path, env: str) -> dict[str, Any]:
         "evaluate": {"run": str(run_dir)},
         "report": {"run": str(run_dir)},
     }[stage]
+    return {"env": env, **paths}  # stages that declare an env field check it against their inputs
 
 
 def stage_config(stage: str, preset: str, run_dir: Path, env: str) -> tuple[Any, Any]:
