@@ -187,3 +187,15 @@ def test_entry_point_reports_errors_with_exit_code(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "worldmodels", "collect", "--env", "nope", "--out",
                            str(tmp_path / "x.h5")], capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0 and "known envs" in proc.stderr
+
+
+def test_ray_backend_writes_the_same_file_as_local(tmp_path):
+    """Issue 8: the ray backend (a private local ray instance) gives byte-identical dataset contents."""
+    pytest.importorskip("ray", reason="ray is not installed (pip install worldmodels[distributed])")
+    paths = {}
+    for backend in ("local", "ray"):
+        paths[backend] = tmp_path / f"{backend}.h5"
+        summary = collect.run(collect.Config(env="procgen:coinrun", episodes=6, workers=2, seed=11, max_steps=25,
+                                             out=str(paths[backend]), backend=backend))
+        assert summary["episodes"] == 6
+    assert_same_file(paths["local"], paths["ray"])
