@@ -60,6 +60,7 @@ def latent_traversal(images: np.ndarray, values: Sequence[float], path: str | os
     ax.imshow(mosaic, interpolation="nearest")
     ax.set_xticks([32 + 66 * i for i in range(n_steps)], [f"{v:+.1f}" for v in values], fontsize=7)
     ax.set_yticks([32 + 66 * i for i in range(n_dims)], [f"z{i}" for i in range(n_dims)], fontsize=7)
+    ax.tick_params(labeltop=True)  # the value of each column readable at the top of a tall figure
     if title:
         ax.set_title(title, fontsize=9)
     return save_figure(fig, path)
