@@ -139,3 +139,10 @@ def test_metrics_resume_drops_later_records(tmp_path):
     with MetricsLogger(path, step_key="epoch", resume_from=2) as log:
         log.log(2, loss=20.0)
     assert [(r["epoch"], r["loss"]) for r in read_metrics(path)] == [(0, 0.0), (1, 1.0), (2, 20.0)]
+
+
+def test_env_flag_applies_preset_env_block_to_stages_without_env_field():
+    """train-mdrnn has no env field; --env still selects the preset's Doom block (h 512)."""
+    _, plain = cli.parse_stage_args("train-mdrnn", ["--preset", "paper", "--latents", "x.h5"])
+    _, doom = cli.parse_stage_args("train-mdrnn", ["--preset", "paper", "--env", "doom-takecover", "--latents", "x.h5"])
+    assert (plain.hidden, doom.hidden) == (256, 512)

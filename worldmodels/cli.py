@@ -51,7 +51,11 @@ def build_parser(stage: str, config_cls: type, description: str) -> argparse.Arg
     parser.add_argument("--preset", help="preset name (" + ", ".join(cfgmod.available_presets())
                         + ") or YAML file; its section for this stage sets defaults")
     parser.add_argument("--config", help="YAML file with stage sections, applied after the preset")
-    for name, (f, tp) in cfgmod.fields_of(config_cls).items():
+    fields = cfgmod.fields_of(config_cls)
+    if "env" not in fields:
+        parser.add_argument("--env", dest="preset_env", metavar="ENV",
+                            help="apply the preset's block for this env (e.g. doom-takecover: z 64, h 512)")
+    for name, (f, tp) in fields.items():
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         help_text = f.metadata.get("help", "") + (f" (default: {default})" if default not in (None, "") else "")
@@ -83,8 +87,9 @@ def parse_stage_args(stage: str, argv: Sequence[str]) -> Any:
     ns = vars(parser.parse_args(list(argv)))
     preset = ns.pop("preset", None)
     config_file = ns.pop("config", None)
+    env = ns.pop("preset_env", None)
     return module, cfgmod.load(module.Config, section_name(stage), preset=preset, config_file=config_file,
-                               overrides=ns, valid_sections=[section_name(s) for s in STAGES])
+                               overrides=ns, env=env, valid_sections=[section_name(s) for s in STAGES])
 
 
 def _usage() -> str:
