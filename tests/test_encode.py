@@ -7,7 +7,7 @@ from test_vae import make_rollouts  # tests/ is on sys.path under pytest
 
 from worldmodels import cli
 from worldmodels.checkpoint import save_checkpoint
-from worldmodels.data import EpisodeWriter, ROLLOUTS, open_latents, open_rollouts
+from worldmodels.data import EpisodeWriter, open_latents, open_rollouts
 from worldmodels.errors import WorldModelsError
 from worldmodels.models import ConvVAE, frames_to_tensor
 from worldmodels.stages import encode

@@ -211,7 +211,7 @@ class DreamEnv:
         ``terminated`` (done logit > 0) and ``truncated`` (max_steps reached) members.
         """
         m = self.mdrnn
-        Z, A, H, K = m.z_dim, m.action_dim, m.hidden, m.n_gaussians
+        Z, H, K = m.z_dim, m.hidden, m.n_gaussians
         ZK = Z * K
         self._write_actions(actions)
         alive = ~self.done if frozen is None else ~(self.done | frozen.to(self.device))  # (B,)

@@ -14,7 +14,6 @@ import os
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from worldmodels.checkpoint import checkpoint_file, load_checkpoint
 from worldmodels.errors import WorldModelsError

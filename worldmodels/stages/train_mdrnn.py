@@ -11,7 +11,6 @@ decoded by V. Rerunning the same command resumes; --fresh starts over.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 import warnings
 from pathlib import Path
@@ -25,6 +24,7 @@ from worldmodels import config as cfgmod
 from worldmodels.checkpoint import CHECKPOINT_NAME, checkpoint_file, load_checkpoint, new_id, save_checkpoint
 from worldmodels.data import open_latents
 from worldmodels.errors import WorldModelsError
+from worldmodels.training import check_same_run, finite_or_stop
 from worldmodels.metrics import MetricsLogger
 from worldmodels.models.mdrnn import MDRNN, mdrnn_loss, sample_gmm, sample_latents
 from worldmodels.stages.train_vae import split_episodes
@@ -122,25 +122,6 @@ def batch_losses(model: MDRNN, batch: dict[str, torch.Tensor], cfg: Config, devi
                       cfg.done_weight, cfg.done_pos_weight)
 
 
-def _check_same_run(state: dict[str, Any], cfg: Config, latents: str, out: Path) -> None:
-    saved, new = dict(state.get("config") or {}), cfgmod.to_dict(cfg)
-    saved["latents"], new["latents"] = state.get("data", {}).get("path"), latents
-    changed = [f"{k}: {saved.get(k)!r} -> {new[k]!r}" for k in new
-               if k not in CONTINUATION_SAFE and k != "out" and saved.get(k) != new[k]]
-    if changed:
-        raise WorldModelsError(f"{out} holds a run with a different config ({'; '.join(changed)}); "
-                               "rerun with the same options to resume, add --fresh to start over, "
-                               "or choose another --out")
-
-
-def _finite_or_stop(values: dict[str, float], where: str, out: Path, step: int) -> None:
-    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
-    if bad:
-        kept = f"the checkpoint of step {step} in {out} is kept" if step else "no checkpoint was written"
-        raise WorldModelsError(f"{', '.join(f'{k} = {v}' for k, v in bad.items())} {where}; stopped, "
-                               f"{kept}; try a lower --lr")
-
-
 @torch.no_grad()
 def evaluate(model: MDRNN, batches: list[dict[str, torch.Tensor]], cfg: Config, device: torch.device) -> dict[str, float]:
     """Mean val/mdrnn/* over fixed validation batches (with a fixed z re-sampling)."""
@@ -228,7 +209,9 @@ def _train(cfg: Config, out: Path, src: Any) -> dict[str, Any]:
             (out / name).unlink(missing_ok=True)
     state = load_checkpoint(ckpt_path, kind="mdrnn") if ckpt_path.exists() else None
     if state is not None:
-        _check_same_run(state, cfg, latents_path, out)
+        saved, new = dict(state.get("config") or {}), cfgmod.to_dict(cfg)
+        saved["latents"], new["latents"] = state.get("data", {}).get("path"), latents_path
+        check_same_run(saved, new, CONTINUATION_SAFE, out)
     n_episodes = state["data"]["n_episodes"] if state else src.n_episodes
     if src.n_episodes < n_episodes:
         raise WorldModelsError(f"{cfg.latents} has {src.n_episodes} episodes but this run was trained on {n_episodes}; "
@@ -276,9 +259,9 @@ def _train(cfg: Config, out: Path, src: Any) -> dict[str, Any]:
                 continue
             means = (sums / n_sums).tolist()
             stats = dict(zip(("mdrnn/loss", "mdrnn/nll", "mdrnn/reward_mse", "mdrnn/done_bce"), means))
-            _finite_or_stop(stats, f"before step {step + 1}", out, saved_step)
+            finite_or_stop(stats, f"before step {step + 1}", out, "step", saved_step)
             stats.update(evaluate(model, val_batches, cfg, device))
-            _finite_or_stop(stats, f"in validation at step {step + 1}", out, saved_step)
+            finite_or_stop(stats, f"in validation at step {step + 1}", out, "step", saved_step)
             stats["mdrnn/sequences_per_s"] = n_sums * cfg.batch_size / (time.perf_counter() - t0)
             log.log(step + 1, **stats)
             save_checkpoint(ckpt_path, "mdrnn", {

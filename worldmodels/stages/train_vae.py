@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,6 +24,7 @@ from worldmodels.checkpoint import CHECKPOINT_NAME, load_checkpoint, new_id, sav
 from worldmodels.data import open_rollouts
 from worldmodels.data.schema import OBS_CHUNK_FRAMES
 from worldmodels.errors import WorldModelsError
+from worldmodels.training import check_same_run, finite_or_stop, rng_states, set_rng_states
 from worldmodels.metrics import MetricsLogger
 from worldmodels.models.vae import ConvVAE, frames_to_tensor, tensor_to_frames, vae_loss
 from worldmodels.utils import exclusive_lock, pick_device, seed_everything
@@ -164,30 +163,6 @@ def _picture_frames(ranges: list[tuple[int, int]], episodes: np.ndarray) -> list
     return [ranges[episodes[w]][0] + int(p - (ends[w] - lengths[w])) for w, p in zip(where, picks)]
 
 
-def _check_same_run(state: dict[str, Any], cfg: Config, data_path: str, out: Path) -> None:
-    saved, new = dict(state.get("config") or {}), cfgmod.to_dict(cfg)
-    saved["data"], new["data"] = state.get("data", {}).get("path"), data_path
-    changed = [f"{k}: {saved.get(k)!r} -> {new[k]!r}" for k in new
-               if k not in CONTINUATION_SAFE and k != "out" and saved.get(k) != new[k]]
-    if changed:
-        raise WorldModelsError(f"{out} holds a run with a different config ({'; '.join(changed)}); "
-                               "rerun with the same options to resume, add --fresh to start over, "
-                               "or choose another --out")
-
-
-def _rng_states() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def _set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
-    if states.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
 def _loader(stream: FrameStream, workers: int, device: torch.device) -> Any:
     if workers <= 0:
         return stream
@@ -211,14 +186,6 @@ class _Step:
         return vae_loss(x, recon, mu, logvar, self.kl_tolerance)
 
 
-def _finite_or_stop(values: dict[str, float], where: str, out: Path, epoch: int) -> None:
-    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
-    if bad:
-        kept = f"the checkpoint of epoch {epoch} in {out} is kept" if epoch else "no checkpoint was written"
-        raise WorldModelsError(f"{', '.join(f'{k} = {v}' for k, v in bad.items())} {where}; stopped, "
-                               f"{kept}; try a lower --lr")
-
-
 def train_epoch(step: _Step, opt: torch.optim.Optimizer, loader: Any, n_batches: int, desc: str,
                 out: Path, done_epochs: int) -> dict[str, float]:
     """One pass over the training stream; returns mean loss, recon, kl and images/s."""
@@ -235,12 +202,12 @@ def train_epoch(step: _Step, opt: torch.optim.Optimizer, loader: Any, n_batches:
         n_seen += len(frames)
         if i % 20 == 0:  # a host sync: check for NaN and update the bar only now and then
             loss = losses["loss"].item()
-            _finite_or_stop({"vae/loss": loss}, f"at {desc}, batch {i + 1}", out, done_epochs)
+            finite_or_stop({"vae/loss": loss}, f"at {desc}, batch {i + 1}", out, "epoch", done_epochs)
             bar.set_postfix(loss=f"{loss:.1f}", img_s=f"{n_seen / (time.perf_counter() - t0):.0f}")
     bar.close()
     means = (sums / max(n_seen, 1)).tolist()
     stats = {"vae/loss": means[0], "vae/recon": means[1], "vae/kl": means[2]}
-    _finite_or_stop(stats, f"in {desc}", out, done_epochs)
+    finite_or_stop(stats, f"in {desc}", out, "epoch", done_epochs)
     stats["vae/images_per_s"] = n_seen / (time.perf_counter() - t0)
     return stats
 
@@ -304,7 +271,9 @@ def _train(cfg: Config, out: Path) -> dict[str, Any]:
             (out / name).unlink(missing_ok=True)
     state = load_checkpoint(ckpt_path, kind="vae") if ckpt_path.exists() else None
     if state is not None:
-        _check_same_run(state, cfg, data_path, out)
+        saved, new = dict(state.get("config") or {}), cfgmod.to_dict(cfg)
+        saved["data"], new["data"] = state.get("data", {}).get("path"), data_path
+        check_same_run(saved, new, CONTINUATION_SAFE, out)
     # a resumed run keeps the episodes (and so the split) it started with, even if collection went on
     n_episodes = state["data"]["n_episodes"] if state else len(episodes)
     if len(episodes) < n_episodes:
@@ -332,7 +301,7 @@ def _train(cfg: Config, out: Path) -> dict[str, Any]:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, run_id = int(state["epoch"]), state["id"]
-        _set_rng_states(state["rng"])
+        set_rng_states(state["rng"])
     n_train = train.n_frames
     tqdm.write(f"train-vae: {n_train} training frames ({len(train_eps)} episodes), {val.n_frames} validation "
                f"frames ({len(val_eps)} episodes), device {device}, epochs {start + 1}..{cfg.epochs}")
@@ -344,13 +313,13 @@ def _train(cfg: Config, out: Path) -> dict[str, Any]:
             stats = train_epoch(step, opt, _loader(train, cfg.workers, device), len(train),
                                 f"epoch {epoch + 1}/{cfg.epochs}", out, epoch)
             stats.update(evaluate(step, _loader(val, cfg.workers, device)))
-            _finite_or_stop(stats, f"in validation after epoch {epoch + 1}", out, epoch)
+            finite_or_stop(stats, f"in validation after epoch {epoch + 1}", out, "epoch", epoch)
             stats["time_s"] = time.perf_counter() - t0
             log.log(epoch + 1, **stats)
             draw_pictures(model, frames, out, epoch + 1, traversal=epoch + 1 == cfg.epochs)
             save_checkpoint(ckpt_path, "vae", {
                 "id": run_id, "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                "config": cfgmod.to_dict(cfg), "z_dim": cfg.z_dim, "rng": _rng_states(), "metrics": stats,
+                "config": cfgmod.to_dict(cfg), "z_dim": cfg.z_dim, "rng": rng_states(), "metrics": stats,
                 "data": {"path": data_path, "n_episodes": n_episodes, "val_episodes": val_eps.tolist()}})
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
                 f"{k} {v:.4g}" for k, v in stats.items() if k.startswith(("vae/", "val/"))))
