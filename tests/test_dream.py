@@ -275,3 +275,19 @@ def test_dream_stage_pictures_an_augmented_dream_beside_the_plain_one(dream_run,
     assert np.array_equal(plain2, plain)  # the plain dream does not depend on the augmented one
     assert not np.array_equal(plain2[1:], augmented[1:])  # swung at step 0: the dream goes elsewhere
     assert np.array_equal(plain2[0], augmented[0])  # the start frame is shared
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_uniforms_never_reach_0_or_1(dtype):
+    """Regression: with 24 bits the top value rounded to u = 1.0 in float32, erfinv gave inf and the dream NaN."""
+    from worldmodels.dream import rng
+
+    top = (1 << rng.UNIFORM_BITS) - 1
+    u = rng.bits_to_uniform(torch.tensor([0, 1, top - 1, top]), dtype)
+    assert (u > 0).all() and (u < 1).all()
+    normals = torch.erfinv(u * 2 - 1), torch.special.ndtri(u)
+    assert all(torch.isfinite(n).all() for n in normals)
+    # and the streams themselves stay inside (0, 1) over many draws
+    keys = rng.stream_keys(3, torch.arange(4096))
+    draws = rng.uniforms(keys, torch.zeros(4096, dtype=torch.int64), rng.index_keys(256, "cpu"), torch.float32)
+    assert draws.min() > 0 and draws.max() < 1

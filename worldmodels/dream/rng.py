@@ -41,8 +41,19 @@ def index_keys(n: int, device: torch.device | str) -> torch.Tensor:
     return mix32(torch.arange(n, device=device, dtype=torch.int64) * _GOLDEN & MASK32)
 
 
+UNIFORM_BITS = 23  # (2^23 - 1) + 0.5 is exact in float32; with 24 bits the top value rounds up to u = 1.0
+
+
+def bits_to_uniform(bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Integers in [0, 2^UNIFORM_BITS) -> floats strictly inside (0, 1), in any float dtype (float32 too)."""
+    return (bits.to(dtype) + 0.5) * (1.0 / (1 << UNIFORM_BITS))
+
+
 def uniforms(keys: torch.Tensor, t: torch.Tensor, idx_keys: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Uniforms (B, n) in (0, 1), 24 bits each, for members with episode keys (B,) at their step t (B,)."""
+    """Uniforms (B, n) strictly in (0, 1), for members with episode keys (B,) at their step t (B,).
+
+    Never exactly 0 or 1: the dream turns them into normals with erfinv/ndtri, which are infinite there.
+    """
     step_keys = mix32(keys ^ mix32((t + _STEP_SALT) & MASK32))  # (B,)
-    bits = mix32(step_keys.unsqueeze(1) ^ idx_keys.unsqueeze(0)) >> 8  # (B, n), in [0, 2^24)
-    return (bits.to(dtype) + 0.5) * (1.0 / (1 << 24))
+    bits = mix32(step_keys.unsqueeze(1) ^ idx_keys.unsqueeze(0)) >> (32 - UNIFORM_BITS)  # (B, n)
+    return bits_to_uniform(bits, dtype)
