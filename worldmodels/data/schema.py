@@ -64,9 +64,6 @@ class Schema:
             raise WorldModelsError(f"{self.name} file attributes missing: {', '.join(missing)}")
         return self.layout(attrs)
 
-    def field_names(self, attrs: Mapping[str, Any]) -> list[str]:
-        return [f.name for f in self.fields(attrs)]
-
 
 def action_field(action_space: Mapping[str, Any]) -> Field:
     """``action`` is float32 (F, A) for a Box space and int64 (F,) for a Discrete one."""
