@@ -199,3 +199,17 @@ def test_ray_backend_writes_the_same_file_as_local(tmp_path):
                                              out=str(paths[backend]), backend=backend))
         assert summary["episodes"] == 6
     assert_same_file(paths["local"], paths["ray"])
+
+
+def test_doom_workers_leave_no_game_process_behind(tmp_path):
+    # Pool workers exit through os._exit; ViZDoom's game subprocess used to outlive them, holding the
+    # caller's stdout open, so a piped `worldmodels collect | tail` never returned.
+    cmd = [sys.executable, "-m", "worldmodels", "collect", "--env", "doom-takecover", "--episodes", "2",
+           "--workers", "2", "--max-steps", "30", "--out", str(tmp_path / "doom.h5")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out, _ = proc.communicate(timeout=120)  # returns only when every holder of the pipe has closed it
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out.decode()
+    assert open_rollouts(tmp_path / "doom.h5").n_episodes == 2

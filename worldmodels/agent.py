@@ -96,8 +96,12 @@ def init_worker(spec: dict[str, Any]) -> None:
         mdrnn = load_mdrnn(spec["mdrnn"], "cpu").eval()
     action_map = action_map_from_dict(spec["action_map"])
     controller = Controller(spec["input_dim"], action_map.output_dim, action_map.bias)
+    from worldmodels.parallel import close_at_exit
+
+    env = make(spec["env"], **spec.get("env_kwargs", {}))
+    close_at_exit(env)
     _WORKER.clear()
-    _WORKER.update(spec=spec, env=make(spec["env"], **spec.get("env_kwargs", {})),
+    _WORKER.update(spec=spec, env=env,
                    agent=Agent(vae, mdrnn, controller, action_map, spec["obs_mode"]))
 
 

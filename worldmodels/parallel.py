@@ -30,6 +30,27 @@ from worldmodels.errors import WorldModelsError
 BACKENDS = ("local", "ray")
 
 
+def close_at_exit(resource: Any) -> None:
+    """Close ``resource`` (an env) when this worker process exits.
+
+    Pool workers leave through ``os._exit``, which skips ``atexit``; an env that owns a subprocess
+    (ViZDoom's game) would then outlive its worker and keep the caller's stdout open. multiprocessing
+    runs its own finalizers on that path, and atexit covers ray workers and inline (workers=0) use.
+    """
+    import atexit
+    from multiprocessing import util
+
+    closed = []
+
+    def close() -> None:
+        if not closed:
+            closed.append(True)
+            resource.close()
+
+    util.Finalize(None, close, exitpriority=10)
+    atexit.register(close)
+
+
 def _init_worker(initializer: Callable[..., None] | None, initargs: tuple) -> None:
     # One BLAS/OpenMP thread per worker: W workers on W cores, no oversubscription.
     os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -54,8 +54,10 @@ _ENV: Any = None
 def _init_env(env_name: str, env_kwargs: dict) -> None:
     global _ENV
     from worldmodels.envs import make
+    from worldmodels.parallel import close_at_exit
 
     _ENV = make(env_name, **env_kwargs)
+    close_at_exit(_ENV)
 
 
 def rollout(env: Any, policy_name: str, space: dict, max_steps: int | None, seed: int) -> dict[str, Any]:
