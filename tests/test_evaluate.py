@@ -122,3 +122,25 @@ def test_inline_episodes_run_on_one_torch_thread_and_restore_it(trained_run, mon
         assert seen == [1, 1] and torch.get_num_threads() == 2  # the caller's setting is back afterwards
     finally:
         torch.set_num_threads(before)
+
+
+def test_dream_evaluation_plays_members_like_separate_dreams(trained_run, capsys):
+    first = ev.run(ev.Config(run=str(trained_run), where="dream", episodes=6))
+    assert first["temperature"] == 1.15 and first["max_steps"] == 8  # C's training settings by default
+    out = trained_run / "eval-dream-1.15"
+    rows = read_rows(out / "returns.csv")
+    returns = np.array([float(r["return"]) for r in rows])
+    assert len(rows) == 6 and all(1 <= int(r["length"]) <= 8 for r in rows)
+    assert np.isclose(first["mean"], returns.mean()) and len(set(returns)) > 1
+    assert json.loads((out / "summary.json").read_text()) == first
+    # Member i of the batched dream is episode i whatever the batch: the first two episodes of a
+    # 2-episode evaluation are those of the 6-episode one (up to float32 rounding of another batch size).
+    two = ev.run(ev.Config(run=str(trained_run), where="dream", episodes=2))
+    rows2 = read_rows(out / "returns.csv")
+    assert two["episodes"] == 2 and [r["length"] for r in rows2] == [r["length"] for r in rows[:2]]
+    assert np.allclose([float(r["return"]) for r in rows2], returns[:2], rtol=1e-5)
+    cold = ev.run(ev.Config(run=str(trained_run), where="dream", episodes=6, temperature=0.1))
+    cold_rows = read_rows(trained_run / "eval-dream-0.1" / "returns.csv")
+    assert cold["temperature"] == 0.1 and [r["return"] for r in cold_rows] != [r["return"] for r in rows]
+    assert cli.main(["evaluate", "--run", str(trained_run), "--where", "dream", "--temperature", "-1"]) == 1
+    assert "temperature must be positive" in capsys.readouterr().err

@@ -1,10 +1,14 @@
-"""Score the evolved controller C, with V and M, in the real env over many episodes.
+"""Score the evolved controller C, with V and M, in the real env (or in M's dream) over many episodes.
 
 Episode i is played with env seed episode_seed(seed, i, "eval"): a range disjoint from the seeds of
 collection and training, so no evaluation episode was seen before. ProcGen --levels test plays levels
 never used in collection (a disjoint start_level range); --levels train replays the collection's levels.
 Other envs have no levels: both choices play fresh eval seeds. Per-episode results depend only on the
 seed, not on the number of workers or on the backend (--backend local processes, or ray).
+
+--where dream scores the same controller in M's dream instead (at C's training temperature unless
+--temperature is given), in one batched dream whose seed no training dream used: the "dream score"
+beside the real one in the paper's Doom table. It writes <run>/eval-dream-<tau>/ with the same files.
 
 Writes <run>/eval-<levels>/: returns.csv (episode, seed, level, return, length), summary.json
 (mean, std, min, max, ... and what was evaluated) and episode.gif (episode 0, frames upscaled).
@@ -35,6 +39,8 @@ GIF_MAX_FRAMES = 400
 @dataclasses.dataclass
 class Config:
     run: str = option("runs/default", "run folder with vae/, mdrnn/ and controller/")
+    where: Literal["real", "dream"] = option("real", "play the real env, or M's dream (one batched dream)")
+    temperature: Optional[float] = option(None, "--where dream: dream temperature (default: C's training one)")
     episodes: int = option(100, "real-env episodes to play")
     workers: int = option(-1, "worker processes (-1: one per CPU core, 0: inline)")
     levels: Literal["train", "test"] = option("test", "ProcGen levels: test = never seen in collection")
@@ -105,6 +111,8 @@ def run(cfg: Config) -> dict[str, Any]:
             raise WorldModelsError(f"{run_dir}: the controller was evolved with a different {key.split('_')[0]} "
                                    f"than the one in the run now; retrain the controller (--fresh)")
     params, label = controller_params(state, cfg.params)
+    if cfg.where == "dream":
+        return _evaluate_in_dream(cfg, run_dir, world, state, params, label)
     spec = world.worker_spec(cfg.max_steps, levels=cfg.levels)
     out_dir = run_dir / f"eval-{cfg.levels}"
     seeds = [episode_seed(cfg.seed, i, "eval") for i in range(cfg.episodes)]
@@ -141,13 +149,61 @@ def run(cfg: Config) -> dict[str, Any]:
                "controller": label, "controller_id": state["id"], "generation": state["generation"],
                "vae_id": world.vae_id, "mdrnn_id": world.mdrnn_id, "obs_mode": identity["obs_mode"],
                "trained_where": train_cfg.get("where"), "temperature": train_cfg.get("temperature")}
+    _write_results(out_dir, rows, summary)
+    progress.unlink()
+    print(f"evaluate: {world.env} ({cfg.levels} levels), {len(rows)} episodes: "
+          f"{summary['mean']:.2f} ± {summary['std']:.2f}  -> {out_dir}")
+    return summary
+
+
+def _write_results(out_dir: Path, rows: list[tuple], summary: dict[str, Any]) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(CSV_COLUMNS)
     writer.writerows(rows)
     atomic_write_text(out_dir / "returns.csv", buf.getvalue())
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    progress.unlink()
-    print(f"evaluate: {world.env} ({cfg.levels} levels), {len(rows)} episodes: "
+
+
+# Purpose 2 of train_controller.dream_seed: fitness dreams use 0 and mean-solution scores 1.
+DREAM_EVAL_PURPOSE = 2
+
+
+def _evaluate_in_dream(cfg: Config, run_dir: Path, world: Any, state: dict[str, Any], params: np.ndarray,
+                       label: str) -> dict[str, Any]:
+    """All episodes as members of one batched dream; member i is the dream's episode i."""
+    from worldmodels.agent import load_world
+    from worldmodels.models.controller import BatchedController, rollout_dream
+    from worldmodels.stages.train_controller import DEFAULT_MAX_STEPS, dream_seed
+    from worldmodels.utils import pick_device
+
+    train_cfg = state["config"]
+    tau = cfg.temperature
+    if tau is None and train_cfg.get("where") == "dream":
+        tau = float(train_cfg["temperature"])
+    if tau is None:
+        raise WorldModelsError(f"--where dream needs --temperature: C was trained {train_cfg.get('where')}, "
+                               "not in a dream")
+    if tau <= 0:
+        raise WorldModelsError(f"temperature must be positive, got {tau}")
+    max_steps = cfg.max_steps or train_cfg.get("max_steps") or DEFAULT_MAX_STEPS.get(world.family, 1000)
+    world = load_world(run_dir, state["identity"]["obs_mode"], pick_device("auto"), latents=train_cfg.get("latents"))
+    dream = world.dream_factory(tau, max_steps, cfg.seed)(cfg.episodes)
+    ctrl = BatchedController(params[None], world.input_dim, world.action_map.output_dim, world.action_map.bias,
+                             cfg.episodes, device=world.device)
+    seed = dream_seed(cfg.seed, 0, DREAM_EVAL_PURPOSE)
+    returns = rollout_dream(dream, ctrl, world.action_map, seed)
+    lengths = dream.lengths.cpu().numpy()
+    rows = [(i, seed, -1, float(returns[i]), int(lengths[i])) for i in range(cfg.episodes)]
+    out_dir = run_dir / f"eval-dream-{tau:g}"
+    summary = {"env": world.env, "where": "dream", "temperature": tau, "max_steps": int(max_steps),
+               "episodes": cfg.episodes, "mean": float(returns.mean()), "std": float(returns.std()),
+               "min": float(returns.min()), "max": float(returns.max()), "median": float(np.median(returns)),
+               "mean_length": float(lengths.mean()), "seed": cfg.seed, "dream_seed": seed, "params": cfg.params,
+               "controller": label, "controller_id": state["id"], "generation": state["generation"],
+               "vae_id": world.vae_id, "mdrnn_id": world.mdrnn_id, "obs_mode": state["identity"]["obs_mode"],
+               "trained_where": train_cfg.get("where"), "trained_temperature": train_cfg.get("temperature")}
+    _write_results(out_dir, rows, summary)
+    print(f"evaluate: {world.env} in the dream at tau {tau:g}, {cfg.episodes} episodes: "
           f"{summary['mean']:.2f} ± {summary['std']:.2f}  -> {out_dir}")
     return summary
