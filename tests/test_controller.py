@@ -343,6 +343,9 @@ def test_augment_and_backend_misuse_are_clear_errors(tiny_run):
         tc.run(stage_cfg(tiny_run, augment=["swing"], fresh=True, generations=1))
     with pytest.raises(WorldModelsError, match="--ray-address needs --backend ray"):
         tc.run(stage_cfg(tiny_run, where="real", ray_address="auto"))
+    for where in ("dream", "offline"):  # no real-env workers to put on ray
+        with pytest.raises(WorldModelsError, match=f"--where {where} without --eval-real has none"):
+            tc.run(stage_cfg(tiny_run, where=where, backend="ray"))
 
 
 def test_offline_fit_is_kept_on_rerun_and_refused_with_other_settings(tiny_run, tmp_path, capsys):

@@ -245,6 +245,9 @@ def run(cfg: Config) -> dict[str, Any]:
         raise WorldModelsError(f"--augment changes dreamed latents; it needs --where dream, not {cfg.where}")
     if cfg.ray_address and cfg.backend != "ray":
         raise WorldModelsError("--ray-address needs --backend ray")
+    if cfg.backend == "ray" and cfg.where != "real" and not cfg.eval_real:
+        raise WorldModelsError(f"--backend ray runs real-env workers, and --where {cfg.where} without --eval-real "
+                               "has none; drop --backend ray (the dream runs batched in this process)")
     device = pick_device(cfg.device) if cfg.where != "real" else torch.device("cpu")
     world = load_world(Path(cfg.run), cfg.obs_mode, device, latents=cfg.latents)
     out_dir = Path(cfg.run) / "controller"
