@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# DoomTakeCover, trained entirely in the dream at five temperatures, then scored in the dream and in the
+# real game (100 episodes each). Every stage resumes when rerun; wall-clock per stage goes to timings.tsv.
+#   bash results/doom-cpu/run.sh [DATA_DIR]        (default data/doom-cpu; results land beside this script)
+#   TAUS="1.50 2.00" bash results/doom-cpu/run.sh  (other temperatures, on the same V and M)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+HERE=results/doom-cpu
+DATA=${1:-data/doom-cpu}
+PRESET=$HERE/preset.yaml
+source scripts/venv.sh
+mkdir -p "$DATA"
+wm() { worldmodels "$@" --preset "$PRESET" --env doom-takecover; }
+timed() {  # timed NAME COMMAND...: run, then append "NAME<TAB>seconds" to timings.tsv
+  local name=$1 t0=$SECONDS; shift
+  "$@"
+  printf '%s\t%d\n' "$name" $((SECONDS - t0)) >> "$HERE/timings.tsv"
+}
+
+timed collect wm collect --out "$DATA/rollouts.h5"
+timed train-vae wm train-vae --data "$DATA/rollouts.h5" --out "$DATA/vae"
+timed encode wm encode --data "$DATA/rollouts.h5" --vae "$DATA/vae" --out "$DATA/latents.h5"
+timed train-mdrnn wm train-mdrnn --latents "$DATA/latents.h5" --out "$DATA/mdrnn"
+for tau in ${TAUS:-0.10 0.50 1.00 1.15 1.30}; do
+  run=$DATA/tau-$tau
+  mkdir -p "$run"
+  for part in vae mdrnn; do [ -e "$run/$part" ] || ln -s "../$part" "$run/$part"; done
+  timed "train-controller tau=$tau" wm train-controller --run "$run" --latents "$DATA/latents.h5" --temperature "$tau"
+  timed "evaluate-dream tau=$tau" wm evaluate --run "$run" --where dream --episodes 100
+  timed "evaluate-real tau=$tau" wm evaluate --run "$run" --episodes 100
+  mkdir -p "$HERE/tau-$tau"
+  cp "$run"/controller/{metrics.jsonl,learning_curve.png,config.yaml} "$HERE/tau-$tau/"
+  cp "$run"/eval-test/{returns.csv,summary.json} "$HERE/tau-$tau/"  # episode.gif (MBs) stays in $run
+  cp "$run/eval-dream-$(python -c "print(f'{float(\"$tau\"):g}')")/returns.csv" "$HERE/tau-$tau/dream_returns.csv"
+  cp "$run/eval-dream-$(python -c "print(f'{float(\"$tau\"):g}')")/summary.json" "$HERE/tau-$tau/dream_summary.json"
+done
+# The random policy (uniform action every step) for 100 real episodes; Doom's reward is +1 per tic alive.
+[ -f "$HERE/random_policy.csv" ] || timed "random-policy" wm collect --policy random --episodes 100 --seed 1 --out "$DATA/random.h5"
+[ -f "$HERE/random_policy.csv" ] || python $HERE/../tables.py random-policy "$DATA/random.h5" "$HERE/random_policy.csv"
+python $HERE/../tables.py doom "$HERE" > "$HERE/results.md"
+python $HERE/../tables.py done-head "$DATA" > "$HERE/done_head.txt"

@@ -1,0 +1,129 @@
+"""Build the results tables of README.md from the raw per-episode files committed under results/.
+
+    python results/tables.py random-policy ROLLOUTS.h5 OUT.csv   per-episode returns of a collected file
+    python results/tables.py doom results/doom-cpu                the Doom temperature table (markdown)
+    python results/tables.py carracing results/carracing-cpu      the CarRacing table (markdown)
+    python results/tables.py done-head DATA_DIR                  how often M's done head fires at real deaths
+
+Every number in a table is computed here from returns.csv files; nothing is typed in by hand except the
+paper's published figures (../shared/REFERENCE.md), which sit beside ours for comparison.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+PAPER_DOOM = {"0.10": ("2086 ± 140", "193 ± 58"), "0.50": ("2060 ± 277", "196 ± 50"),
+              "1.00": ("1145 ± 690", "868 ± 511"), "1.15": ("918 ± 546", "1092 ± 556"),
+              "1.30": ("732 ± 269", "753 ± 139"), "random": ("—", "210 ± 108")}
+PAPER_CARRACING = {"full (z, h), C in the real env": "906 ± 21", "V only (z), C in the real env": "632 ± 251",
+                   "full (z, h), C in the dream": "—"}
+
+
+def returns(path: Path) -> np.ndarray:
+    with open(path) as fh:
+        return np.array([float(row["return"]) for row in csv.DictReader(fh)])
+
+
+def fmt(values: np.ndarray) -> str:
+    return f"{values.mean():.0f} ± {values.std():.0f}"
+
+
+def random_policy(rollouts: str, out: str) -> None:
+    from worldmodels.data import open_rollouts
+
+    with open_rollouts(rollouts) as f:
+        eps = f.episodes
+        rows = [(i, int(eps["seed"][i]), float(f.read("reward", int(eps["start"][i]), int(eps["start"][i] + eps["length"][i])).sum()),
+                 int(eps["length"][i])) for i in range(f.n_episodes)]
+    with open(out, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["episode", "seed", "return", "length"])
+        w.writerows(rows)
+
+
+def doom(folder: str) -> str:
+    root = Path(folder)
+    lines = ["| τ | dream score (ours) | real score (ours) | real > 750 | dream score (paper) | real score (paper) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for cell in sorted(root.glob("tau-*"), key=lambda p: float(p.name[4:])):
+        if not (cell / "returns.csv").exists():
+            continue
+        tau = cell.name[4:]
+        dream, real = returns(cell / "dream_returns.csv"), returns(cell / "returns.csv")
+        paper = PAPER_DOOM.get(tau, ("not in the paper", "not in the paper"))
+        lines.append(f"| {tau} | {fmt(dream)} | {fmt(real)} | {(real > 750).mean():.0%} | {paper[0]} | {paper[1]} |")
+    if (root / "random_policy.csv").exists():
+        rand = returns(root / "random_policy.csv")
+        lines.append(f"| random policy | — | {fmt(rand)} | {(rand > 750).mean():.0%} | — | {PAPER_DOOM['random'][1]} |")
+    lines += ["", "Mean ± std over 100 episodes (std with ddof=0, as the paper's). Real episodes play env seeds never "
+              "used in collection or training; dream episodes use a dream seed no training dream used."]
+    return "\n".join(lines)
+
+
+def carracing(folder: str) -> str:
+    root = Path(folder)
+    lines = ["| model | episodes | ours | paper |", "|---|---:|---:|---:|"]
+    for name, sub in (("full (z, h), C in the real env", "real-zh"), ("full (z, h), C in the dream", "dream-zh"),
+                      ("V only (z), C in the real env", "real-z")):
+        path = root / sub / "returns.csv"
+        if path.exists():
+            r = returns(path)
+            lines.append(f"| {name} | {len(r)} | {fmt(r)} | {PAPER_CARRACING[name]} |")
+    if (root / "random_policy.csv").exists():
+        r = returns(root / "random_policy.csv")
+        lines.append(f"| brownian random policy | {len(r)} | {fmt(r)} | — |")
+    lines += ["", "Mean ± std over unseen tracks (env seeds never used in collection or training)."]
+    return "\n".join(lines)
+
+
+def done_head(data: str) -> str:
+    """M, teacher-forced on its held-out validation episodes, against their real deaths: the dream ends an
+    episode only where the done logit is > 0, so a missed death is a hit the dream forgives."""
+    import torch
+    import yaml
+
+    from worldmodels.data import open_latents
+    from worldmodels.models.mdrnn import load_mdrnn
+    from worldmodels.stages.train_mdrnn import actions_to_input
+    from worldmodels.stages.train_vae import split_episodes
+
+    mdrnn = load_mdrnn(Path(data) / "mdrnn", "cpu").eval()
+    m_cfg = yaml.safe_load((Path(data) / "mdrnn" / "config.yaml").read_text())
+    caught, false_rate = [], []
+    with open_latents(Path(data) / "latents.h5") as f:
+        eps = f.episodes
+        _, val = split_episodes(len(eps), m_cfg["val_fraction"], m_cfg["seed"])
+        for i in val:
+            lo, hi = int(eps["start"][i]), int(eps["start"][i] + eps["length"][i])
+            z = torch.as_tensor(np.asarray(f.read("mu", lo, hi)))[None]
+            a = torch.as_tensor(actions_to_input(np.asarray(f.read("action", lo, hi)), f.attrs["action_space"]))[None]
+            with torch.no_grad():
+                done = mdrnn(z, a)[0].done_logit[0].numpy()
+            if bool(np.asarray(f.read("terminated", hi - 1, hi))[0]):
+                caught.append(done[-1] > 0)
+            false_rate.append((done[:-1] > 0).mean())
+    return (f"{len(caught)} of M's {len(val)} validation episodes end in a death; M's done logit is > 0 at "
+            f"{np.mean(caught):.1%} of those deaths and at {np.mean(false_rate):.2%} of the other steps")
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("random-policy", "doom", "carracing", "done-head"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    if argv[0] == "random-policy":
+        random_policy(*argv[1:3])
+    elif argv[0] == "done-head":
+        print(done_head(argv[1]))
+    else:
+        print({"doom": doom, "carracing": carracing}[argv[0]](argv[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
