@@ -4,23 +4,11 @@
 # Every stage resumes when rerun; wall-clock per stage goes to timings.tsv.
 #   bash results/carracing-cpu/run.sh [DATA_DIR]   (default data/carracing-cpu; results land beside this script)
 set -euo pipefail
-cd "$(dirname "$0")/../.."
 HERE=results/carracing-cpu
 DATA=${1:-data/carracing-cpu}
 PRESET=$HERE/preset.yaml
-source scripts/venv.sh
-mkdir -p "$DATA"
-wm() { worldmodels "$@" --preset "$PRESET" --env carracing; }
-timed() {  # timed NAME COMMAND...: run, then append "NAME<TAB>seconds" to timings.tsv
-  local name=$1 t0=$SECONDS; shift
-  "$@"
-  printf '%s\t%d\n' "$name" $((SECONDS - t0)) >> "$HERE/timings.tsv"
-}
-
-timed collect wm collect --out "$DATA/rollouts.h5"
-timed train-vae wm train-vae --data "$DATA/rollouts.h5" --out "$DATA/vae"
-timed encode wm encode --data "$DATA/rollouts.h5" --vae "$DATA/vae" --out "$DATA/latents.h5"
-timed train-mdrnn wm train-mdrnn --latents "$DATA/latents.h5" --out "$DATA/mdrnn"
+ENV=carracing
+source "$(dirname "$0")/../world.sh"
 controller() {  # controller NAME TRAIN-CONTROLLER-OPTIONS...: evolve, evaluate, copy the small results
   local name=$1 run=$DATA/$1; shift
   mkdir -p "$run" "$HERE/$name"

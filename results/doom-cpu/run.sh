@@ -4,23 +4,11 @@
 #   bash results/doom-cpu/run.sh [DATA_DIR]        (default data/doom-cpu; results land beside this script)
 #   TAUS="1.50 2.00" bash results/doom-cpu/run.sh  (other temperatures, on the same V and M)
 set -euo pipefail
-cd "$(dirname "$0")/../.."
 HERE=results/doom-cpu
 DATA=${1:-data/doom-cpu}
 PRESET=$HERE/preset.yaml
-source scripts/venv.sh
-mkdir -p "$DATA"
-wm() { worldmodels "$@" --preset "$PRESET" --env doom-takecover; }
-timed() {  # timed NAME COMMAND...: run, then append "NAME<TAB>seconds" to timings.tsv
-  local name=$1 t0=$SECONDS; shift
-  "$@"
-  printf '%s\t%d\n' "$name" $((SECONDS - t0)) >> "$HERE/timings.tsv"
-}
-
-timed collect wm collect --out "$DATA/rollouts.h5"
-timed train-vae wm train-vae --data "$DATA/rollouts.h5" --out "$DATA/vae"
-timed encode wm encode --data "$DATA/rollouts.h5" --vae "$DATA/vae" --out "$DATA/latents.h5"
-timed train-mdrnn wm train-mdrnn --latents "$DATA/latents.h5" --out "$DATA/mdrnn"
+ENV=doom-takecover
+source "$(dirname "$0")/../world.sh"
 for tau in ${TAUS:-0.10 0.50 1.00 1.15 1.30}; do
   run=$DATA/tau-$tau
   mkdir -p "$run"
