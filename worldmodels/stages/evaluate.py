@@ -99,13 +99,16 @@ def run(cfg: Config) -> dict[str, Any]:
     from worldmodels.envs import episode_seed
     from worldmodels.parallel import WorkerPool
     from worldmodels.stages.train_controller import n_workers
+    from worldmodels.utils import pick_device
 
     if cfg.episodes < 1:
         raise WorldModelsError(f"episodes must be at least 1, got {cfg.episodes}")
     run_dir = Path(cfg.run)
     state = load_checkpoint(run_dir / "controller", kind="controller")
     identity, train_cfg = state["identity"], state["config"]
-    world = load_world(run_dir, identity["obs_mode"], "cpu", latents=train_cfg.get("latents"))
+    # Real episodes run V and M on CPU in the workers; a dream runs batched on the best device.
+    device = pick_device("auto") if cfg.where == "dream" else "cpu"
+    world = load_world(run_dir, identity["obs_mode"], device, latents=train_cfg.get("latents"))
     for key, now in (("vae_id", world.vae_id), ("mdrnn_id", world.mdrnn_id), ("input_dim", world.input_dim)):
         if identity.get(key) != now:
             raise WorldModelsError(f"{run_dir}: the controller was evolved with a different {key.split('_')[0]} "
@@ -171,11 +174,10 @@ DREAM_EVAL_PURPOSE = 2
 
 def _evaluate_in_dream(cfg: Config, run_dir: Path, world: Any, state: dict[str, Any], params: np.ndarray,
                        label: str) -> dict[str, Any]:
-    """All episodes as members of one batched dream; member i is the dream's episode i."""
-    from worldmodels.agent import load_world
+    """All episodes as members of one batched dream (``world`` loaded on the dream's device); member i is
+    the dream's episode i."""
     from worldmodels.models.controller import BatchedController, rollout_dream
     from worldmodels.stages.train_controller import DEFAULT_MAX_STEPS, dream_seed
-    from worldmodels.utils import pick_device
 
     train_cfg = state["config"]
     tau = cfg.temperature
@@ -187,7 +189,6 @@ def _evaluate_in_dream(cfg: Config, run_dir: Path, world: Any, state: dict[str, 
     if tau <= 0:
         raise WorldModelsError(f"temperature must be positive, got {tau}")
     max_steps = cfg.max_steps or train_cfg.get("max_steps") or DEFAULT_MAX_STEPS.get(world.family, 1000)
-    world = load_world(run_dir, state["identity"]["obs_mode"], pick_device("auto"), latents=train_cfg.get("latents"))
     dream = world.dream_factory(tau, max_steps, cfg.seed)(cfg.episodes)
     ctrl = BatchedController(params[None], world.input_dim, world.action_map.output_dim, world.action_map.bias,
                              cfg.episodes, device=world.device)
