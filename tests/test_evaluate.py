@@ -70,26 +70,26 @@ def test_evaluate_cli_and_missing_controller(trained_run, tmp_path, capsys):
 
 
 def test_killed_evaluation_resumes_with_the_missing_episodes(trained_run, monkeypatch):
-    import worldmodels.agent as agent
+    import worldmodels.play as agent
 
-    cfg = ev.Config(run=str(trained_run), episodes=3, workers=0, max_steps=6, seed=3, levels="train")
+    cfg = ev.Config(run=str(trained_run), episodes=3, workers=0, max_steps=6, seed=3, levels="train", env_batch=1)
     full = ev.run(cfg)
     expected = read_rows(trained_run / "eval-train" / "returns.csv")
     (trained_run / "eval-train" / "returns.csv").unlink()
-    played, real_episode = [], agent.worker_episode
+    played, real_episode = [], agent.worker_batch
 
     def dies_after_two(task):
         if len(played) == 2:
             raise KeyboardInterrupt
-        played.append(task[1])
+        played.extend(task[1])
         return real_episode(task)
 
-    monkeypatch.setattr(agent, "worker_episode", dies_after_two)
+    monkeypatch.setattr(agent, "worker_batch", dies_after_two)
     with pytest.raises(KeyboardInterrupt):
         ev.run(cfg)
     assert not (trained_run / "eval-train" / "returns.csv").exists()
     played.clear()
-    monkeypatch.setattr(agent, "worker_episode", lambda task: played.append(task[1]) or real_episode(task))
+    monkeypatch.setattr(agent, "worker_batch", lambda task: played.extend(task[1]) or real_episode(task))
     assert ev.run(cfg) == full
     assert played == [episode_seed(3, 2, "eval")]  # only the episode the killed run had not finished
     assert read_rows(trained_run / "eval-train" / "returns.csv") == expected
@@ -111,14 +111,14 @@ def test_ray_backend_gives_the_local_returns(trained_run):
 def test_inline_episodes_run_on_one_torch_thread_and_restore_it(trained_run, monkeypatch):
     import torch
 
-    import worldmodels.agent as agent
+    from worldmodels.play import BatchAgent
 
-    seen, real_run = [], agent.run_episode
-    monkeypatch.setattr(agent, "run_episode", lambda *a, **kw: seen.append(torch.get_num_threads()) or real_run(*a, **kw))
+    seen, real_play = [], BatchAgent.play
+    monkeypatch.setattr(BatchAgent, "play", lambda *a, **kw: seen.append(torch.get_num_threads()) or real_play(*a, **kw))
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        ev.run(ev.Config(run=str(trained_run), episodes=2, workers=0, max_steps=3, seed=5, gif=False))
+        ev.run(ev.Config(run=str(trained_run), episodes=2, workers=0, max_steps=3, seed=5, gif=False, env_batch=1))
         assert seen == [1, 1] and torch.get_num_threads() == 2  # the caller's setting is back afterwards
     finally:
         torch.set_num_threads(before)

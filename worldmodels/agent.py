@@ -1,136 +1,18 @@
-"""The full World Models agent in a real env: V encodes each frame, C acts on [z, h], M updates h.
+"""A run's world: V, M, the env they came from and C's shape (:class:`World`, :func:`load_world`).
 
-Used by real-env fitness (``train-controller --where real``) and by ``evaluate``. Both run episodes in
-worker processes (:class:`worldmodels.parallel.WorkerPool`): :func:`init_worker` loads V, M and the env
-once per worker from a plain-dict spec, and :func:`worker_episode` plays one seeded episode with the
-parameters it is given. Everything an episode draws (the env's randomness, the sampled z) follows from
-its seed, so per-episode results do not depend on which worker ran it or how many workers there were.
+The stages that train or score C start here: :meth:`World.dream_factory` builds batched dreams, and
+:meth:`World.worker_spec` describes the real-env agent that :mod:`worldmodels.play` loads in workers.
 """
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from worldmodels.errors import WorldModelsError
-from worldmodels.models.controller import ActionMap, Controller, action_map_from_dict, controller_input
-
-
-class Agent:
-    """V + M + C acting in a real env, one frame at a time (batch of one)."""
-
-    def __init__(self, vae: torch.nn.Module, mdrnn: torch.nn.Module | None, controller: Controller,
-                 action_map: ActionMap, obs_mode: str, sample_z: bool = True):
-        self.vae, self.mdrnn, self.controller = vae, mdrnn, controller
-        self.action_map, self.obs_mode, self.sample_z = action_map, obs_mode, sample_z
-        z_dim = vae.z_dim
-        n_state = {"z": 0, "zh": 1, "zch": 2}[obs_mode]
-        self.hidden = (controller.input_dim - z_dim) // n_state if n_state else 0
-        if obs_mode != "z" and mdrnn is None:
-            raise ValueError(f"obs_mode {obs_mode!r} needs M")
-        self.state: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.generator = torch.Generator()
-
-    def reset(self, seed: int) -> None:
-        """Zero M's state and reseed the z sampling (z = mu + sigma * eps, as in the authors' code)."""
-        self.state = (torch.zeros(1, self.hidden), torch.zeros(1, self.hidden)) if self.hidden else None
-        self.generator.manual_seed(int(seed))
-
-    @torch.no_grad()
-    def act(self, obs: np.ndarray) -> Any:
-        """uint8 frame (64, 64, 3) -> the env action; advances M by one step."""
-        from worldmodels.models.vae import frames_to_tensor
-
-        # np.array copies: envs may hand out read-only frames, which torch warns about
-        mu, logvar = self.vae.encode(frames_to_tensor(np.array(obs[None])))  # (1, Z) each
-        z = mu
-        if self.sample_z:
-            z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=self.generator)
-        action = self.action_map(self.controller(controller_input(z, self.state, self.obs_mode)))  # (1, ...)
-        if self.obs_mode != "z":
-            _, self.state = self.mdrnn.step(z, self.action_map.model_input(action), self.state)
-        return self.action_map.env_action(action[0])
-
-
-def run_episode(env: Any, agent: Agent, seed: int, max_steps: int | None = None,
-                record: bool = False) -> dict[str, Any]:
-    """Play one episode; returns ``return``, ``length``, ``level`` (ProcGen level or -1) and ``frames``
-    (uint8 (T, 64, 64, 3) when ``record``, else None)."""
-    obs, info = env.reset(seed=int(seed))
-    agent.reset(seed)
-    total, steps, frames = 0.0, 0, [obs] if record else None
-    while max_steps is None or steps < max_steps:
-        obs, reward, terminated, truncated, _ = env.step(agent.act(obs))
-        total += float(reward)
-        steps += 1
-        if record:
-            frames.append(obs)
-        if terminated or truncated:
-            break
-    return {"return": total, "length": steps, "level": int(info.get("level", -1)),
-            "frames": np.stack(frames) if record else None}
-
-
-# Per-process state of a worker: the models and the env, loaded once by init_worker.
-_WORKER: dict[str, Any] = {}
-
-
-def init_worker(spec: dict[str, Any]) -> None:
-    """Load V, M (CPU) and the env described by ``spec`` into this process.
-
-    ``spec``: ``vae``, ``mdrnn`` (checkpoint paths; mdrnn may be None for obs_mode z), ``env``,
-    ``env_kwargs``, ``obs_mode``, ``input_dim``, ``action_map`` (dict), ``max_steps``.
-    """
-    from worldmodels.envs import make
-    from worldmodels.models.vae import load_vae
-
-    vae = load_vae(spec["vae"], "cpu")
-    mdrnn = None
-    if spec["obs_mode"] != "z":
-        from worldmodels.models.mdrnn import load_mdrnn
-
-        mdrnn = load_mdrnn(spec["mdrnn"], "cpu").eval()
-    action_map = action_map_from_dict(spec["action_map"])
-    controller = Controller(spec["input_dim"], action_map.output_dim, action_map.bias)
-    from worldmodels.parallel import close_at_exit
-
-    env = make(spec["env"], **spec.get("env_kwargs", {}))
-    close_at_exit(env)
-    _WORKER.clear()
-    _WORKER.update(spec=spec, env=env,
-                   agent=Agent(vae, mdrnn, controller, action_map, spec["obs_mode"]))
-
-
-def worker_episode(task: tuple[np.ndarray, int, bool]) -> dict[str, Any]:
-    """``(params, seed, record)`` -> :func:`run_episode`'s result, in a process set up by init_worker."""
-    params, seed, record = task
-    agent: Agent = _WORKER["agent"]
-    agent.controller.set_flat(params)
-    with one_torch_thread():
-        return run_episode(_WORKER["env"], agent, seed, _WORKER["spec"].get("max_steps"), record)
-
-
-@contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Run batch-of-one V/M/C steps on one torch thread, then restore the caller's setting.
-
-    A 64x64 frame is far too small to split: on a loaded 2-core machine one encode took 236 ms with
-    2 threads and 3.6 ms with 1. Pool and ray workers already run on one thread (this is then a
-    no-op); the inline path (workers=0) plays in the caller's process, whose other work (a batched
-    dream) keeps its threads once the episode is over.
-    """
-    before = torch.get_num_threads()
-    if before != 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if before != 1:
-            torch.set_num_threads(before)
 
 
 class World:
@@ -181,10 +63,12 @@ class World:
             kwargs.update(start_level=start, num_levels=num)
         return kwargs
 
-    def worker_spec(self, max_steps: int | None, levels: str = "train") -> dict[str, Any]:
-        """The plain-dict spec :func:`init_worker` loads in each worker process."""
+    def worker_spec(self, max_steps: int | None, levels: str = "train", env_backend: str = "reference") -> dict[str, Any]:
+        """The plain-dict spec :func:`worldmodels.play.init_worker` loads in each worker process
+        (``env_backend`` already resolved to reference or fast)."""
         return {"vae": self.vae.checkpoint_path, "mdrnn": self.mdrnn.checkpoint_path, "env": self.env,
-                "env_kwargs": self.env_options(levels), "max_steps": max_steps, **self.controller_spec()}
+                "env_backend": env_backend, "env_kwargs": self.env_options(levels), "max_steps": max_steps,
+                **self.controller_spec()}
 
     def dream_factory(self, temperature: float, max_steps: int, seed: int, augmentations: Sequence[Any] = ()):
         """``batch -> DreamEnv`` of that many members (built once per batch size, per factory), with

@@ -1,7 +1,10 @@
-"""Real environments behind one name: ``make(name, **kwargs) -> gymnasium.Env`` with uint8 (64, 64, 3) frames.
+"""Real environments behind one name: ``make(name, backend, **kwargs) -> gymnasium.Env`` with uint8 (64, 64, 3)
+frames, and ``make_batch(name, backend, **kwargs) -> EnvBatch`` for episodes stepped in lockstep.
 
-Names: ``carracing``, ``doom-takecover``, ``procgen:<game>`` (every ProcGen game). The simulators
-(gymnasium's box2d, vizdoom, procgen) are imported only by ``make``, so importing this module is cheap.
+Names: ``carracing``, ``doom-takecover``, ``procgen:<game>`` (every ProcGen game). Backends: ``reference``
+(gymnasium / vizdoom / procgen, the envs every reported number is measured on) and ``fast`` (envpool's
+C++ CarRacing, see :mod:`worldmodels.envs.fast`); ``auto`` resolves to ``fast`` where envpool is installed
+and has the env. The simulators are imported only by ``make``, so importing this module is cheap.
 See docs/envs.md for the preprocessing, seeding and level conventions.
 """
 
@@ -41,13 +44,58 @@ def env_family(name: str) -> str:
     raise WorldModelsError(f"unknown env {name!r}; known envs: {', '.join(known_envs())}")
 
 
-def make(name: str, **kwargs: Any):
+ENV_BACKENDS = ("auto", "reference", "fast")
+
+
+def resolve_backend(name: str, backend: str) -> str:
+    """``reference`` or ``fast`` for env ``name``.
+
+    ``auto`` is ``fast`` where envpool is installed and has the env, else ``reference`` (with a one-line
+    notice when only the missing envpool install stands in the way). An explicit ``fast`` that cannot
+    run here is a one-line error.
+    """
+    from worldmodels.envs.fast import FAST_ENVS, envpool_status, notice
+
+    env_family(name)
+    if backend not in ENV_BACKENDS:
+        raise WorldModelsError(f"unknown env backend {backend!r}; choose one of {', '.join(ENV_BACKENDS)}")
+    if backend == "reference":
+        return backend
+    status = envpool_status(name)
+    if backend == "fast":
+        if status:
+            raise WorldModelsError(f"--env-backend fast: {status}")
+        return "fast"
+    if status and name in FAST_ENVS:
+        notice(f"{status}; using the reference {name} env (--env-backend reference silences this)")
+    return "reference" if status else "fast"
+
+
+def make_batch(name: str, backend: str = "reference", **kwargs: Any):
+    """An :class:`worldmodels.envs.batch.EnvBatch` of env ``name`` on ``backend`` (``auto`` resolved here)."""
+    backend = resolve_backend(name, backend)
+    if backend == "fast":
+        from worldmodels.envs.fast import EnvpoolBatch
+
+        return EnvpoolBatch(name, **kwargs)
+    from worldmodels.envs.batch import ReferenceBatch
+
+    make(name, **kwargs).close()  # bad options fail here, once, not in the first episode
+    return ReferenceBatch(name, **kwargs)
+
+
+def make(name: str, backend: str = "reference", **kwargs: Any):
     """A gymnasium.Env with observations uint8 (64, 64, 3) (see the module docstring for names).
 
-    ``carracing`` and ``doom-takecover`` pass kwargs to ``gymnasium.make``; ProcGen takes
-    ``num_levels`` (200), ``start_level`` (0), ``distribution_mode`` ("easy") and gym3 options.
+    ``carracing`` and ``doom-takecover`` pass kwargs to ``gymnasium.make`` (or to envpool on the fast
+    backend); ProcGen takes ``num_levels`` (200), ``start_level`` (0), ``distribution_mode`` ("easy")
+    and gym3 options.
     """
     family = env_family(name)
+    if resolve_backend(name, backend) == "fast":
+        from worldmodels.envs.fast import make_fast
+
+        return make_fast(name, **kwargs)
     try:
         if family == "carracing":
             from worldmodels.envs.carracing import make_carracing

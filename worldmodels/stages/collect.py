@@ -1,7 +1,9 @@
 """Roll out a random policy in a real env and write every episode to one HDF5 file (rollouts.h5).
 
-Worker processes step the envs; finished episodes come back to this process, which writes them in
-episode order, so the file is the same for any number of workers. Episode i uses the env seed
+Worker processes step the envs, env_batch episodes at a time (one envpool of that many envs on the
+fast backend, the default for CarRacing where envpool is installed); finished episodes come back to
+this process, which writes them in episode order, so the file is the same for any number of workers
+and any batch size. The file records the env backend, and a rerun on another backend is refused. Episode i uses the env seed
 episode_seed(seed, i, "collect") and a policy generator seeded from it. Rerunning the same command
 resumes from the episodes already in the file; a killed run keeps every episode it committed.
 
@@ -22,6 +24,7 @@ from tqdm import tqdm
 
 from worldmodels.config import option
 from worldmodels.data import ROLLOUTS, EpisodeWriter
+from worldmodels.envs import ENV_BACKENDS
 from worldmodels.errors import WorldModelsError
 from worldmodels.parallel import BACKENDS, WorkerPool
 from worldmodels.policies import POLICIES, make_policy, resolve_policy
@@ -39,6 +42,10 @@ class Config:
                          "auto (brownian for Box, repeat for Discrete)", choices=POLICIES)
     env_kwargs: dict = option(factory=dict, help="keyword arguments for the env, as YAML: '{num_levels: 200}'")
     fresh: bool = option(False, "delete an existing rollouts file at --out and start over")
+    env_backend: str = option("auto", "env simulator: fast (envpool, CarRacing), reference (gymnasium/vizdoom/"
+                              "procgen), or auto (fast where available)", choices=ENV_BACKENDS)
+    env_batch: int = option(8, "episodes each worker steps at once (memory vs per-call overhead; the file "
+                               "is the same for any value)")
     backend: str = option("local", "where workers run: local processes, or a ray cluster", choices=BACKENDS)
     ray_address: str = option("", "ray cluster address for --backend ray (empty: start a local ray)")
 
@@ -47,74 +54,95 @@ def default_out(env: str) -> Path:
     return Path("data") / env.replace(":", "-") / "rollouts.h5"
 
 
-# One env per worker process, created once by the pool's initializer and reused for every episode.
-_ENV: Any = None
+# Each worker's envs (an EnvBatch), created once by the pool's initializer and reused for every batch.
+_ENVS: Any = None
 
 
-def _init_env(env_name: str, env_kwargs: dict) -> None:
-    global _ENV
-    from worldmodels.envs import make
+def _init_envs(env_name: str, backend: str, env_kwargs: dict) -> None:
+    global _ENVS
+    from worldmodels.envs import make_batch
     from worldmodels.parallel import close_at_exit
 
-    _ENV = make(env_name, **env_kwargs)
-    close_at_exit(_ENV)
+    _ENVS = make_batch(env_name, backend, **env_kwargs)
+    close_at_exit(_ENVS)
+
+
+def rollouts(envs: Any, policy_name: str, space: dict, max_steps: int | None, seeds: list[int]) -> list[dict[str, Any]]:
+    """One episode per seed, stepped in lockstep on ``envs`` (an EnvBatch).
+
+    ``obs[t]`` is what the policy saw when it chose ``action[t]``; reward and flags follow it. Each
+    episode's policy draws from a stream of its own seed, so an episode is the same in any batch.
+    """
+    obs, levels = envs.reset(seeds)
+    # A stream of its own, so the policy's noise is not the env's (gymnasium seeds its RNG from `seed` too).
+    policies = [make_policy(policy_name, space, np.random.default_rng(np.random.SeedSequence(s, spawn_key=(1,))))
+                for s in seeds]
+    for policy in policies:
+        policy.reset()
+    n = len(seeds)
+    frames, actions, rewards, terms, truncs = ([[] for _ in range(n)] for _ in range(5))
+    live = np.arange(n)
+    while len(live):
+        step_actions = [policies[i].act(obs[k]) for k, i in enumerate(live)]
+        next_obs, reward, terminated, truncated = envs.step(step_actions, live)
+        for k, i in enumerate(live):
+            frames[i].append(obs[k])
+            actions[i].append(step_actions[k])
+            rewards[i].append(reward[k])
+            truncated[k] = truncated[k] or (max_steps is not None and len(frames[i]) >= max_steps
+                                            and not terminated[k])
+            terms[i].append(bool(terminated[k]))
+            truncs[i].append(bool(truncated[k]))
+        done = terminated | truncated
+        obs, live = next_obs[~done], live[~done]
+    discrete = space["type"] == "discrete"
+    return [{"arrays": dict(obs=np.stack(frames[i]),  # (L, 64, 64, 3) uint8
+                            action=np.asarray(actions[i], dtype=np.int64 if discrete else np.float32),  # (L,) or (L, A)
+                            reward=np.asarray(rewards[i], dtype=np.float32),
+                            terminated=np.asarray(terms[i], dtype=bool), truncated=np.asarray(truncs[i], dtype=bool)),
+             "seed": seeds[i], "level": int(levels[i])} for i in range(n)]
 
 
 def rollout(env: Any, policy_name: str, space: dict, max_steps: int | None, seed: int) -> dict[str, Any]:
-    """One episode: ``obs[t]`` is what the policy saw when it chose ``action[t]``; reward and flags follow it."""
-    obs, info = env.reset(seed=seed)
-    # A stream of its own, so the policy's noise is not the env's (gymnasium seeds its RNG from `seed` too).
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
-    policy = make_policy(policy_name, space, rng)
-    policy.reset()
-    frames, actions, rewards, terms, truncs = [], [], [], [], []
-    while True:
-        action = policy.act(obs)
-        next_obs, reward, terminated, truncated, _ = env.step(action)
-        frames.append(np.array(obs, dtype=np.uint8))  # a copy: an env may reuse its frame buffer
-        actions.append(action)
-        rewards.append(reward)
-        truncated = truncated or (max_steps is not None and len(frames) >= max_steps and not terminated)
-        terms.append(terminated)
-        truncs.append(truncated)
-        if terminated or truncated:
-            break
-        obs = next_obs
-    discrete = space["type"] == "discrete"
-    arrays = dict(obs=np.stack(frames),  # (L, 64, 64, 3) uint8
-                  action=np.asarray(actions, dtype=np.int64 if discrete else np.float32),  # (L,) or (L, A)
-                  reward=np.asarray(rewards, dtype=np.float32), terminated=np.asarray(terms, dtype=bool),
-                  truncated=np.asarray(truncs, dtype=bool))
-    return {"arrays": arrays, "seed": seed, "level": int(info.get("level", -1))}
+    """One episode of a single gymnasium env (see :func:`rollouts`)."""
+    from worldmodels.envs.batch import ReferenceBatch
+
+    return rollouts(ReferenceBatch("", envs=[env]), policy_name, space, max_steps, [seed])[0]
 
 
-def _close_inline_env() -> None:
-    global _ENV
-    if _ENV is not None:  # only workers=0 makes the env in this process
-        _ENV.close()
-        _ENV = None
+def _close_inline_envs() -> None:
+    global _ENVS
+    if _ENVS is not None:  # only workers=0 makes the envs in this process
+        _ENVS.close()
+        _ENVS = None
 
 
-def _collect_one(policy_name: str, space: dict, max_steps: int | None, seed: int) -> dict[str, Any]:
-    return rollout(_ENV, policy_name, space, max_steps, seed)
+def _collect_batch(policy_name: str, space: dict, max_steps: int | None, seeds: list[int]) -> list[dict[str, Any]]:
+    return rollouts(_ENVS, policy_name, space, max_steps, seeds)
 
 
 def write_episodes(writer: EpisodeWriter, pool: WorkerPool, policy: str, space: dict, max_steps: int | None,
-                   seeds: list[int], bar: tqdm | None = None) -> None:
-    """Roll out one episode per seed on the pool's workers and append them to ``writer`` in seed order."""
-    fn = functools.partial(_collect_one, policy, space, max_steps)
+                   seeds: list[int], bar: tqdm | None = None, env_batch: int = 1) -> None:
+    """Roll out one episode per seed on the pool's workers, ``env_batch`` per task, and append them to
+    ``writer`` in seed order."""
+    fn = functools.partial(_collect_batch, policy, space, max_steps)
+    batches = [seeds[i:i + env_batch] for i in range(0, len(seeds), env_batch)]
     start, frames = time.perf_counter(), 0
-    for _, episode in pool.imap(fn, seeds, ordered=True):  # episode order: the same file for any W
-        writer.append(episode["arrays"], seed=episode["seed"], level=episode["level"])
-        frames += len(episode["arrays"]["obs"])
+    for _, episodes in pool.imap(fn, batches, ordered=True):  # episode order: the same file for any W
+        for episode in episodes:
+            writer.append(episode["arrays"], seed=episode["seed"], level=episode["level"])
+            frames += len(episode["arrays"]["obs"])
+            if bar is not None:
+                bar.update(1)
         if bar is not None:
-            bar.update(1)
             bar.set_postfix_str(f"{frames / (time.perf_counter() - start):.0f} frames/s")
 
 
 def _check(cfg: Config) -> None:
     if cfg.episodes < 1:
         raise WorldModelsError(f"--episodes must be at least 1, got {cfg.episodes}")
+    if cfg.env_batch < 1:
+        raise WorldModelsError(f"--env-batch must be at least 1, got {cfg.env_batch}")
     if cfg.workers < 0:
         raise WorldModelsError(f"--workers must be 0 or more, got {cfg.workers}")
     if cfg.max_steps is not None and cfg.max_steps < 1:
@@ -123,18 +151,19 @@ def _check(cfg: Config) -> None:
 
 def run(cfg: Config) -> dict[str, Any]:
     """Collect up to ``cfg.episodes`` episodes into ``cfg.out``; returns a summary (path, episodes, frames...)."""
-    from worldmodels.envs import describe_action_space, env_family, episode_seed, make
+    from worldmodels.envs import describe_action_space, env_family, episode_seed, make, resolve_backend
 
     _check(cfg)
     env_family(cfg.env)  # an unknown name fails here, listing the known ones
     episode_seed(cfg.seed, cfg.episodes - 1, "collect")  # and so does a seed or count out of range
-    probe = make(cfg.env, **cfg.env_kwargs)  # fails early on bad env kwargs, and tells the action space
+    backend = resolve_backend(cfg.env, cfg.env_backend)
+    probe = make(cfg.env, backend, **cfg.env_kwargs)  # fails early on bad env kwargs, and tells the action space
     space = describe_action_space(probe.action_space)
     probe.close()
     policy = resolve_policy(cfg.policy, space)
     out = Path(cfg.out) if cfg.out else default_out(cfg.env)
     attrs = dict(env=cfg.env, env_kwargs=cfg.env_kwargs, action_space=space, policy=policy, seed=cfg.seed,
-                 max_steps=cfg.max_steps)
+                 max_steps=cfg.max_steps, env_backend=backend)
 
     with EpisodeWriter(out, ROLLOUTS, attrs, fresh=cfg.fresh) as writer:
         first, first_frames = writer.n_episodes, writer.n_frames
@@ -144,17 +173,18 @@ def run(cfg: Config) -> dict[str, Any]:
             with tqdm(total=cfg.episodes, initial=first, unit="ep", desc=f"collect {cfg.env}",
                       dynamic_ncols=True) as bar:
                 try:
-                    with WorkerPool(cfg.workers, initializer=_init_env, initargs=(cfg.env, cfg.env_kwargs),
-                                    what="collection", backend=cfg.backend,
-                                    ray_address=cfg.ray_address or None) as pool:
-                        write_episodes(writer, pool, policy, space, cfg.max_steps, seeds, bar)
+                    with WorkerPool(cfg.workers, initializer=_init_envs,
+                                    initargs=(cfg.env, backend, cfg.env_kwargs), what="collection",
+                                    backend=cfg.backend, ray_address=cfg.ray_address or None) as pool:
+                        write_episodes(writer, pool, policy, space, cfg.max_steps, seeds, bar, cfg.env_batch)
                 finally:
-                    _close_inline_env()
+                    _close_inline_envs()
         seconds = time.perf_counter() - start
         new_frames = writer.n_frames - first_frames
         summary = {"path": str(out), "episodes": writer.n_episodes, "frames": writer.n_frames,
                    "new_episodes": writer.n_episodes - first, "new_frames": new_frames, "seconds": seconds,
                    "frames_per_s": new_frames / seconds if seconds > 0 else 0.0}
-    print(f"{out}: {summary['episodes']} episodes, {summary['frames']} frames "
+    summary["env_backend"] = backend
+    print(f"{out}: {summary['episodes']} episodes, {summary['frames']} frames, {backend} env "
           f"({summary['new_episodes']} new, {summary['frames_per_s']:.0f} frames/s)")
     return summary

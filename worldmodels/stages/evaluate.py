@@ -10,7 +10,11 @@ seed, not on the number of workers or on the backend (--backend local processes,
 --temperature is given), in one batched dream whose seed no training dream used: the "dream score"
 beside the real one in the paper's Doom table. It writes <run>/eval-dream-<tau>/ with the same files.
 
-Writes <run>/eval-<levels>/: returns.csv (episode, seed, level, return, length), summary.json
+Episodes are played env_batch at a time by each worker (one V/M/C forward per step for the batch),
+on --env-backend reference by default: every number reported beside the paper's is measured there.
+A fast-backend evaluation writes <run>/eval-<levels>-fast/ instead, so the two never mix.
+
+Writes <run>/eval-<levels>/: returns.csv (episode, seed, level, return, length, env_backend), summary.json
 (mean, std, min, max, ... and what was evaluated) and episode.gif (episode 0, frames upscaled).
 Finished episodes go to returns.partial.jsonl as they come: rerunning a killed evaluation with the
 same settings plays only the missing episodes.
@@ -32,7 +36,7 @@ from worldmodels.config import option
 from worldmodels.errors import WorldModelsError
 from worldmodels.utils import atomic_write_text
 
-CSV_COLUMNS = ("episode", "seed", "level", "return", "length")
+CSV_COLUMNS = ("episode", "seed", "level", "return", "length", "env_backend")
 GIF_MAX_FRAMES = 400
 
 
@@ -50,6 +54,11 @@ class Config:
         "auto", "which controller: best = best candidate of any generation, mean = CMA-ES mean now, "
                 "auto = the mean solution with the best periodic score (best if none was scored)")
     gif: bool = option(True, "record episode 0 as episode.gif")
+    env_backend: Literal["reference", "fast", "auto"] = option(
+        "reference", "real env: reference (gymnasium/vizdoom/procgen, what results are reported on), fast "
+                     "(envpool, CarRacing), or auto (fast where available)")
+    env_batch: int = option(16, "episodes each worker plays at once (batched V/M/C); sets the grouping, "
+                                "so --workers changes no result")
     backend: Literal["local", "ray"] = option("local", "episode workers: local processes or a ray cluster")
     ray_address: Optional[str] = option(None, "ray cluster to join: auto or HOST:PORT (default: a local ray instance)")
 
@@ -94,15 +103,16 @@ def _write_gif(frames: np.ndarray, path: Path) -> None:
 
 def run(cfg: Config) -> dict[str, Any]:
     """Evaluate ``cfg.run``'s controller; returns the summary written to summary.json."""
-    from worldmodels.agent import init_worker, load_world, worker_episode
+    from worldmodels.agent import load_world
     from worldmodels.checkpoint import load_checkpoint
-    from worldmodels.envs import episode_seed
+    from worldmodels.envs import episode_seed, resolve_backend
     from worldmodels.parallel import WorkerPool
+    from worldmodels.play import batch_tasks, init_worker, worker_batch
     from worldmodels.stages.train_controller import n_workers
     from worldmodels.utils import pick_device
 
-    if cfg.episodes < 1:
-        raise WorldModelsError(f"episodes must be at least 1, got {cfg.episodes}")
+    if cfg.episodes < 1 or cfg.env_batch < 1:
+        raise WorldModelsError(f"episodes and env_batch must be at least 1, got {cfg.episodes}, {cfg.env_batch}")
     run_dir = Path(cfg.run)
     state = load_checkpoint(run_dir / "controller", kind="controller")
     identity, train_cfg = state["identity"], state["config"]
@@ -116,36 +126,46 @@ def run(cfg: Config) -> dict[str, Any]:
     params, label = controller_params(state, cfg.params)
     if cfg.where == "dream":
         return _evaluate_in_dream(cfg, run_dir, world, state, params, label)
-    spec = world.worker_spec(cfg.max_steps, levels=cfg.levels)
-    out_dir = run_dir / f"eval-{cfg.levels}"
+    backend = resolve_backend(world.env, cfg.env_backend)
+    spec = world.worker_spec(cfg.max_steps, levels=cfg.levels, env_backend=backend)
+    out_dir = run_dir / (f"eval-{cfg.levels}" + ("-fast" if backend == "fast" else ""))
     seeds = [episode_seed(cfg.seed, i, "eval") for i in range(cfg.episodes)]
     # Finished episodes are appended to a progress file, so a killed evaluation resumes where it stopped.
     key = {"controller_id": state["id"], "generation": state["generation"], "params": cfg.params,
-           "seed": cfg.seed, "levels": cfg.levels, "max_steps": cfg.max_steps}
+           "seed": cfg.seed, "levels": cfg.levels, "max_steps": cfg.max_steps, "env_backend": backend,
+           "env_batch": cfg.env_batch}
     progress = out_dir / "returns.partial.jsonl"
     done = _read_progress(progress, key)
     want_gif = cfg.gif and (0 not in done or not (out_dir / "episode.gif").exists())
     todo = [i for i in range(cfg.episodes) if i not in done or (i == 0 and want_gif)]
-    tasks = [(params, seeds[i], want_gif and i == 0) for i in todo]
+    # Batches are cut from the full episode list (never by worker count); a resumed batch plays its missing episodes.
+    tasks, task_episodes = [], []
+    for start in range(0, cfg.episodes, cfg.env_batch):
+        members = [i for i in range(start, min(start + cfg.env_batch, cfg.episodes)) if i in todo]
+        if members:
+            tasks += batch_tasks(np.repeat(params[None], len(members), 0), [seeds[i] for i in members],
+                                 len(members), [want_gif and i == 0 for i in members])
+            task_episodes.append(members)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not done:
         progress.write_text(json.dumps({"key": key}) + "\n")
     with WorkerPool(n_workers(cfg.workers), init_worker, (spec,), what="evaluation", backend=cfg.backend,
                     ray_address=cfg.ray_address) as pool, \
-            open(progress, "a") as log:
-        bar = tqdm(pool.imap(worker_episode, tasks), total=cfg.episodes, initial=cfg.episodes - len(todo),
-                   desc="evaluate", unit="episode")
-        for j, result in bar:
-            i = todo[j]
-            if result["frames"] is not None:
-                _write_gif(result["frames"], out_dir / "episode.gif")
-            done[i] = (i, seeds[i], result["level"], result["return"], result["length"])
-            log.write(json.dumps(done[i]) + "\n")
+            open(progress, "a") as log, \
+            tqdm(total=cfg.episodes, initial=cfg.episodes - len(todo), desc="evaluate", unit="episode") as bar:
+        for j, results in pool.imap(worker_batch, tasks):
+            for i, result in zip(task_episodes[j], results):
+                if result["frames"] is not None:
+                    _write_gif(result["frames"], out_dir / "episode.gif")
+                done[i] = (i, seeds[i], result["level"], result["return"], result["length"], backend)
+                log.write(json.dumps(done[i]) + "\n")
             log.flush()
+            bar.update(len(results))
             bar.set_postfix(mean=f"{np.mean([r[3] for r in done.values()]):.1f}")
     rows = [done[i] for i in range(cfg.episodes)]
     returns = np.array([r[3] for r in rows])
-    summary = {"env": world.env, "levels": cfg.levels, "env_kwargs": spec["env_kwargs"], "episodes": len(rows),
+    summary = {"env": world.env, "env_backend": backend, "env_batch": cfg.env_batch, "levels": cfg.levels,
+               "env_kwargs": spec["env_kwargs"], "episodes": len(rows),
                "mean": float(returns.mean()), "std": float(returns.std()), "min": float(returns.min()),
                "max": float(returns.max()), "median": float(np.median(returns)),
                "mean_length": float(np.mean([r[4] for r in rows])), "seed": cfg.seed, "params": cfg.params,
@@ -154,7 +174,7 @@ def run(cfg: Config) -> dict[str, Any]:
                "trained_where": train_cfg.get("where"), "temperature": train_cfg.get("temperature")}
     _write_results(out_dir, rows, summary)
     progress.unlink()
-    print(f"evaluate: {world.env} ({cfg.levels} levels), {len(rows)} episodes: "
+    print(f"evaluate: {world.env} ({backend} env, {cfg.levels} levels), {len(rows)} episodes: "
           f"{summary['mean']:.2f} ± {summary['std']:.2f}  -> {out_dir}")
     return summary
 
@@ -195,9 +215,9 @@ def _evaluate_in_dream(cfg: Config, run_dir: Path, world: Any, state: dict[str, 
     seed = dream_seed(cfg.seed, 0, DREAM_EVAL_PURPOSE)
     returns = rollout_dream(dream, ctrl, world.action_map, seed)
     lengths = dream.lengths.cpu().numpy()
-    rows = [(i, seed, -1, float(returns[i]), int(lengths[i])) for i in range(cfg.episodes)]
+    rows = [(i, seed, -1, float(returns[i]), int(lengths[i]), "dream") for i in range(cfg.episodes)]
     out_dir = run_dir / f"eval-dream-{tau:g}"
-    summary = {"env": world.env, "where": "dream", "temperature": tau, "max_steps": int(max_steps),
+    summary = {"env": world.env, "env_backend": "dream", "where": "dream", "temperature": tau, "max_steps": int(max_steps),
                "episodes": cfg.episodes, "mean": float(returns.mean()), "std": float(returns.std()),
                "min": float(returns.min()), "max": float(returns.max()), "median": float(np.median(returns)),
                "mean_length": float(lengths.mean()), "seed": cfg.seed, "dream_seed": seed, "params": cfg.params,

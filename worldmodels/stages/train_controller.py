@@ -4,7 +4,8 @@
 is one batched DreamEnv run at --temperature, on --device. Doom's dream reward is survival (+1 per
 step, cut at 2100); other envs use M's predicted reward. --augment turns on generative augmentations
 (worldmodels.augment) in every fitness dream; the periodic mean-solution score stays in the plain dream.
---where real: workers (--backend local processes or ray) play the real env, each with V and M on CPU
+--where real: workers (--backend local processes or ray) play the real env (--env-backend: envpool's
+fast CarRacing where installed), each with V and M on CPU and env_batch episodes at once (worldmodels.play)
 (the paper's CarRacing setup). Fitness is the mean return over the rollouts; CMA-ES (the cma library,
 x0 = 0) minimises its negative, with no weight-decay term. --where offline: no search and no new
 interaction, C is the return-weighted regression of the collected actions on [z, h] (worldmodels.offline).
@@ -62,6 +63,11 @@ class Config:
         "softmax", "--where offline: episode weights from returns (uniform = behaviour cloning)")
     offline_beta: float = option(1.0, "--where offline: softmax sharpness on standardised returns")
     offline_ridge: float = option(1e-3, "--where offline: ridge penalty, relative to the total weight")
+    env_backend: Literal["auto", "reference", "fast"] = option(
+        "auto", "real env for --where real and --eval-real: fast (envpool, CarRacing), reference "
+                "(gymnasium/vizdoom/procgen), or auto (fast where available)")
+    env_batch: int = option(16, "real episodes each worker plays at once (batched V/M/C); sets the grouping, "
+                                "so --workers changes no result")
     backend: Literal["local", "ray"] = option("local", "real-env workers: local processes or a ray cluster")
     ray_address: Optional[str] = option(None, "ray cluster to join: auto or HOST:PORT (default: a local ray instance)")
     fresh: bool = option(False, "start over, replacing an existing controller checkpoint")
@@ -69,6 +75,8 @@ class Config:
 
 # Settings that change the search trajectory: a resume must use the values the run started with.
 TRAJECTORY_KEYS = ("where", "temperature", "popsize", "rollouts", "sigma0", "seed", "obs_mode", "max_steps")
+# ... and, where real episodes give the fitness, the env they are played on and how they are batched.
+REAL_TRAJECTORY_KEYS = ("env_backend", "env_batch")
 DEFAULT_MAX_STEPS = {"doom": 2100}
 
 
@@ -170,7 +178,7 @@ def _resume_state(cfg: Config, path: Path, identity: dict[str, Any]) -> dict[str
     if cfg.fresh or not path.exists():
         return None
     state = load_checkpoint(path, kind="controller")
-    for key in TRAJECTORY_KEYS:
+    for key in TRAJECTORY_KEYS + (REAL_TRAJECTORY_KEYS if cfg.where == "real" else ()):
         if state["config"].get(key) != getattr(cfg, key):
             raise WorldModelsError(
                 f"{path} was started with {key}={state['config'].get(key)!r}, not {getattr(cfg, key)!r}; "
@@ -232,11 +240,13 @@ def fit_offline(cfg: Config, world: Any, out_dir: Path) -> dict[str, Any]:
 
 def run(cfg: Config) -> dict[str, Any]:
     """Train C for ``cfg.run``; returns :func:`evolve`'s summary (or :func:`fit_offline`'s)."""
-    from worldmodels.agent import init_worker, load_world, worker_episode
+    from worldmodels.agent import load_world
     from worldmodels.augment import describe
+    from worldmodels.envs import resolve_backend
     from worldmodels.parallel import WorkerPool
+    from worldmodels.play import init_worker, play_members
 
-    for name in ("popsize", "rollouts", "generations", "eval_episodes"):
+    for name in ("popsize", "rollouts", "generations", "eval_episodes", "env_batch"):
         if getattr(cfg, name) < 1:
             raise WorldModelsError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     if cfg.sigma0 <= 0 or cfg.temperature <= 0:
@@ -259,17 +269,21 @@ def run(cfg: Config) -> dict[str, Any]:
     max_steps = cfg.max_steps or DEFAULT_MAX_STEPS.get(world.family, 1000)
     identity = {"env": world.env, "vae_id": world.vae_id, "mdrnn_id": world.mdrnn_id, **world.controller_spec(),
                 "augment": describe(augs)}
-    spec = world.worker_spec(max_steps, levels="train")
+    env_backend = resolve_backend(world.env, cfg.env_backend) if cfg.where == "real" or cfg.eval_real else None
+    if cfg.where == "real":  # the env the fitness was measured on, as resolved on this machine
+        identity["env_backend"] = env_backend
 
     pool = None
-    if cfg.where == "real" or cfg.eval_real:
+    if env_backend is not None:
+        spec = world.worker_spec(max_steps, levels="train", env_backend=env_backend)
         pool = WorkerPool(n_workers(cfg.workers), init_worker, (spec,), what="real-env controller fitness",
                           backend=cfg.backend, ray_address=cfg.ray_address)
 
     def real_returns(params: np.ndarray, seeds: list[int]) -> np.ndarray:
-        tasks = [(p, s, False) for p in params for s in seeds]
-        results = pool.map(worker_episode, tasks)
-        return np.array([r["return"] for r in results]).reshape(len(params), len(seeds))
+        """Returns (P, R): every candidate on every seed, members candidate-major, in batches of env_batch."""
+        members = np.repeat(np.asarray(params), len(seeds), axis=0)
+        returns = play_members(pool, members, list(seeds) * len(params), cfg.env_batch)
+        return returns.reshape(len(params), len(seeds))
 
     scorers: dict[str, Scorer] = {}
     if cfg.where == "dream":

@@ -1,0 +1,172 @@
+"""V, M and C playing a batch of real episodes at once: one V encode, one C and one M step per env step.
+
+Used by real-env fitness (``train-controller --where real``), its periodic real scores, and ``evaluate``.
+Work is cut into *batches* of ``env_batch`` episodes (members), each a task for a worker process
+(:class:`worldmodels.parallel.WorkerPool`): :func:`init_worker` loads V, M and an
+:class:`worldmodels.envs.batch.EnvBatch` once per worker from a plain-dict spec, and :func:`worker_batch`
+plays one batch. The grouping depends on the batch size only, never on the number of workers, so
+``--workers`` changes no result.
+
+Everything an episode draws belongs to the episode, not to its slot: the env follows its seed, and z's
+noise (z = mu + sigma * eps, sampled as in the authors' code) is a counter-based stream keyed by the
+episode's seed and step (:mod:`worldmodels.dream.rng`). What can still differ with the batch size is
+float rounding in V's batched convolutions; benchmarks/real_env.py measures how far that moves returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from worldmodels.models.controller import ActionMap, BatchedController, action_map_from_dict, controller_input
+
+DEFAULT_ENV_BATCH = 16
+
+
+def noise_keys(seeds: Sequence[int]) -> torch.Tensor:
+    """Per-episode keys (B,) int64 of z's noise streams, from the episodes' env seeds."""
+    from worldmodels.dream.rng import stream_keys
+
+    zero = torch.zeros(1, dtype=torch.int64)
+    return torch.cat([stream_keys(int(s), zero) for s in seeds])
+
+
+class BatchAgent:
+    """V + M + C for B real episodes at once, each member with its own controller parameters."""
+
+    def __init__(self, vae: torch.nn.Module, mdrnn: torch.nn.Module | None, action_map: ActionMap,
+                 obs_mode: str, input_dim: int, sample_z: bool = True):
+        from worldmodels.dream.rng import index_keys
+
+        if obs_mode != "z" and mdrnn is None:
+            raise ValueError(f"obs_mode {obs_mode!r} needs M")
+        self.vae, self.mdrnn, self.action_map = vae, mdrnn, action_map
+        self.obs_mode, self.input_dim, self.sample_z = obs_mode, input_dim, sample_z
+        self.z_dim = int(vae.z_dim)
+        self.hidden = int(mdrnn.lstm.hidden_size) if mdrnn is not None else 0
+        self.idx_keys = index_keys(self.z_dim, "cpu")
+
+    def encode(self, frames: np.ndarray, keys: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """uint8 frames (B, 64, 64, 3) -> z (B, Z): mu, plus sigma * eps from each episode's stream at step t."""
+        from worldmodels.dream.rng import uniforms
+        from worldmodels.models.vae import frames_to_tensor
+
+        mu, logvar = self.vae.encode(frames_to_tensor(frames))
+        if not self.sample_z:
+            return mu
+        eps = torch.special.ndtri(uniforms(keys, t, self.idx_keys, mu.dtype))
+        return mu + torch.exp(0.5 * logvar) * eps
+
+    @torch.no_grad()
+    def play(self, envs: Any, params: np.ndarray, seeds: Sequence[int], max_steps: int | None = None,
+             record: Sequence[bool] = ()) -> list[dict[str, Any]]:
+        """Play one episode per member: ``params`` (B, N) on env seeds ``seeds`` (B,).
+
+        Returns per member ``return``, ``length``, ``level`` and ``frames`` (uint8 (T + 1, 64, 64, 3) for
+        members with ``record[i]``, else None).
+        """
+        n = len(seeds)
+        ctrl = BatchedController(np.asarray(params), self.input_dim, self.action_map.output_dim,
+                                 self.action_map.bias)
+        obs, levels = envs.reset(seeds)
+        keys = noise_keys(seeds)
+        t = torch.zeros(n, dtype=torch.int64)
+        state = (torch.zeros(n, self.hidden), torch.zeros(n, self.hidden)) if self.obs_mode != "z" else None
+        z = torch.zeros(n, self.z_dim)
+        returns, lengths = np.zeros(n), np.zeros(n, dtype=np.int64)
+        record = list(record) + [False] * (n - len(record))
+        frames = {i: [obs[i]] for i in range(n) if record[i]}
+        live = np.arange(n)
+        while len(live):
+            ids = torch.as_tensor(live)
+            z[ids] = self.encode(obs, keys[ids], t[ids])
+            action = self.action_map(ctrl(controller_input(z, state, self.obs_mode)))  # (B, ...)
+            if state is not None:
+                _, state = self.mdrnn.step(z, self.action_map.model_input(action), state)
+            env_actions = [self.action_map.env_action(action[i]) for i in live]
+            obs, reward, terminated, truncated = envs.step(env_actions, live)
+            returns[live] += reward
+            lengths[live] += 1
+            t[ids] += 1
+            for k, i in enumerate(live):
+                if record[i]:
+                    frames[i].append(obs[k])
+            done = terminated | truncated
+            if max_steps is not None:
+                done |= lengths[live] >= max_steps
+            obs, live = obs[~done], live[~done]
+        return [{"return": float(returns[i]), "length": int(lengths[i]), "level": int(levels[i]),
+                 "frames": np.stack(frames[i]) if record[i] else None} for i in range(n)]
+
+
+# Per-process state of a worker: the agent and its envs, loaded once by init_worker.
+_WORKER: dict[str, Any] = {}
+
+
+def init_worker(spec: dict[str, Any]) -> None:
+    """Load V, M (CPU) and the envs described by ``spec`` into this process.
+
+    ``spec``: ``vae``, ``mdrnn`` (checkpoint paths; mdrnn may be None for obs_mode z), ``env``,
+    ``env_backend`` (resolved: reference or fast), ``env_kwargs``, ``obs_mode``, ``input_dim``,
+    ``action_map`` (dict), ``max_steps``.
+    """
+    from worldmodels.envs import make_batch
+    from worldmodels.models.vae import load_vae
+    from worldmodels.parallel import close_at_exit
+
+    vae = load_vae(spec["vae"], "cpu")
+    mdrnn = None
+    if spec["obs_mode"] != "z":
+        from worldmodels.models.mdrnn import load_mdrnn
+
+        mdrnn = load_mdrnn(spec["mdrnn"], "cpu").eval()
+    envs = make_batch(spec["env"], spec.get("env_backend", "reference"), **spec.get("env_kwargs", {}))
+    close_at_exit(envs)
+    _WORKER.clear()
+    _WORKER.update(spec=spec, envs=envs, agent=BatchAgent(vae, mdrnn, action_map_from_dict(spec["action_map"]),
+                                                          spec["obs_mode"], spec["input_dim"]))
+
+
+def worker_batch(task: tuple[np.ndarray, Sequence[int], Sequence[bool]]) -> list[dict[str, Any]]:
+    """``(params (B, N), seeds (B,), record (B,))`` -> :meth:`BatchAgent.play`'s results, in a worker
+    set up by :func:`init_worker`."""
+    params, seeds, record = task
+    with one_torch_thread():
+        return _WORKER["agent"].play(_WORKER["envs"], params, seeds, _WORKER["spec"].get("max_steps"), record)
+
+
+def batch_tasks(params: np.ndarray, seeds: Sequence[int], env_batch: int,
+                record: Sequence[bool] = ()) -> list[tuple[np.ndarray, list[int], list[bool]]]:
+    """Members (params[i], seeds[i]) cut into consecutive tasks of ``env_batch`` members."""
+    params = np.asarray(params)
+    record = list(record) + [False] * (len(seeds) - len(record))
+    return [(params[i:i + env_batch], [int(s) for s in seeds[i:i + env_batch]], record[i:i + env_batch])
+            for i in range(0, len(seeds), env_batch)]
+
+
+def play_members(pool: Any, params: np.ndarray, seeds: Sequence[int], env_batch: int) -> np.ndarray:
+    """Returns (M,) of members (params[i], seeds[i]), played in batches on ``pool``'s workers."""
+    results = pool.map(worker_batch, batch_tasks(params, seeds, env_batch))
+    return np.array([r["return"] for batch in results for r in batch])
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run a worker's V/M/C steps on one torch thread, then restore the caller's setting.
+
+    Small batches of 64x64 frames gain nothing from a second thread: on a loaded 2-core machine one
+    encode took 236 ms with 2 threads and 3.6 ms with 1. Pool and ray workers already run on one
+    thread (this is then a no-op); the inline path (workers=0) plays in the caller's process, whose
+    other work (a batched dream) keeps its threads once the batch is over.
+    """
+    before = torch.get_num_threads()
+    if before != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if before != 1:
+            torch.set_num_threads(before)
