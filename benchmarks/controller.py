@@ -8,7 +8,8 @@ side in this run:
   dream: --batch members (64 x 16 = 1024 in the paper), each with its own controller, one batched
          DreamEnv run on --device (M's done bias is pushed down so every member plays all --steps);
   real:  the same controller size and episode length in CarRacing, --workers worker processes
-         (V + M on CPU in each, as train-controller --where real does).
+         (V + M on CPU in each, batches of 16 episodes, as train-controller --where real does, on the
+         env backend auto picks: envpool's where installed).
 Then the wall-clock of one paper-sized generation in the dream (64 x 16 rollouts of 1000 steps) on
 CPU, extrapolated from --gen-steps steps of the 1024-member batch (the step cost does not change
 within an episode), and on CUDA, measured in full, when a GPU is present.
@@ -24,14 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldmodels.agent import init_worker, worker_episode
 from worldmodels.checkpoint import save_checkpoint
 from worldmodels.dream import DreamEnv
-from worldmodels.envs import describe_action_space, episode_seed, make
+from worldmodels.envs import describe_action_space, episode_seed, make, resolve_backend
 from worldmodels.models.controller import BatchedController, make_action_map, n_params, rollout_dream
 from worldmodels.models.mdrnn import MDRNN
 from worldmodels.models.vae import ConvVAE
 from worldmodels.parallel import WorkerPool
+from worldmodels.play import batch_tasks, init_worker, worker_batch
 
 Z, H = 32, 256
 
@@ -69,14 +70,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=100, help="episode length for the side-by-side comparison")
     p.add_argument("--workers", type=int, default=2, help="real-env worker processes")
-    p.add_argument("--episodes", type=int, default=0, help="real episodes (default: 2 per worker)")
+    p.add_argument("--episodes", type=int, default=0, help="real episodes (default: 16 per worker)")
     p.add_argument("--batch", type=int, default=1024, help="dream members (population x rollouts)")
     p.add_argument("--gen-steps", type=int, default=50, help="steps measured for the CPU generation estimate")
     p.add_argument("--device", default="auto", help="dream device for the comparison: auto, cpu, cuda")
     args = p.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
-    episodes = args.episodes or 2 * max(1, args.workers)
+    episodes = args.episodes or 16 * max(1, args.workers)
     amap = make_action_map("carracing", describe_action_space(make("carracing").action_space))
     n = n_params(Z + H, amap.output_dim, amap.bias)
     params = np.random.default_rng(0).normal(0, 0.1, (max(args.batch, 1024, episodes), n))
@@ -91,16 +92,18 @@ def main() -> None:
               f"({args.batch * args.steps / secs:,.0f} member-steps/s)")
 
         spec = {"vae": str(vae_path), "mdrnn": str(mdrnn_path), "env": "carracing", "env_kwargs": {},
-                "max_steps": args.steps, "obs_mode": "zh", "input_dim": Z + H, "action_map": amap.to_dict()}
-        tasks = [(params[i], episode_seed(0, i, "train"), False) for i in range(episodes)]
+                "env_backend": resolve_backend("carracing", "auto"), "max_steps": args.steps, "obs_mode": "zh",
+                "input_dim": Z + H, "action_map": amap.to_dict()}
+        seeds = [episode_seed(0, i, "train") for i in range(episodes)]
         with WorkerPool(args.workers, init_worker, (spec,), what="benchmark") as pool:
-            pool.map(worker_episode, tasks[:max(1, args.workers)])  # warm-up: workers loaded V and M
+            warm = max(1, args.workers)
+            pool.map(worker_batch, batch_tasks(params[:warm], seeds[:warm], 1))  # warm-up: workers loaded V and M
             t = time.perf_counter()
-            results = pool.map(worker_episode, tasks)
+            results = [r for batch in pool.map(worker_batch, batch_tasks(params[:episodes], seeds, 16)) for r in batch]
             real_secs = time.perf_counter() - t
         steps = sum(r["length"] for r in results)
         real_rate = episodes / real_secs
-        print(f"real CarRacing ({args.workers} workers, {episodes} episodes, {steps} steps): {real_secs:.2f} s "
+        print(f"real CarRacing ({spec['env_backend']} env, {args.workers} workers, {episodes} episodes, {steps} steps): {real_secs:.2f} s "
               f"-> {real_rate:.2f} candidate evals/s ({steps / real_secs:,.0f} steps/s)")
         print(f"ratio dream/real: {dream_rate / real_rate:.1f}x candidate evaluations per second")
 

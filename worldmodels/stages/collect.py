@@ -163,7 +163,9 @@ def run(cfg: Config) -> dict[str, Any]:
     policy = resolve_policy(cfg.policy, space)
     out = Path(cfg.out) if cfg.out else default_out(cfg.env)
     attrs = dict(env=cfg.env, env_kwargs=cfg.env_kwargs, action_space=space, policy=policy, seed=cfg.seed,
-                 max_steps=cfg.max_steps, env_backend=backend)
+                 max_steps=cfg.max_steps)
+    if backend != "reference":  # files from before backends existed, with no such attribute, are reference ones
+        attrs["env_backend"] = backend
 
     with EpisodeWriter(out, ROLLOUTS, attrs, fresh=cfg.fresh) as writer:
         first, first_frames = writer.n_episodes, writer.n_frames

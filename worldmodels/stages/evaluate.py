@@ -57,7 +57,7 @@ class Config:
     env_backend: Literal["reference", "fast", "auto"] = option(
         "reference", "real env: reference (gymnasium/vizdoom/procgen, what results are reported on), fast "
                      "(envpool, CarRacing), or auto (fast where available)")
-    env_batch: int = option(16, "episodes each worker plays at once (batched V/M/C); sets the grouping, "
+    env_batch: int = option(8, "episodes each worker plays at once (batched V/M/C); sets the grouping, "
                                 "so --workers changes no result")
     backend: Literal["local", "ray"] = option("local", "episode workers: local processes or a ray cluster")
     ray_address: Optional[str] = option(None, "ray cluster to join: auto or HOST:PORT (default: a local ray instance)")

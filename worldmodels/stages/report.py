@@ -169,14 +169,16 @@ def build_report(run_dir: Path, out: Path) -> tuple[str, dict[str, Any]]:
     if evals:
         rows = []
         for name, s in evals:
-            rows.append([f"`{name}`", str(s.get("env", env)), str(s.get("episodes", "?")),
+            rows.append([f"`{name}`", str(s.get("env", env)), str(s.get("env_backend", "reference")),
+                         str(s.get("episodes", "?")),
                          f"{s['mean']:.2f} ± {s['std']:.2f}", f"{s.get('min', float('nan')):.2f} .. "
                          f"{s.get('max', float('nan')):.2f}", str(s.get("controller", "")),
                          paper_score(str(s.get("env", env)), s.get("temperature", c_cfg.get("temperature")))])
-        lines += _table(["evaluation", "env", "episodes", "return, mean ± std", "min .. max", "controller",
+        lines += _table(["evaluation", "env", "env backend", "episodes", "return, mean ± std", "min .. max", "controller",
                          "paper (Ha & Schmidhuber 2018)"], rows)
         lines += ["", "Mean ± standard deviation over the evaluated episodes (seeds never used in collection or "
-                  "training). " + _sizes(configs) + " The paper used 10,000 rollouts and population 64 × 16 "
+                  "training). Numbers beside the paper's are those of the reference env backend (gymnasium / "
+                  "vizdoom / procgen); `fast` is envpool's CarRacing, alike in distribution, not per track. " + _sizes(configs) + " The paper used 10,000 rollouts and population 64 × 16 "
                   "rollouts for up to 1,800 generations: compare sizes before comparing scores."]
     else:
         lines += ["Missing: no `eval-<levels>/summary.json` (run `worldmodels evaluate --run DIR`).",

@@ -57,6 +57,9 @@ class Config:
     evaluate: dict = option(factory=lambda: {"episodes": 100},
                             help="evaluate options for both level sets (run, levels, seed, gif are set)")
     device: str = option("auto", "device of every stage: auto, cpu, cuda")
+    env_backend: str = option("auto", "env backend of collection (ProcGen has no fast one: auto means reference); "
+                              "evaluation plays the reference env unless study.evaluate says otherwise",
+                              choices=("auto", "reference", "fast"))
 
 
 def _augment_names(condition: str) -> list[str]:
@@ -86,7 +89,7 @@ def build_world(cfg: Config, game: str, seed: int) -> Path:
     rollouts, latents = base / "rollouts.h5", base / "latents.h5"
     stages = [
         (collect, "collect", {"env": f"procgen:{game}", "out": str(rollouts), "seed": seed,
-                              "env_kwargs": dict(cfg.env_kwargs)}),
+                              "env_kwargs": dict(cfg.env_kwargs), "env_backend": cfg.env_backend}),
         (train_vae, "train_vae", {"data": str(rollouts), "out": str(base / "vae"), "seed": seed, "device": cfg.device}),
         (encode, "encode", {"data": str(rollouts), "vae": str(base / "vae"), "out": str(latents), "device": cfg.device}),
         (train_mdrnn, "train_mdrnn", {"latents": str(latents), "out": str(base / "mdrnn"), "seed": seed,

@@ -66,7 +66,7 @@ class Config:
     env_backend: Literal["auto", "reference", "fast"] = option(
         "auto", "real env for --where real and --eval-real: fast (envpool, CarRacing), reference "
                 "(gymnasium/vizdoom/procgen), or auto (fast where available)")
-    env_batch: int = option(16, "real episodes each worker plays at once (batched V/M/C); sets the grouping, "
+    env_batch: int = option(8, "real episodes each worker plays at once (batched V/M/C); sets the grouping, "
                                 "so --workers changes no result")
     backend: Literal["local", "ray"] = option("local", "real-env workers: local processes or a ray cluster")
     ray_address: Optional[str] = option(None, "ray cluster to join: auto or HOST:PORT (default: a local ray instance)")
