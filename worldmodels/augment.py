@@ -100,7 +100,7 @@ class RandomSwing(Augmentation):
 
     def set_bank(self, latents: torch.Tensor) -> "RandomSwing":
         """Real latents (N, Z) that ``source="real"`` draws z' from (e.g. the mu of every collected frame)."""
-        self.bank = torch.as_tensor(latents)
+        self.bank = torch.as_tensor(latents)  # moved to the dream's device once, at the first draw
         if self.bank.ndim != 2 or len(self.bank) == 0:
             raise WorldModelsError(f"random_swing: the latent bank must be (N, Z), got {tuple(self.bank.shape)}")
         return self
@@ -115,8 +115,10 @@ class RandomSwing(Augmentation):
             return torch.randn(B, Z, generator=self._gen, device=z.device, dtype=z.dtype)
         if self.bank is None:
             raise WorldModelsError("random_swing: source='real' needs real latents (set_bank)")
+        if self.bank.device != z.device or self.bank.dtype != z.dtype:
+            self.bank = self.bank.to(z.device, z.dtype)  # once, not at every episode
         pick = torch.randint(0, len(self.bank), (B,), generator=self._gen, device=z.device)
-        return self.bank.to(z.device, z.dtype)[pick]
+        return self.bank[pick]
 
     def __call__(self, z_next: torch.Tensor, ctx: Any) -> torch.Tensor:
         if self.identity:
@@ -192,8 +194,8 @@ class DeepDream(_GradientAugmentation):
         vae = ctx.vae
         if vae is None or not hasattr(vae, "decoder"):
             raise WorldModelsError("deepdream needs the dream's V (a ConvVAE)")
-        dtype = next(vae.parameters()).dtype
-        return self.activation(vae, z.to(dtype)).pow(2).flatten(1).mean(1)  # (n,)
+        w = next(vae.parameters())
+        return self.activation(vae, z.to(w.device, w.dtype)).pow(2).flatten(1).mean(1).to(z.device)  # (n,)
 
 
 @dataclasses.dataclass
@@ -223,15 +225,16 @@ def imagined_reward(mdrnn: Any, z: torch.Tensor, state: tuple[torch.Tensor, torc
                     ) -> torch.Tensor:
     """(n,) M's predicted reward summed over ``horizon`` steps from z (n, Z), state (h, c), zero actions;
     each next latent is the mixture mean."""
-    dtype = mdrnn.lstm.weight_hh_l0.dtype
-    z, state = z.to(dtype), (state[0].to(dtype), state[1].to(dtype))
-    action = torch.zeros(len(z), mdrnn.action_dim, device=z.device, dtype=dtype)
-    total = torch.zeros(len(z), device=z.device, dtype=dtype)
+    w = mdrnn.lstm.weight_hh_l0
+    device, dtype, out_device = w.device, w.dtype, z.device  # M's device and dtype (the dream's, normally)
+    z, state = z.to(device, dtype), (state[0].to(device, dtype), state[1].to(device, dtype))
+    action = torch.zeros(len(z), mdrnn.action_dim, device=device, dtype=dtype)
+    total = torch.zeros(len(z), device=device, dtype=dtype)
     for _ in range(horizon):
         out, state = mdrnn.step(z, action, state)
         total = total + out.reward
         z = (out.logpi.exp() * out.mu).sum(-1)  # (n, Z): the mixture mean
-    return total
+    return total.to(out_device)
 
 
 AUGMENTATIONS: dict[str, type[Augmentation]] = {

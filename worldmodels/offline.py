@@ -134,8 +134,8 @@ def controller_features(mdrnn: Any, z: Sequence[np.ndarray], actions: Sequence[t
     zs = torch.zeros(E, T, mdrnn.z_dim, dtype=dtype, device=device)  # (E, T, Z), zero padded
     acts = torch.zeros(E, T, mdrnn.action_dim, dtype=dtype, device=device)
     for e in range(E):
-        zs[e, :lengths[e]] = torch.as_tensor(np.asarray(z[e]), dtype=dtype)
-        acts[e, :lengths[e]] = torch.as_tensor(actions[e], dtype=dtype)
+        zs[e, :lengths[e]] = torch.as_tensor(np.asarray(z[e]), dtype=dtype, device=device)
+        acts[e, :lengths[e]] = torch.as_tensor(actions[e], dtype=dtype, device=device)
     state = mdrnn.initial_state(E, device, dtype)
     out = []
     for t in range(T):

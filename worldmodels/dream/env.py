@@ -141,7 +141,8 @@ class DreamEnv:
             self._b = torch.cat([bi, bf, bo, 2 * bg], 0).to(self.device, self.dtype)
             hw, hb = m.head.weight, m.head.bias  # (3ZK+2, H), (3ZK+2,)
             per_component = torch.arange(ZK, device=hw.device).view(Z, K).t().reshape(-1)  # (Z,K) -> (K,Z)
-            order = torch.cat([per_component + j * ZK for j in range(3)] + [torch.arange(3 * ZK, 3 * ZK + 2)])
+            order = torch.cat([per_component + j * ZK for j in range(3)]
+                              + [torch.arange(3 * ZK, 3 * ZK + 2, device=hw.device)])  # M's device, like hw
             scale = torch.ones(3 * ZK + 2, dtype=hw.dtype, device=hw.device)
             scale[:ZK] = 1.0 / tau
             shift = torch.zeros_like(scale)
@@ -264,7 +265,8 @@ class DreamEnv:
         if self.vae is None:
             raise WorldModelsError("this dream has no VAE to decode frames with")
         z = self.z if members is None else self.z[members]
-        x = self.vae.decode(z.to(next(self.vae.parameters()).dtype))  # (n, 3, 64, 64) in [0, 1]
+        w = next(self.vae.parameters())
+        x = self.vae.decode(z.to(w.device, w.dtype))  # (n, 3, 64, 64) in [0, 1], on V's device
         return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 

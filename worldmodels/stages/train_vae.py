@@ -240,7 +240,7 @@ def draw_pictures(model: ConvVAE, frames: np.ndarray, out: Path, epoch: int, tra
     if traversal:
         z = mu[0].repeat(model.z_dim, len(TRAVERSAL_VALUES), 1)               # (Z, S, Z)
         for d in range(model.z_dim):
-            z[d, :, d] = torch.as_tensor(TRAVERSAL_VALUES, dtype=z.dtype)
+            z[d, :, d] = torch.as_tensor(TRAVERSAL_VALUES, dtype=z.dtype, device=z.device)
         images = tensor_to_frames(model.decode(z.flatten(0, 1)))             # (Z*S, 64, 64, 3)
         plots.latent_traversal(images.reshape(model.z_dim, len(TRAVERSAL_VALUES), 64, 64, 3), TRAVERSAL_VALUES,
                                out / "traversal.png", f"epoch {epoch}: one latent dimension set to -3..+3 per row")
