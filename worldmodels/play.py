@@ -51,14 +51,15 @@ class BatchAgent:
         self.obs_mode, self.input_dim, self.sample_z = obs_mode, input_dim, sample_z
         self.z_dim = int(vae.z_dim)
         self.hidden = int(mdrnn.lstm.hidden_size) if mdrnn is not None else 0
-        self.idx_keys = index_keys(self.z_dim, "cpu")
+        self.device = next(vae.parameters()).device  # workers load V and M on the CPU; any device works
+        self.idx_keys = index_keys(self.z_dim, self.device)
 
     def encode(self, frames: np.ndarray, keys: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """uint8 frames (B, 64, 64, 3) -> z (B, Z): mu, plus sigma * eps from each episode's stream at step t."""
         from worldmodels.dream.rng import uniforms
         from worldmodels.models.vae import frames_to_tensor
 
-        mu, logvar = self.vae.encode(frames_to_tensor(frames))
+        mu, logvar = self.vae.encode(frames_to_tensor(frames, self.device))
         if not self.sample_z:
             return mu
         eps = torch.special.ndtri(uniforms(keys, t, self.idx_keys, mu.dtype))
@@ -73,19 +74,21 @@ class BatchAgent:
         members with ``record[i]``, else None).
         """
         n = len(seeds)
+        dev = self.device
         ctrl = BatchedController(np.asarray(params), self.input_dim, self.action_map.output_dim,
-                                 self.action_map.bias)
+                                 self.action_map.bias, device=dev)
         obs, levels = envs.reset(seeds)
-        keys = noise_keys(seeds)
-        t = torch.zeros(n, dtype=torch.int64)
-        state = (torch.zeros(n, self.hidden), torch.zeros(n, self.hidden)) if self.obs_mode != "z" else None
-        z = torch.zeros(n, self.z_dim)
+        keys = noise_keys(seeds).to(dev)
+        t = torch.zeros(n, dtype=torch.int64, device=dev)
+        state = ((torch.zeros(n, self.hidden, device=dev), torch.zeros(n, self.hidden, device=dev))
+                 if self.obs_mode != "z" else None)
+        z = torch.zeros(n, self.z_dim, device=dev)
         returns, lengths = np.zeros(n), np.zeros(n, dtype=np.int64)
         record = list(record) + [False] * (n - len(record))
         frames = {i: [obs[i]] for i in range(n) if record[i]}
         live = np.arange(n)
         while len(live):
-            ids = torch.as_tensor(live)
+            ids = torch.as_tensor(live, device=dev)
             z[ids] = self.encode(obs, keys[ids], t[ids])
             action = self.action_map(ctrl(controller_input(z, state, self.obs_mode)))  # (B, ...)
             if state is not None:
