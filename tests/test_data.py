@@ -1,5 +1,6 @@
 """HDF5 episode files: exact round trips, validation of damaged files, refusals, and kill -9 safety."""
 
+import json
 import multiprocessing as mp
 import pickle
 import random
@@ -165,6 +166,158 @@ def test_missing_not_hdf5_and_truncated_files(tmp_path):
         (tmp_path / "cut.h5").write_bytes(data[:keep])
         with pytest.raises(WorldModelsError, match="truncated or corrupt"):
             open_rollouts(tmp_path / "cut.h5")
+
+
+PROBE = textwrap.dedent("""
+    import json, sys, time
+    from worldmodels.data import open_latents, open_rollouts
+    from worldmodels.errors import WorldModelsError
+    for spec in json.loads(sys.argv[1]):
+        t = time.perf_counter()
+        try:
+            with (open_latents if spec["schema"] == "latents" else open_rollouts)(spec["path"]) as f:
+                for i in range(f.n_episodes):
+                    f.episode(i)
+            outcome = "ok"
+        except WorldModelsError as err:
+            outcome = "error: " + str(err)
+        print(json.dumps(dict(spec, outcome=outcome, seconds=time.perf_counter() - t)), flush=True)
+""")
+
+
+def probe(specs, timeout=30):
+    """Open and read every file of ``specs`` in a child process, so that a hang fails the test instead of
+    blocking it. Anything but a WorldModelsError (a traceback) fails too."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(specs)], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        done = (err.stdout or b"").count(b"\n" if isinstance(err.stdout, bytes) else "\n")
+        pytest.fail(f"hang: {specs[done]} still reading after {timeout} s", pytrace=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def assert_fails_fast(result, seconds=5.0):
+    assert result["outcome"].startswith("error: ") and "truncated or corrupt" in result["outcome"], result
+    assert "\n" not in result["outcome"] and result["seconds"] < seconds, result
+
+
+LATENT_ATTRS = dict(env="carracing", action_space=BOX, z_dim=32, vae_checkpoint="runs/x/vae/checkpoint.pt",
+                    vae_id="abc", rollouts="data/carracing/rollouts.h5")
+
+
+def latent_episode(i):
+    rng = np.random.default_rng(i)
+    n = int(rng.integers(1, 300))
+    mu = rng.normal(size=(n, 32)).astype(np.float32)
+    return dict(mu=mu, logvar=-mu, action=rng.uniform(-1, 1, (n, 3)).astype(np.float32),
+                reward=rng.normal(size=n).astype(np.float32), terminated=np.zeros(n, bool),
+                truncated=np.eye(n, dtype=bool)[-1])
+
+
+def file_bytes(path, schema, writer):
+    """The bytes of a 3-episode file: ``closed`` by its writer, or copied while the writer has it ``open``
+    (what a kill -9 leaves: HDF5's "open for writing" flags set and a stale end address in the superblock)."""
+    attrs, make = (ATTRS, episode) if schema is ROLLOUTS else (LATENT_ATTRS, latent_episode)
+    with EpisodeWriter(path, schema, attrs) as w:
+        for i in range(3):
+            w.append(make(i), seed=100 + i, level=i)
+        if writer == "open":
+            return path.read_bytes()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("writer", ["closed", "open"])
+@pytest.mark.parametrize("schema", [ROLLOUTS, LATENTS], ids=["rollouts", "latents"])
+def test_cut_files_fail_fast_wherever_they_are_cut(tmp_path, schema, writer):
+    """A file cut anywhere is one WorldModelsError within seconds. A closed file is refused from its
+    superblock before HDF5 opens it; an open one shows its damage in HDF5's SWMR reads, whose retries of
+    metadata that fails its checksum used to last more than ten minutes (the first 20,000 bytes of a file)."""
+    data = file_bytes(tmp_path / "src.h5", schema, writer)
+    n, kind = len(data), schema.name.split(".")[1]
+    specs = []
+    for what, keep in {"whole": n, "20000 bytes": 20_000, "50 %": n // 2, "90 %": n * 9 // 10,
+                       "all but 8 bytes": n - 8}.items():
+        path = tmp_path / f"{what.replace(' ', '_')}.h5"
+        path.write_bytes(data[:keep])
+        specs.append(dict(schema=kind, path=str(path), cut=what))
+    whole, *cut = probe(specs)
+    assert whole["outcome"] == "ok", whole
+    for result in cut:
+        assert_fails_fast(result)
+        if writer == "closed":
+            assert "when it was last closed" in result["outcome"], result
+
+
+def test_damaged_chunk_is_one_error_naming_the_frames(tmp_path):
+    """A damaged compressed chunk in the middle: the file opens (its first and last frames decode), frames
+    elsewhere read exactly, and reading the damaged frames is one WorldModelsError naming them."""
+    path = write(tmp_path / "r.h5", 3)
+    obs = np.concatenate([episode(i)["obs"] for i in range(3)])
+    with h5py.File(path, "r") as f:
+        ds = f["obs"]
+        info, chunk = ds.id.get_chunk_info(ds.id.get_num_chunks() // 2), ds.chunks[0]
+    lo = info.chunk_offset[0]
+    with open(path, "r+b") as fh:
+        fh.seek(info.byte_offset + info.size // 2)
+        fh.write(bytes(range(256)) * 4)
+    with open_rollouts(path) as f:
+        np.testing.assert_array_equal(f.read("obs", 0, lo), obs[:lo])
+        np.testing.assert_array_equal(f.take("obs", [lo + chunk, 0]), obs[[lo + chunk, 0]])
+        with pytest.raises(WorldModelsError, match=rf"r.h5: reading obs frames \[{lo + 3}, {lo + 5}\) failed "
+                                                   r"\(.*\); the file is truncated or corrupt$"):
+            f.read("obs", lo + 3, lo + 5)
+        with pytest.raises(WorldModelsError, match=rf"reading obs frames in \[1, {lo + 8}\) failed"):
+            f.take("obs", [lo + 7, 1])
+
+
+def test_damaged_metadata_fails_fast(tmp_path):
+    """Bytes overwritten inside the root group's object header (metadata with a checksum), length intact."""
+    path = write(tmp_path / "r.h5", 2)
+    head = path.read_bytes()[:48]
+    assert head[:8] == b"\x89HDF\r\n\x1a\n" and head[8] == 3  # superblock v3 (libver="latest")
+    root = int.from_bytes(head[36:44], "little")  # root object header address, after base, ext, eof
+    with open(path, "r+b") as fh:
+        fh.seek(root + 16)
+        fh.write(b"\xa5" * 16)
+    [result] = probe([dict(schema="rollouts", path=str(path))])
+    assert_fails_fast(result)
+
+
+def test_cli_on_cut_and_damaged_files_is_one_line_and_exit_1(tmp_path):
+    """train-vae on the file cut at 20,000 bytes (it used to hang) and on one whose damaged chunk is found
+    while streaming: one error line each, exit status 1, no traceback, in seconds."""
+    good = write(tmp_path / "r.h5", 3)
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(good.read_bytes()[:20_000])
+    damaged = tmp_path / "damaged.h5"
+    damaged.write_bytes(good.read_bytes())
+    with h5py.File(damaged, "r") as f:
+        info = f["obs"].id.get_chunk_info(f["obs"].id.get_num_chunks() // 2)
+    with open(damaged, "r+b") as fh:
+        fh.seek(info.byte_offset + info.size // 2)
+        fh.write(bytes(range(256)) * 4)
+    start = time.monotonic()
+    procs = {data: subprocess.Popen([sys.executable, "-m", "worldmodels", "train-vae", "--data", str(data), "--out",
+                                     str(tmp_path / data.stem), "--epochs", "1", "--device", "cpu"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for data in (cut, damaged)}
+    try:
+        outs = {data: proc.communicate(timeout=60) for data, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            proc.kill()
+    assert time.monotonic() - start < 30
+    for data, proc in procs.items():
+        err = outs[data][1]
+        assert proc.returncode == 1, err
+        assert "Traceback" not in err, err
+        errors = [line for line in err.replace("\r", "\n").splitlines() if "error:" in line]
+        assert len(errors) == 1 and errors[0].strip().startswith(f"worldmodels train-vae: error: {data}: "), err
+        assert errors[0].strip().endswith("truncated or corrupt"), err
+    assert outs[cut][1].count("\n") == 1  # nothing but the one line
+    assert "reading obs frames" in outs[damaged][1]
 
 
 def test_refusals_never_overwrite(tmp_path):

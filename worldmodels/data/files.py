@@ -3,11 +3,16 @@
 Files are opened in HDF5's SWMR read mode (readable while written, and after the writer was killed) and
 without HDF5's file lock, so readers never stop a writer. See ``docs/data.md`` for the layout and
 ``worldmodels/data/writer.py`` for how episodes are committed.
+
+A truncated or corrupt file fails fast with one :class:`WorldModelsError`, never a hang: a cleanly closed
+file shorter than the end address in its superblock is refused before HDF5 opens it, and SWMR reads get a
+small retry budget for metadata whose checksum fails (HDF5's default never ends on a damaged file).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -23,6 +28,91 @@ from worldmodels.errors import WorldModelsError
 CACHE_BYTES = 32 << 20
 CACHE_SLOTS = 10007
 
+# A SWMR reader retries a metadata read whose checksum fails (it may have caught a block while the writer
+# rewrote it), sleeping 1, 2, 4, ... ns in between. HDF5's default of 100 tries in SWMR mode sleeps for
+# ~2**100 ns: on a truncated or corrupt file (where the checksum never matches) that is a hang. 28 tries
+# wait ~0.27 s in all before giving up, orders of magnitude longer than a writer takes to write a block.
+SWMR_READ_ATTEMPTS = 28
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _truncation(path: Path) -> str | None:
+    """Why ``path`` is shorter than HDF5 recorded when it was last closed, or None (also when unknown).
+
+    The superblock stores the file's end address; HDF5 checks it on open, except in SWMR read mode (a
+    file being written grows past it). It is only trustworthy once the writer closed the file cleanly:
+    while a file is open for writing (or its writer was killed) the consistency flags are set and the
+    stored end is stale. Damage to such a file shows up later, as metadata that fails its checksum (within
+    ``SWMR_READ_ATTEMPTS``) or as a committed chunk past the end of the file (``_check_chunks_in_file``).
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            offset = 0  # the superblock is at 0, or after a user block: at 512, 1024, 2048, ...
+            while offset + 64 <= size:
+                fh.seek(offset)
+                head = fh.read(64)
+                if head[:8] == HDF5_SIGNATURE:
+                    break
+                offset = 512 if offset == 0 else 2 * offset
+            else:
+                return None
+    except OSError:
+        return None
+    version = head[8]
+    if version in (0, 1):  # no SWMR before version 3: the stored end is written on close
+        if any(head[20:24]):  # consistency flags: unused in these versions, so something unknown
+            return None
+        n_addr, at = head[13], 24 + (4 if version == 1 else 0) + 2 * head[13]  # after base, free-space
+    elif version in (2, 3):
+        if head[11] != 0:  # open for writing (or SWMR writing), or its writer was killed
+            return None
+        n_addr, at = head[9], 12 + 2 * head[9]  # after base address, superblock extension address
+    else:
+        return None
+    if n_addr not in (2, 4, 8) or at + n_addr > len(head):
+        return None
+    eof = int.from_bytes(head[at:at + n_addr], "little")  # absolute, as HDF5's own check reads it
+    if eof == (1 << (8 * n_addr)) - 1 or size >= eof:  # undefined address, or whole
+        return None
+    return f"the file has {size} bytes but held {eof} when it was last closed"
+
+
+_set_read_attempts: Any = None
+
+
+def _read_fapl() -> h5py.h5p.PropFAID:
+    """File access properties of a reader: no HDF5 file lock, our chunk cache, a bounded SWMR retry budget."""
+    global _set_read_attempts
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)
+    _, _, _, w0 = fapl.get_cache()
+    fapl.set_cache(0, CACHE_SLOTS, CACHE_BYTES, w0)
+    if hasattr(fapl, "set_file_locking"):  # h5py built with HDF5 >= 1.12.1
+        fapl.set_file_locking(False, False)
+    if _set_read_attempts is None:
+        _set_read_attempts = False
+        # h5py does not wrap H5Pset_metadata_read_attempts: call it in the HDF5 library that h5py is linked
+        # with (looking a symbol up in h5py's extension module searches the libraries it depends on).
+        with contextlib.suppress(OSError, AttributeError):
+            lib = ctypes.CDLL(h5py.h5p.__file__)
+            setter, getter = lib.H5Pset_metadata_read_attempts, lib.H5Pget_metadata_read_attempts
+            setter.argtypes, setter.restype = [ctypes.c_int64, ctypes.c_uint], ctypes.c_int
+            getter.argtypes, getter.restype = [ctypes.c_int64, ctypes.POINTER(ctypes.c_uint)], ctypes.c_int
+            got = ctypes.c_uint(0)
+            if (setter(fapl.id, SWMR_READ_ATTEMPTS) >= 0 and getter(fapl.id, ctypes.byref(got)) >= 0
+                    and got.value == SWMR_READ_ATTEMPTS):
+                _set_read_attempts = setter
+    if _set_read_attempts:
+        _set_read_attempts(fapl.id, SWMR_READ_ATTEMPTS)
+    return fapl
+
+
+def _open_swmr_reader(path: Path) -> h5py.File:
+    name = str(path).encode("utf-8") if os.name == "nt" else os.fsencode(path)  # as h5py encodes names
+    return h5py.File(h5py.h5f.open(name, h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl=_read_fapl()))
+
 
 def _open_h5(path: Path, schema: Schema, mode: str = "r") -> h5py.File:
     """Open ``path`` with h5py, turning every way it can fail into one clear error."""
@@ -32,12 +122,15 @@ def _open_h5(path: Path, schema: Schema, mode: str = "r") -> h5py.File:
         raise WorldModelsError(f"{path}: not a file")
     if not h5py.is_hdf5(path):
         raise WorldModelsError(f"{path}: not an HDF5 file (expected {schema.description})")
+    cut = _truncation(path)
+    if cut:
+        raise WorldModelsError(f"{path}: {cut}; the file is truncated or corrupt")
     cache = dict(rdcc_nbytes=CACHE_BYTES, rdcc_nslots=CACHE_SLOTS)
     try:
         if mode == "r":
-            # swmr=True reads a file while it is written, and a file whose writer was killed. Readers take
-            # no HDF5 file lock, so an open reader (a training run) never stops a writer from resuming.
-            return h5py.File(path, "r", swmr=True, locking=False, **cache)
+            # SWMR reads a file while it is written, and a file whose writer was killed. Readers take no
+            # HDF5 file lock, so an open reader (a training run) never stops a writer from resuming.
+            return _open_swmr_reader(path)
         return h5py.File(path, mode, libver="latest", **cache)
     except OSError as err:
         msg = str(err)
@@ -55,11 +148,16 @@ def _open_h5(path: Path, schema: Schema, mode: str = "r") -> h5py.File:
 
 
 def _first_line(err: BaseException) -> str:
-    return (str(err).splitlines() or [type(err).__name__])[0]
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)  # no KeyError quotes
+    return (text.splitlines() or [type(err).__name__])[0]
 
 
-def _check_chunks_in_file(ds: h5py.Dataset, n_frames: int, file_size: int, where: str) -> None:
-    """Refuse a file cut short: HDF5 reads bytes past the end of the file as zeros, silently."""
+def _check_chunks_in_file(ds: h5py.Dataset, n_frames: int, path: Path, where: str) -> None:
+    """Refuse a file cut short: HDF5 reads bytes past the end of the file as zeros, silently.
+
+    The file's size is taken after the chunk index was read: a live writer writes a chunk before the index
+    entry that points to it, so a file that is only growing never fails this check.
+    """
     end = 0
 
     def visit(info: Any) -> None:
@@ -72,6 +170,7 @@ def _check_chunks_in_file(ds: h5py.Dataset, n_frames: int, file_size: int, where
     else:  # pragma: no cover - older HDF5
         for i in range(ds.id.get_num_chunks()):
             visit(ds.id.get_chunk_info(i))
+    file_size = path.stat().st_size
     if end > file_size:
         raise WorldModelsError(f"{where}: dataset '{ds.name.lstrip('/')}' needs {end} bytes but the file has "
                                f"{file_size}; the file is truncated or corrupt")
@@ -91,7 +190,7 @@ class EpisodeFile:
         self._pid = os.getpid()
         try:
             self._validate()
-        except OSError as err:
+        except (OSError, RuntimeError, KeyError) as err:  # h5py raises any of these for what HDF5 cannot read
             self.close()
             raise WorldModelsError(f"{self.path}: unreadable ({_first_line(err)}); "
                                    "the file is probably truncated or corrupt") from None
@@ -101,8 +200,9 @@ class EpisodeFile:
 
     def _validate(self) -> None:
         f, where = self._file, str(self.path)
+        raw_attrs = dict(f.attrs.items())  # read them all here: an unreadable one must not look absent
         try:
-            attrs = decode_attrs(f.attrs)
+            attrs = decode_attrs(raw_attrs)
         except ValueError as err:
             raise WorldModelsError(f"{where}: malformed file attributes ({err})") from None
         name, version = attrs.get("schema"), attrs.get("schema_version")
@@ -116,11 +216,19 @@ class EpisodeFile:
             fields = self.schema.fields(attrs)
         except WorldModelsError as err:
             raise WorldModelsError(f"{where}: {err}") from None
-        table = f.get(EPISODES)
+        except (KeyError, TypeError, ValueError) as err:  # e.g. an action_space without its shape
+            raise WorldModelsError(f"{where}: malformed file attributes ({type(err).__name__}: {err})") from None
+
+        def member(name: str) -> Any:
+            # Only a missing link is "missing": h5py's get() would also hide an object it cannot read.
+            return f[name] if f.id.links.exists(name.encode()) else None
+
+        table = member(EPISODES)
         if not isinstance(table, h5py.Dataset) or table.dtype != EPISODE_DTYPE or table.ndim != 1:
             raise WorldModelsError(f"{where}: missing or malformed '{EPISODES}' table")
         if f.swmr_mode:  # another handle on this file in this process may hold stale metadata
             table.refresh()
+        _check_chunks_in_file(table, len(table), self.path, where)
         episodes = table[()]
         starts, lengths = episodes["start"], episodes["length"]
         n_frames = int(lengths.sum())
@@ -129,7 +237,7 @@ class EpisodeFile:
             raise WorldModelsError(f"{where}: the '{EPISODES}' table is inconsistent "
                                    "(episodes must be contiguous and non-empty)")
         for field in fields:
-            ds = f.get(field.name)
+            ds = member(field.name)
             if not isinstance(ds, h5py.Dataset):
                 raise WorldModelsError(f"{where}: missing dataset '{field.name}'")
             if f.swmr_mode:
@@ -142,7 +250,7 @@ class EpisodeFile:
             if ds.shape[0] < n_frames:
                 raise WorldModelsError(f"{where}: dataset '{field.name}' holds {ds.shape[0]} frames but the "
                                        f"episode table covers {n_frames}; the file is truncated or corrupt")
-            _check_chunks_in_file(ds, n_frames, self.path.stat().st_size, where)
+            _check_chunks_in_file(ds, n_frames, self.path, where)
             if n_frames:  # a cheap probe: the first and last committed frames must decode
                 ds[0], ds[n_frames - 1]
         self.attrs: dict[str, Any] = attrs
@@ -168,11 +276,12 @@ class EpisodeFile:
         return self._file[name]
 
     def _guarded(self, name: str, what: str, fn):
+        """Run ``fn(dataset)``; a damaged chunk or chunk index (h5py: OSError or RuntimeError) is one error line."""
         try:
             return fn(self._dataset(name))
-        except OSError as err:
+        except (OSError, RuntimeError) as err:
             raise WorldModelsError(f"{self.path}: reading {name} {what} failed ({_first_line(err)}); "
-                                   "the file is probably corrupt") from None
+                                   "the file is truncated or corrupt") from None
 
     def read(self, field: str, start: int, stop: int) -> np.ndarray:
         """Frames ``[start, stop)`` of ``field`` (global frame indices), shape ``(stop - start, *frame_shape)``."""
@@ -202,7 +311,7 @@ class EpisodeFile:
             return out
 
         if len(uniq):
-            self._guarded(field, "frames", gather)
+            self._guarded(field, f"frames in [{uniq[0]}, {uniq[-1] + 1})", gather)
         return out[inverse.ravel()].reshape(*idx.shape, *fd.shape)
 
     def episode(self, i: int, fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
