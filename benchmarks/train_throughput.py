@@ -7,7 +7,7 @@ V: the train-vae stage's own step (``train_vae._Step``: uint8 frames -> float, m
 ``vae_loss``) + backward + Adam (foreach), on random uint8 frames already on the device (so the figure
 is the model's, not the loader's; ``benchmarks/vae.py`` measures the loader). Modes: fp32, fp32
 channels-last, bf16 autocast, bf16 autocast + channels-last. ``_Step`` applies bf16 and channels-last
-on CUDA only, so on a CPU every mode runs fp32 NCHW (printed as such).
+on every device (bf16 defaults to CUDA only in the stage).
 
 M: the train-mdrnn stage's loss (``train_mdrnn.batch_losses``: z re-sampled from (mu, logvar), teacher
 forcing, GMM NLL + reward MSE + done BCE) + backward + clip + Adam, on random sequences on the device.
@@ -118,8 +118,6 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"TF32 conv {torch.backends.cudnn.allow_tf32}, TF32 matmul {torch.backends.cuda.matmul.allow_tf32}")
-    if device.type != "cuda":
-        print("  (CPU: train-vae's step ignores bf16 and channels-last, so every V mode below is fp32 NCHW)")
     rates = {}
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         if mode not in VAE_MODES:

@@ -146,3 +146,18 @@ def test_env_flag_applies_preset_env_block_to_stages_without_env_field():
     _, plain = cli.parse_stage_args("train-mdrnn", ["--preset", "paper", "--latents", "x.h5"])
     _, doom = cli.parse_stage_args("train-mdrnn", ["--preset", "paper", "--env", "doom-takecover", "--latents", "x.h5"])
     assert (plain.hidden, doom.hidden) == (256, 512)
+
+
+def test_an_error_raised_in_a_dataloader_worker_is_still_one_line():
+    import torch
+
+    from worldmodels.cli import one_line
+
+    class Broken(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            raise WorldModelsError("x.h5: reading obs frames [0, 64) failed; the file is truncated or corrupt")
+
+    with pytest.raises(WorldModelsError) as err:
+        list(torch.utils.data.DataLoader(Broken(), batch_size=None, num_workers=1))
+    assert "\n" in str(err.value)  # torch puts the worker's traceback into the message
+    assert one_line(err.value) == "x.h5: reading obs frames [0, 64) failed; the file is truncated or corrupt"

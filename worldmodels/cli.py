@@ -61,12 +61,21 @@ def build_parser(stage: str, config_cls: type, description: str) -> argparse.Arg
         help_text = f.metadata.get("help", "") + (f" (default: {default})" if default not in (None, "") else "")
         help_text = help_text.replace("%", "%%")
         choices = f.metadata.get("choices")
-        if tp is bool:
+        if tp is bool or tp == typing.Optional[bool]:  # --x / --no-x; an Optional one stays None (auto) if absent
             parser.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction, help=help_text)
         else:
             parser.add_argument(_flag(name), dest=name, metavar=(name.upper() if not choices else None),
                                 choices=choices and [str(c) for c in choices], help=help_text)
     return parser
+
+
+def one_line(err: WorldModelsError) -> str:
+    """The error's own message: a DataLoader worker re-raises ours with its whole traceback in the message."""
+    text = str(err).strip()
+    if "DataLoader worker" in text.splitlines()[0]:
+        last = text.splitlines()[-1]
+        return last.split("WorldModelsError: ", 1)[-1]
+    return text
 
 
 def load_stage(stage: str):
@@ -116,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         module, cfg = parse_stage_args(stage, rest)
         module.run(cfg)
     except WorldModelsError as err:
-        print(f"worldmodels {stage}: error: {err}", file=sys.stderr)
+        print(f"worldmodels {stage}: error: {one_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"worldmodels {stage}: interrupted; completed work was saved, rerun the same command to resume",

@@ -107,10 +107,12 @@ class EpisodeWriter:
     Holds ``<path>.lock`` while open, so a second writer gets a clear error.
     """
 
-    def __init__(self, path: str | os.PathLike, schema: Schema, attrs: Mapping[str, Any], fresh: bool = False):
+    def __init__(self, path: str | os.PathLike, schema: Schema, attrs: Mapping[str, Any], fresh: bool = False,
+                 hdf5_compresses: bool = False):
         from worldmodels import __version__
 
         self.path = Path(path)
+        self._hdf5_compresses = hdf5_compresses  # the old path (HDF5's own zlib), kept for benchmarks/collect.py
         self.schema = schema
         reserved = sorted(set(attrs) & set(RESERVED_ATTRS))
         if reserved:
@@ -171,8 +173,8 @@ class EpisodeWriter:
                 f[fd.name].flush()
         # Only plain gzip on chunks we can rebuild: a file an older version made with other filters keeps them.
         self._gzip = {fd.name: _GzipChunks(f[fd.name], f[fd.name].compression_opts, self.n_frames)
-                      for fd in self._fields
-                      if f[fd.name].compression == "gzip" and not f[fd.name].shuffle and not f[fd.name].fletcher32}
+                      for fd in self._fields if not self._hdf5_compresses
+                      and f[fd.name].compression == "gzip" and not f[fd.name].shuffle and not f[fd.name].fletcher32}
 
     def _recover(self) -> None:
         """Copy the committed episodes of an interrupted file into a fresh one, then swap it in atomically."""

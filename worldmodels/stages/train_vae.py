@@ -12,7 +12,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -45,8 +45,9 @@ class Config:
     shuffle_buffer: int = cfgmod.option(10_000, "frames in the in-memory shuffle buffer, per loader (12 KiB each)")
     workers: int = cfgmod.option(0, "DataLoader processes reading HDF5 (0: read in the main process)")
     device: str = cfgmod.option("auto", "auto (cuda if available), cpu, cuda, cuda:1, ...")
-    bf16: bool = cfgmod.option(True, "bf16 autocast on CUDA (ignored on CPU)")
-    channels_last: bool = cfgmod.option(True, "channels-last memory layout on CUDA (ignored on CPU)")
+    bf16: Optional[bool] = cfgmod.option(None, "bf16 autocast (default: on CUDA only; on CPU it was no faster, "
+                                               "see benchmarks/README.md)")
+    channels_last: bool = cfgmod.option(True, "channels-last memory layout (faster convolutions on CPU and CUDA)")
     seed: int = cfgmod.option(0, "seed for weights, sampling, validation split and data order")
     fresh: bool = cfgmod.option(False, "delete this run folder's checkpoint and metrics and start over")
 
@@ -176,8 +177,8 @@ class _Step:
     def __init__(self, model: ConvVAE, cfg: Config, device: torch.device):
         self.model, self.device, self.kl_tolerance = model, device, cfg.kl_tolerance
         self.cuda = device.type == "cuda"
-        self.layout = torch.channels_last if self.cuda and cfg.channels_last else torch.contiguous_format
-        self.bf16 = self.cuda and cfg.bf16
+        self.layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.bf16 = self.cuda if cfg.bf16 is None else bool(cfg.bf16)
 
     def __call__(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
         x = frames_to_tensor(frames, self.device).contiguous(memory_format=self.layout)  # (B, 3, 64, 64)
