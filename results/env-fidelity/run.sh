@@ -2,7 +2,7 @@
 # How alike are the two CarRacing backends (reference gymnasium vs fast envpool)? Resumable; ~30 min on 2 cores.
 #
 #   bash results/env-fidelity/run.sh [RUN]     RUN: a CarRacing run whose C was trained on the fast backend
-#                                              (default runs/default, what ./run_pipeline.sh makes)
+#                                              (default runs/carracing-default, what ./run_pipeline.sh makes)
 # For each backend: 100 brownian episodes of 1000 steps (seed 0; frame statistics, returns, V's training
 # data) and 20 more (seed 1, other tracks: V's test frames); V (z 32, 1 epoch) trained on each; then
 # analyse.py compares them, and C of RUN is scored on 100 tracks of each backend. Writes fidelity.md/json here.
@@ -11,7 +11,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 cd "$HERE/../.."
 source scripts/venv.sh
 DATA=${DATA:-data/env-fidelity}
-RUN=${1:-runs/default}
+RUN=${1:-runs/carracing-default}
 mkdir -p "$DATA"
 timed() { local name=$1 t0=$SECONDS; shift; "$@"; printf '%s\t%d\n' "$name" $((SECONDS - t0)) >> "$HERE/timings.tsv"; }
 for b in reference fast; do

@@ -51,19 +51,20 @@ class ReferenceBatch(EnvBatch):
         frames, levels = [], []
         for env, seed in zip(self.envs, seeds):
             obs, info = env.reset(seed=int(seed))
-            frames.append(np.array(obs, dtype=np.uint8))  # a copy: an env may reuse its frame buffer
+            frames.append(obs)
             levels.append(int(info.get("level", -1)))
-        return np.stack(frames), np.asarray(levels, dtype=np.int64)
+        # np.stack copies: an env that reuses its frame buffer cannot change what we hand out
+        return np.stack(frames).astype(np.uint8, copy=False), np.asarray(levels, dtype=np.int64)
 
     def step(self, actions: Sequence[Any], ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         frames, rewards, terms, truncs = [], [], [], []
         for action, i in zip(actions, ids):
             obs, reward, terminated, truncated, _ = self.envs[i].step(action)
-            frames.append(np.array(obs, dtype=np.uint8))
+            frames.append(obs)
             rewards.append(reward)
             terms.append(terminated)
             truncs.append(truncated)
-        return (np.stack(frames), np.asarray(rewards, dtype=np.float64), np.asarray(terms, dtype=bool),
+        return (np.stack(frames).astype(np.uint8, copy=False), np.asarray(rewards, dtype=np.float64), np.asarray(terms, dtype=bool),
                 np.asarray(truncs, dtype=bool))
 
     def close(self) -> None:
