@@ -12,7 +12,6 @@ paper's published figures (../shared/REFERENCE.md), which sit beside ours for co
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from pathlib import Path
 
@@ -83,33 +82,23 @@ def carracing(folder: str) -> str:
 
 
 def done_head(data: str) -> str:
-    """M, teacher-forced on its held-out validation episodes, against their real deaths: the dream ends an
-    episode only where the done logit is > 0, so a missed death is a hit the dream forgives."""
-    import torch
+    """M, teacher-forced on its held-out validation episodes from their first frame, against their real
+    deaths: the dream ends an episode only where the done logit is > 0, so a missed death is a hit the
+    dream forgives (worldmodels.stages.train_mdrnn.done_head_report)."""
     import yaml
 
     from worldmodels.data import open_latents
     from worldmodels.models.mdrnn import load_mdrnn
-    from worldmodels.stages.train_mdrnn import actions_to_input
+    from worldmodels.stages.train_mdrnn import done_head_report
     from worldmodels.stages.train_vae import split_episodes
 
     mdrnn = load_mdrnn(Path(data) / "mdrnn", "cpu").eval()
     m_cfg = yaml.safe_load((Path(data) / "mdrnn" / "config.yaml").read_text())
-    caught, false_rate = [], []
     with open_latents(Path(data) / "latents.h5") as f:
-        eps = f.episodes
-        _, val = split_episodes(len(eps), m_cfg["val_fraction"], m_cfg["seed"])
-        for i in val:
-            lo, hi = int(eps["start"][i]), int(eps["start"][i] + eps["length"][i])
-            z = torch.as_tensor(np.asarray(f.read("mu", lo, hi)))[None]
-            a = torch.as_tensor(actions_to_input(np.asarray(f.read("action", lo, hi)), f.attrs["action_space"]))[None]
-            with torch.no_grad():
-                done = mdrnn(z, a)[0].done_logit[0].numpy()
-            if bool(np.asarray(f.read("terminated", hi - 1, hi))[0]):
-                caught.append(done[-1] > 0)
-            false_rate.append((done[:-1] > 0).mean())
-    return (f"{len(caught)} of M's {len(val)} validation episodes end in a death; M's done logit is > 0 at "
-            f"{np.mean(caught):.1%} of those deaths and at {np.mean(false_rate):.2%} of the other steps")
+        _, val = split_episodes(f.n_episodes, m_cfg["val_fraction"], m_cfg["seed"])
+        r = done_head_report(mdrnn, f, val)
+    return (f"{r['deaths']} of M's {len(val)} validation episodes end in a death; M's done logit is > 0 at "
+            f"{r['recall']:.1%} of those deaths and at {r['false_alarm']:.2%} of the other steps")
 
 
 def main(argv: list[str]) -> int:

@@ -182,7 +182,7 @@ def write_latents(path, lengths=(12, 30, 7, 25, 18, 9), seed=0):
 
 def tiny_cfg(tmp_path, **kw):
     values = {"latents": str(tmp_path / "latents.h5"), "out": str(tmp_path / "run" / "mdrnn"), "hidden": 16,
-              "n_gaussians": 2, "seq_len": 8, "batch_size": 8, "steps": 40, "eval_every": 20, "lr": 3e-3,
+              "n_gaussians": 2, "seq_len": 30, "batch_size": 8, "steps": 40, "eval_every": 20, "lr": 3e-3,
               "val_fraction": 0.2, "val_batches": 2, "picture_steps": 6, "device": "cpu", **kw}
     return cfgmod.from_dict(train_mdrnn.Config, values)
 
@@ -275,3 +275,59 @@ def test_cli_errors_are_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "worldmodels", "train-mdrnn", "--latents", str(tmp_path / "no.h5"),
                            "--out", str(tmp_path / "m")], capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0 and "no.h5" in proc.stderr
+
+
+def test_episode_sequences_start_at_the_first_frame(tmp_path):
+    write_latents(tmp_path / "latents.h5")
+    with open_latents(tmp_path / "latents.h5") as src:
+        first = {int(src.episode(e, ["mu"])["mu"][0, 2]): src.episode(e, ["mu"])["mu"][0] for e in range(6)}
+        b = train_mdrnn.SequenceSampler(src, np.arange(6), 10, 64, {"type": "discrete", "n": NA}).sample(
+            np.random.default_rng(0))
+        w = train_mdrnn.SequenceSampler(src, np.arange(6), 10, 64, {"type": "discrete", "n": NA}, "window").sample(
+            np.random.default_rng(0))
+    for i in range(64):
+        np.testing.assert_array_equal(b["mu"][i, 0].numpy(), first[int(b["mu"][i, 0, 2])])
+    assert len({int(e) for e in b["mu"][:, 0, 2]}) == 6  # every episode drawn (uniformly, not by length)
+    starts = [np.array_equal(w["mu"][i, 0].numpy(), first[int(w["mu"][i, 0, 2])]) for i in range(64)]
+    assert not all(starts)  # windows start inside episodes too
+
+
+def test_done_head_counts_follow_the_dreams_rule():
+    logit = torch.tensor([[-1.0, 2.0, 0.5, -3.0], [0.1, -0.2, 0.0, 9.0]])
+    done = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 1.0, 1.0]])
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    # ends: (0,2) fired, (1,2) logit 0 not fired, (1,3) fired; others: (0,0) no, (0,1) yes, (1,0) yes, (1,1) no
+    assert train_mdrnn.done_head_counts(logit, done, mask).tolist() == [2, 3, 2, 4]
+
+
+def test_m_from_episode_starts_learns_when_episodes_end_and_windows_cannot(tmp_path):
+    # Nothing in z tells the time; every episode dies after 20 steps. Only an M whose h started at the
+    # episode's first frame can count to the death, which is what the dream needs (Doom's hidden health).
+    rng = np.random.default_rng(0)
+    attrs = {"env": "doom-takecover", "action_space": {"type": "discrete", "n": NA}, "z_dim": 2,
+             "vae_checkpoint": "", "vae_id": "", "rollouts": ""}
+    with EpisodeWriter(tmp_path / "l.h5", LATENTS, attrs) as w:
+        for e in range(60):
+            term = np.zeros(20, bool)
+            term[-1] = True
+            w.append({"mu": rng.normal(size=(20, 2)).astype(np.float32), "logvar": np.full((20, 2), -6.0, np.float32),
+                      "action": rng.integers(0, NA, 20), "reward": np.zeros(20, np.float32), "terminated": term,
+                      "truncated": np.zeros(20, bool)}, seed=e)
+    report, threads = {}, torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny LSTM: one thread is fastest, and the result needs no parallelism
+    try:
+        for mode, seq_len in (("episode", 20), ("window", 8)):
+            cfg = tiny_cfg(tmp_path, latents=str(tmp_path / "l.h5"), out=str(tmp_path / mode / "mdrnn"),
+                           n_gaussians=1, seq_len=seq_len, batch_size=16, steps=150, eval_every=150, lr=1e-2,
+                           picture_steps=0, sequences=mode)
+            result = train_mdrnn.run(cfg)
+            with open_latents(tmp_path / "l.h5") as src:
+                report[mode] = train_mdrnn.done_head_report(load_mdrnn(tmp_path / mode / "mdrnn"), src,
+                                                            np.array(result["val_episodes"]))
+    finally:
+        torch.set_num_threads(threads)
+    assert report["episode"]["deaths"] == 12
+    assert report["episode"]["recall"] >= 0.9 and report["episode"]["false_alarm"] <= 0.15, report
+    assert report["window"]["recall"] <= 0.5, report
+    metrics = read_metrics(tmp_path / "episode" / "mdrnn" / "metrics.jsonl")[-1]
+    assert metrics["val/mdrnn/done_recall"] >= 0.9 and "val/mdrnn/done_false_alarm" in metrics

@@ -3,7 +3,18 @@
 Each step reads a batch of sequences straight from HDF5 (one contiguous slice per sequence, never
 crossing an episode boundary; short tails padded and masked), re-samples z = mu + exp(logvar/2) * eps
 from V's stored posteriors, and fits p(z_{t+1}), reward[t] and done[t] from (z_t, a_t). Whole episodes
-are held out for validation. Every --eval-every steps: `mdrnn/*` and `val/mdrnn/*` metrics and an
+are held out for validation.
+
+--sequences episode (the default, and the paper's design): every sequence starts at an episode's first
+frame with h = 0 and runs for up to --seq-len steps, exactly as the dream uses M (it starts each dream at
+a real first frame with h = 0). In DoomTakeCover health is not on screen: M can only predict death by
+counting hits since the episode began, which a window starting mid-episode cannot see. Set --seq-len to
+cover the episodes (paper: 500 Doom, 999 CarRacing); frames past it are never trained on.
+--sequences window: a window starting uniformly inside the episode (also with h = 0), the older sampling.
+
+Validation reports the done head as the dream uses it (done at logit > 0): val/mdrnn/done_recall, the
+fraction of real episode ends (terminated) where it fires, and val/mdrnn/done_false_alarm, the fraction
+of other steps where it fires. Every --eval-every steps: `mdrnn/*` and `val/mdrnn/*` metrics and an
 atomic checkpoint. At the end, dream_vs_real.png/.gif: a real episode beside M's open-loop dream
 decoded by V. Rerunning the same command resumes; --fresh starts over.
 """
@@ -14,7 +25,7 @@ import dataclasses
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
@@ -39,6 +50,9 @@ class Config:
     hidden: int = cfgmod.option(256, "LSTM size (paper: 256 CarRacing, 512 Doom)")
     n_gaussians: int = cfgmod.option(5, "mixture components per latent dimension")
     seq_len: int = cfgmod.option(999, "time steps per training sequence (paper: 999 CarRacing, 500 Doom)")
+    sequences: Literal["episode", "window"] = cfgmod.option(
+        "episode", "where sequences start: at the episode's first frame (as the dream uses M), or a window "
+                   "anywhere inside the episode")
     batch_size: int = cfgmod.option(100, "sequences per step")
     steps: int = cfgmod.option(4000, "total gradient steps (may grow on resume)")
     lr: float = cfgmod.option(1e-3, "Adam learning rate")
@@ -77,16 +91,22 @@ class SequenceSampler:
     """Batches of fixed-length sequences from some episodes of a latents file, read per batch from HDF5.
 
     Only the frames of the batch are read (B contiguous slices), so memory does not grow with the file.
-    Episodes are drawn in proportion to their length, a window start uniformly inside the episode.
+    ``start="episode"``: episodes drawn uniformly, each sequence from the episode's first frame.
+    ``start="window"``: episodes drawn in proportion to their length, a window start uniformly inside.
     """
 
     FIELDS = ("mu", "logvar", "action", "reward", "terminated")
 
-    def __init__(self, src: Any, episodes: np.ndarray, seq_len: int, batch_size: int, action_desc: dict[str, Any]):
+    def __init__(self, src: Any, episodes: np.ndarray, seq_len: int, batch_size: int, action_desc: dict[str, Any],
+                 start: str = "episode"):
+        if start not in ("episode", "window"):
+            raise WorldModelsError(f"sequences must start at 'episode' or 'window', got {start!r}")
         self.src, self.seq_len, self.batch_size, self.action_desc = src, seq_len, batch_size, action_desc
+        self.start = start
         rows = src.episodes[episodes]
         self.starts, self.lengths = rows["start"].astype(np.int64), rows["length"].astype(np.int64)
-        self.p = self.lengths / self.lengths.sum()
+        self.p = (self.lengths / self.lengths.sum() if start == "window"
+                  else np.full(len(self.lengths), 1.0 / max(len(self.lengths), 1)))
         self.z_dim, self.action_dim = int(src.attrs["z_dim"]), action_dim_of(action_desc)
 
     def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
@@ -98,7 +118,7 @@ class SequenceSampler:
         picks = rng.choice(len(self.starts), size=B, p=self.p)
         for b, e in enumerate(picks):
             length = int(self.lengths[e])
-            offset = int(rng.integers(0, max(length - T, 0) + 1))
+            offset = int(rng.integers(0, max(length - T, 0) + 1)) if self.start == "window" else 0
             lo = int(self.starts[e]) + offset
             n = min(T + 1, length - offset)  # frames read: T inputs and the next z, cut at the episode's end
             for key in ("mu", "logvar"):
@@ -113,29 +133,71 @@ class SequenceSampler:
 
 
 def batch_losses(model: MDRNN, batch: dict[str, torch.Tensor], cfg: Config, device: torch.device,
-                 generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Teacher-forced loss: z re-sampled from (mu, logvar), inputs (z_t, a_t), targets z_{t+1}, r_t, d_t."""
+                 generator: torch.Generator, done_counts: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Teacher-forced loss: z re-sampled from (mu, logvar), inputs (z_t, a_t), targets z_{t+1}, r_t, d_t.
+
+    ``done_counts`` (4,), if given, accumulates the done head's (hits, ends, false alarms, other steps).
+    """
     b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     z = sample_latents(b["mu"], b["logvar"], generator)  # (B, T+1, Z)
     out, _ = model(z[:, :-1], b["action"])  # (B, T, ...)
+    if done_counts is not None:
+        done_counts += done_head_counts(out.done_logit, b["done"], b["mask"])
     return mdrnn_loss(out, z[:, 1:], b["reward"], b["done"], b["mask_z"], b["mask"], cfg.reward_weight,
                       cfg.done_weight, cfg.done_pos_weight)
 
 
+def done_head_counts(done_logit: torch.Tensor, done: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(hits, ends, false alarms, other steps) of the dream's rule ``done_logit > 0`` against real ends."""
+    fired, end = (done_logit > 0) & mask, (done > 0.5) & mask
+    other = mask & ~end
+    return torch.stack([(fired & end).sum(), end.sum(), (fired & other).sum(), other.sum()]).double()
+
+
+@torch.no_grad()
+def done_head_report(model: MDRNN, src: Any, episodes: np.ndarray, device: torch.device | str = "cpu") -> dict[str, float]:
+    """M teacher-forced on whole episodes from their first frame (z = mu), as the dream starts them: the
+    fraction of real deaths (terminated ends) where the done logit is > 0, and of other steps where it is."""
+    desc = dict(src.attrs["action_space"])
+    counts = torch.zeros(4, dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    for i in episodes:
+        row = src.episodes[int(i)]
+        lo, hi = int(row["start"]), int(row["start"] + row["length"])
+        z = torch.as_tensor(np.asarray(src.read("mu", lo, hi)), device=device)[None]
+        a = torch.as_tensor(actions_to_input(np.asarray(src.read("action", lo, hi)), desc), device=device)[None]
+        done = torch.as_tensor(np.asarray(src.read("terminated", lo, hi)), device=device)[None]
+        out, _ = model(z, a)
+        counts += done_head_counts(out.done_logit, done.float(), torch.ones_like(done, dtype=torch.bool)).cpu()
+    model.train(was_training)
+    hits, ends, false, other = counts.tolist()
+    return {"deaths": int(ends), "recall": hits / ends if ends else float("nan"),
+            "false_alarm": false / other if other else float("nan")}
+
+
 @torch.no_grad()
 def evaluate(model: MDRNN, batches: list[dict[str, torch.Tensor]], cfg: Config, device: torch.device) -> dict[str, float]:
-    """Mean val/mdrnn/* over fixed validation batches (with a fixed z re-sampling)."""
+    """Mean val/mdrnn/* over fixed validation batches (with a fixed z re-sampling), and the done head's
+    recall at real episode ends (when the batches hold any) and false-alarm rate."""
     if not batches:
         return {}
     model.eval()
     g = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     sums = torch.zeros(4, device=device)
+    counts = torch.zeros(4, dtype=torch.float64, device=device)
     for batch in batches:
-        losses = batch_losses(model, batch, cfg, device, g)
+        losses = batch_losses(model, batch, cfg, device, g, counts)
         sums += torch.stack([losses[k] for k in ("loss", "nll", "reward_mse", "done_bce")])
     model.train()
     means = (sums / len(batches)).tolist()
-    return dict(zip(("val/mdrnn/loss", "val/mdrnn/nll", "val/mdrnn/reward_mse", "val/mdrnn/done_bce"), means))
+    stats = dict(zip(("val/mdrnn/loss", "val/mdrnn/nll", "val/mdrnn/reward_mse", "val/mdrnn/done_bce"), means))
+    hits, ends, false, other = counts.tolist()
+    if ends:
+        stats["val/mdrnn/done_recall"] = hits / ends
+    if other:
+        stats["val/mdrnn/done_false_alarm"] = false / other
+    return stats
 
 
 @torch.no_grad()
@@ -220,8 +282,8 @@ def _train(cfg: Config, out: Path, src: Any) -> dict[str, Any]:
         raise WorldModelsError(f"{cfg.latents} holds no complete episode yet; encode some first")
     train_eps, val_eps = split_episodes(n_episodes, cfg.val_fraction, cfg.seed)
     desc = dict(src.attrs["action_space"])
-    train = SequenceSampler(src, train_eps, cfg.seq_len, cfg.batch_size, desc)
-    val_batches = ([SequenceSampler(src, val_eps, cfg.seq_len, cfg.batch_size, desc).sample(
+    train = SequenceSampler(src, train_eps, cfg.seq_len, cfg.batch_size, desc, cfg.sequences)
+    val_batches = ([SequenceSampler(src, val_eps, cfg.seq_len, cfg.batch_size, desc, cfg.sequences).sample(
         np.random.default_rng([cfg.seed, 99, i])) for i in range(cfg.val_batches)] if len(val_eps) else [])
     cfgmod.save(cfg, out / "config.yaml")
 
