@@ -173,3 +173,38 @@ def test_import_is_cheap():
             "print(sorted(m for m in ('vizdoom', 'procgen', 'gym', 'gym3', 'Box2D') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+QUIET_SCRIPT = r"""
+import numpy as np, torch  # warnings filters left as a user's interpreter has them
+import worldmodels
+from worldmodels.envs import make, make_batch
+from worldmodels.dream import DreamGymEnv, DreamVectorEnv
+from worldmodels.models.mdrnn import MDRNN
+from gymnasium.utils.env_checker import check_env
+
+for name, backend in [("carracing", "reference"), ("carracing", "auto"), ("doom-takecover", "reference"),
+                      ("procgen:coinrun", "reference")]:
+    env = make(name, backend)
+    env.reset(seed=1)
+    env.step(env.action_space.sample())
+    env.close()
+batch = make_batch("carracing", "auto")
+batch.reset([1, 2])
+batch.close()
+m = MDRNN(4, 3, 8)
+initial = (torch.zeros(2, 4), torch.zeros(2, 4))
+for mode in ("zh", "zch"):
+    check_env(DreamGymEnv(None, m, initial, 1.0, "cpu", max_steps=5, obs_mode=mode), skip_render_check=True)
+vec = DreamVectorEnv(None, m, initial, 3, 1.0, "cpu", max_steps=5)
+vec.reset(seed=0)
+vec.step(vec.action_space.sample())
+import gym  # what stable-baselines3 does on import: the old-gym banner must not appear
+"""
+
+
+def test_importing_and_making_every_env_family_prints_nothing(tmp_path):
+    done = subprocess.run([sys.executable, "-c", QUIET_SCRIPT], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr == "" and done.stdout == ""

@@ -40,6 +40,17 @@ def make_action_space(desc: gym.Space | Mapping[str, Any] | None, action_dim: in
     return space
 
 
+def observation_space(dream: Any) -> gym.spaces.Box:
+    """C's input [z, (c,) h] as a Box: h = o * tanh(c) lies in [-1, 1]; z and c are any finite float32."""
+    big = np.finfo(np.float32).max
+    z, hidden = dream.mdrnn.z_dim, dream.mdrnn.hidden
+    n_state = {"z": 0, "zh": 1, "zch": 2}[dream.obs_mode]
+    low = np.full(dream.obs_dim, -big, np.float32)
+    if n_state:
+        low[z + (n_state - 1) * hidden:] = -1.0  # the h block comes last
+    return gym.spaces.Box(low, -low, (dream.obs_dim,), np.float32)
+
+
 def _to_torch_actions(actions: Any, space: gym.Space, device: torch.device) -> torch.Tensor:
     if isinstance(space, gym.spaces.Discrete):
         return torch.as_tensor(np.asarray(actions, dtype=np.int64), device=device).reshape(-1)
@@ -62,7 +73,7 @@ class DreamGymEnv(gym.Env):
         self.render_mode = render_mode
         self._seeded = False
         self.action_space = make_action_space(action_space, mdrnn.action_dim)
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self.dream.obs_dim,), np.float32)
+        self.observation_space = observation_space(self.dream)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
@@ -98,7 +109,7 @@ class DreamVectorEnv(VectorEnv):
                               obs_mode, seed=seed, augmentations=augmentations)
         self.num_envs = num_envs
         self.single_action_space = make_action_space(action_space, mdrnn.action_dim)
-        self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (self.dream.obs_dim,), np.float32)
+        self.single_observation_space = observation_space(self.dream)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self._autoreset = torch.zeros(num_envs, dtype=torch.bool, device=self.dream.device)

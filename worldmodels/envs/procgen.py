@@ -13,8 +13,6 @@ and actions replay the same episode. Recreating costs a few ms (measured in docs
 
 from __future__ import annotations
 
-import contextlib
-import io
 from typing import Any
 
 import gymnasium as gym
@@ -36,9 +34,27 @@ N_ACTIONS = 15
 
 
 def _gym3_env_class():
-    # procgen imports the unmaintained `gym` package, which prints a deprecation banner on import.
-    with contextlib.redirect_stderr(io.StringIO()):
-        from procgen import ProcgenGym3Env
+    """procgen's gym3 env class, imported without the old-gym banner (and nothing else silenced).
+
+    procgen imports the unmaintained ``gym`` package, whose import prints gym_notices' deprecation
+    banner to stderr. While procgen is imported, that one notice table is empty; gym then stays
+    imported, so a later ``import gym`` (stable-baselines3 does one) prints nothing either.
+    """
+    import sys
+    import types
+
+    if "gym" not in sys.modules:
+        saved = sys.modules.get("gym_notices.notices")
+        sys.modules["gym_notices.notices"] = types.SimpleNamespace(notices={})
+        try:
+            import procgen  # noqa: F401  (imports gym while its notice table is empty)
+        finally:
+            if saved is None:
+                sys.modules.pop("gym_notices.notices", None)
+            else:
+                sys.modules["gym_notices.notices"] = saved
+    from procgen import ProcgenGym3Env
+
     return ProcgenGym3Env
 
 
