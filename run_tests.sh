@@ -3,5 +3,5 @@
 # Extra arguments go to pytest, e.g. ./run_tests.sh -m slow   or   ./run_tests.sh tests/test_config.py
 set -euo pipefail
 cd "$(dirname "$0")"
-source scripts/venv.sh "[dev,distributed]"
+source scripts/venv.sh "[dev,distributed,tensorboard]"
 exec python -m pytest -q "$@"

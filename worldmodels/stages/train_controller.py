@@ -70,6 +70,7 @@ class Config:
                                 "so --workers changes no result")
     backend: Literal["local", "ray"] = option("local", "real-env workers: local processes or a ray cluster")
     ray_address: Optional[str] = option(None, "ray cluster to join: auto or HOST:PORT (default: a local ray instance)")
+    tensorboard: Optional[bool] = option(None, "also log to <run>/controller/tensorboard (default: when installed)")
     fresh: bool = option(False, "start over, replacing an existing controller checkpoint")
 
 
@@ -124,7 +125,7 @@ def evolve(cfg: Config, out_dir: Path, n_params: int, fitness: Fitness, scorers:
         np.random.set_state(state["np_rng"])  # cma draws its samples from numpy's global generator
     cfgmod.save(cfg, out_dir / "config.yaml")
     start = state["generation"]
-    log = MetricsLogger(out_dir / "metrics.jsonl", step_key="generation", resume_from=start)
+    log = MetricsLogger(out_dir / "metrics.jsonl", step_key="generation", resume_from=start, tensorboard=cfg.tensorboard)
     bar = tqdm(range(start, cfg.generations), initial=start, total=cfg.generations, desc="cma-es", unit="gen")
     try:
         for gen in bar:
@@ -157,6 +158,7 @@ def evolve(cfg: Config, out_dir: Path, n_params: int, fitness: Fitness, scorers:
                                 and not k.startswith("cmaes")))
             if plot and "eval/mean" in record:
                 _plot(out_dir)
+                log.image("cmaes/learning_curve", out_dir / "learning_curve.png", gen + 1)
     finally:
         bar.close()
         log.close()

@@ -67,12 +67,13 @@ class Config:
     picture_temperature: float = cfgmod.option(1.0, "temperature of the pictured dream")
     device: str = cfgmod.option("auto", "auto (cuda if available), cpu, cuda, cuda:1, ...")
     seed: int = cfgmod.option(0, "seed for weights, sequence sampling, z re-sampling and validation split")
+    tensorboard: Optional[bool] = cfgmod.option(None, "also log to <out>/tensorboard (default: when installed)")
     fresh: bool = cfgmod.option(False, "delete this run folder's checkpoint and metrics and start over")
 
 
 # Keys that may differ when resuming: they change how long or where we train, not what is trained.
 CONTINUATION_SAFE = ("steps", "device", "fresh", "eval_every", "vae", "picture_steps", "picture_temperature",
-                     "val_batches")
+                     "val_batches", "tensorboard")
 OUTPUTS = (CHECKPOINT_NAME, "metrics.jsonl", "dream_vs_real.png", "dream_vs_real.gif")
 
 
@@ -304,7 +305,8 @@ def _train(cfg: Config, out: Path, src: Any) -> dict[str, Any]:
     g = torch.Generator(device=device)
     stats: dict[str, float] = dict(state.get("metrics", {})) if state else {}
     sums, n_sums, t0, saved_step = torch.zeros(4, device=device), 0, time.perf_counter(), start
-    with MetricsLogger(out / "metrics.jsonl", step_key="step", resume_from=start + 1 if start else None) as log:
+    with MetricsLogger(out / "metrics.jsonl", step_key="step", resume_from=start + 1 if start else None,
+                       tensorboard=cfg.tensorboard) as log:
         bar = tqdm(range(start, cfg.steps), desc="train-mdrnn", unit="step", dynamic_ncols=True,
                    initial=start, total=cfg.steps)
         for step in bar:
@@ -335,10 +337,11 @@ def _train(cfg: Config, out: Path, src: Any) -> dict[str, Any]:
             sums.zero_()
             n_sums, t0 = 0, time.perf_counter()
         bar.close()
-    picture = False
-    if cfg.picture_steps > 0 and (start < cfg.steps or not (out / "dream_vs_real.png").exists()):
-        episode = int(val_eps[0]) if len(val_eps) else int(train_eps[0])
-        picture = draw_dream_vs_real(model, src, episode, cfg, out, device)
+        picture = False
+        if cfg.picture_steps > 0 and (start < cfg.steps or not (out / "dream_vs_real.png").exists()):
+            episode = int(val_eps[0]) if len(val_eps) else int(train_eps[0])
+            picture = draw_dream_vs_real(model, src, episode, cfg, out, device)
+            log.image("mdrnn/dream_vs_real", out / "dream_vs_real.png", max(start, cfg.steps))
     return {"checkpoint": str(ckpt_path), "id": run_id, "step": max(start, cfg.steps), "metrics": stats,
             "picture": picture, "val_episodes": val_eps.tolist(), "train_episodes": train_eps.tolist()}
 

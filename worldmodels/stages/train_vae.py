@@ -49,11 +49,13 @@ class Config:
                                                "trains ~1.4x faster; see benchmarks/README.md)")
     channels_last: bool = cfgmod.option(True, "channels-last memory layout (faster convolutions on CPU and CUDA)")
     seed: int = cfgmod.option(0, "seed for weights, sampling, validation split and data order")
+    tensorboard: Optional[bool] = cfgmod.option(None, "also log to <out>/tensorboard (default: when installed)")
     fresh: bool = cfgmod.option(False, "delete this run folder's checkpoint and metrics and start over")
 
 
 # Keys that may differ when resuming: they change how or how long we train, not what is trained.
-CONTINUATION_SAFE = ("epochs", "shuffle_buffer", "workers", "device", "bf16", "channels_last", "fresh", "env")
+CONTINUATION_SAFE = ("epochs", "shuffle_buffer", "workers", "device", "bf16", "channels_last", "fresh", "env",
+                     "tensorboard")
 PICTURE_FRAMES = 8
 TRAVERSAL_VALUES = np.linspace(-3.0, 3.0, 7)
 
@@ -313,7 +315,8 @@ def _train(cfg: Config, out: Path) -> dict[str, Any]:
     tqdm.write(f"train-vae: {n_train} training frames ({len(train_eps)} episodes), {val.n_frames} validation "
                f"frames ({len(val_eps)} episodes), device {device}, epochs {start + 1}..{cfg.epochs}")
     stats: dict[str, float] = dict(state.get("metrics", {})) if state else {}
-    with MetricsLogger(out / "metrics.jsonl", step_key="epoch", resume_from=start + 1 if start else None) as log:
+    with MetricsLogger(out / "metrics.jsonl", step_key="epoch", resume_from=start + 1 if start else None,
+                       tensorboard=cfg.tensorboard) as log:
         for epoch in range(start, cfg.epochs):
             train.set_epoch(epoch)
             t0 = time.perf_counter()
@@ -324,6 +327,9 @@ def _train(cfg: Config, out: Path) -> dict[str, Any]:
             stats["time_s"] = time.perf_counter() - t0
             log.log(epoch + 1, **stats)
             draw_pictures(model, frames, out, epoch + 1, traversal=epoch + 1 == cfg.epochs)
+            log.image("vae/reconstructions", out / "reconstructions.png", epoch + 1)
+            if epoch + 1 == cfg.epochs:
+                log.image("vae/traversal", out / "traversal.png", epoch + 1)
             save_checkpoint(ckpt_path, "vae", {
                 "id": run_id, "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                 "config": cfgmod.to_dict(cfg), "z_dim": cfg.z_dim, "rng": rng_states(), "metrics": stats,
