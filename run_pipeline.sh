@@ -3,7 +3,7 @@
 #   collect -> train-vae -> encode -> train-mdrnn -> train-controller -> evaluate -> report
 #
 #   ./run_pipeline.sh [--env carracing|doom-takecover|procgen:<game>] [--preset smoke|default|cpu|paper]
-#                     [--run-dir DIR] [--from STAGE] [--force]
+#                     [--run-dir DIR] [--from STAGE] [--force] [--seed N]
 #
 # Creates (or reuses) .venv and installs the package on first use. Finished stages whose config is unchanged
 # are skipped; a changed config redoes that stage and the ones after it; a killed run resumes.

@@ -41,11 +41,14 @@ def stage_paths(stage: str, run_dir: Path, env: str) -> dict[str, Any]:
     return {"env": env, **paths}  # stages that declare an env field check it against their inputs
 
 
-def stage_config(stage: str, preset: str, run_dir: Path, env: str) -> tuple[Any, Any]:
-    """(module, Config) for one stage: preset values for this env, then the pipeline's paths."""
+def stage_config(stage: str, preset: str, run_dir: Path, env: str, seed: int | None = None) -> tuple[Any, Any]:
+    """(module, Config) for one stage: preset values for this env, then the pipeline's paths (and ``seed``
+    for every training stage; evaluate keeps its own, so runs of several seeds play the same tracks)."""
     module = cli.load_stage(stage)
     names = {f.name for f in dataclasses.fields(module.Config)}
     overrides = {k: v for k, v in stage_paths(stage, run_dir, env).items() if k in names}
+    if seed is not None and "seed" in names and stage != "evaluate":
+        overrides["seed"] = seed
     cfg = cfgmod.load(module.Config, cli.section_name(stage), preset=preset, overrides=overrides, env=env,
                       valid_sections=[cli.section_name(s) for s in cli.STAGES])
     return module, cfg
@@ -60,12 +63,13 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def run_pipeline(env: str = "carracing", preset: str = DEFAULT_PRESET, run_dir: str | None = None,
-                 from_stage: str | None = None, force: bool = False, log=print) -> dict[str, str]:
+                 from_stage: str | None = None, force: bool = False, log=print, seed: int | None = None) -> dict[str, str]:
     """Run (or skip, resume, redo) every stage; returns ``{stage: "ran" | "resumed" | "skipped"}``."""
     if from_stage is not None and from_stage not in STAGES:
         raise WorldModelsError(f"--from: unknown stage {from_stage!r}; stages: {', '.join(STAGES)}")
-    run_path = Path(run_dir or f"runs/{env.replace(':', '-')}-{Path(preset).stem}")
-    configs = [(stage, *stage_config(stage, preset, run_path, env)) for stage in STAGES]  # validate all first
+    default_dir = f"runs/{env.replace(':', '-')}-{Path(preset).stem}" + (f"-seed{seed}" if seed is not None else "")
+    run_path = Path(run_dir or default_dir)
+    configs = [(stage, *stage_config(stage, preset, run_path, env, seed)) for stage in STAGES]  # validate all first
     outcome: dict[str, str] = {}
     redo = force
     for stage, module, cfg in configs:
@@ -108,9 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", default=None, help="output folder (default: runs/<env>-<preset>)")
     parser.add_argument("--from", dest="from_stage", default=None, choices=STAGES, help="redo from this stage on")
     parser.add_argument("--force", action="store_true", help="redo every stage from scratch")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of every training stage (evaluation keeps its tracks); default: the preset's, "
+                             "and the run folder gets a -seed<N> suffix when given")
     args = parser.parse_args(argv)
     try:
-        run_pipeline(args.env, args.preset, args.run_dir, args.from_stage, args.force)
+        run_pipeline(args.env, args.preset, args.run_dir, args.from_stage, args.force, seed=args.seed)
     except WorldModelsError as err:
         print(f"run_pipeline: error: {err}", file=sys.stderr)
         return 1
