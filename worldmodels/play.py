@@ -24,8 +24,6 @@ import torch
 
 from worldmodels.models.controller import ActionMap, BatchedController, action_map_from_dict, controller_input
 
-DEFAULT_ENV_BATCH = 8
-
 
 def noise_keys(seeds: Sequence[int]) -> torch.Tensor:
     """Per-episode keys (B,) int64 of z's noise streams, from the episodes' env seeds."""
