@@ -81,3 +81,25 @@ def test_missing_or_empty_run_dir_is_a_clear_error(tmp_path: Path, capsys) -> No
     ("procgen:coinrun", None, "no ProcGen result"), ("carracing", None, "906 ± 21")])
 def test_paper_score_per_env(env: str, temperature: float | None, expected: str) -> None:
     assert expected in report.paper_score(env, temperature)
+
+
+def test_report_says_where_the_run_falls_against_its_presets_spread(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    import yaml
+
+    import worldmodels.config as config
+
+    assert yaml.safe_load((run_dir / "pipeline" / "run.yaml").read_text()) == {
+        "preset": "smoke", "env": "carracing", "seed": None}  # the pipeline records what the report compares
+    mean = json.loads((run_dir / "eval-test" / "summary.json").read_text())["mean"]
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    monkeypatch.setattr(config, "PRESET_DIR", presets)
+    for centre, word in ((mean, "within"), (mean + 100, "below"), (mean - 100, "above")):
+        (presets / "expected.json").write_text(json.dumps({"smoke": {"carracing": {
+            "mean": centre, "std": 10.0, "runs": [centre - 10, centre, centre + 10], "machine": "a test CPU"}}}))
+        report.run(report.Config(run=str(run_dir), out=str(tmp_path / f"{word}.md")))
+        text = (tmp_path / f"{word}.md").read_text()
+        assert f"is **{word}** the range" in text and f"{centre - 20:.1f} .. {centre + 20:.1f}" in text
+    (presets / "expected.json").write_text(json.dumps({"default": {}}))  # nothing measured for smoke
+    report.run(report.Config(run=str(run_dir), out=str(tmp_path / "none.md")))
+    assert "healthy" not in (tmp_path / "none.md").read_text()

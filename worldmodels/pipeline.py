@@ -70,6 +70,9 @@ def run_pipeline(env: str = "carracing", preset: str = DEFAULT_PRESET, run_dir: 
     default_dir = f"runs/{env.replace(':', '-')}-{Path(preset).stem}" + (f"-seed{seed}" if seed is not None else "")
     run_path = Path(run_dir or default_dir)
     configs = [(stage, *stage_config(stage, preset, run_path, env, seed)) for stage in STAGES]  # validate all first
+    # What the report compares this run with: the measured spread of this preset over seeds (presets/expected.json).
+    atomic_write_text(run_path / "pipeline" / "run.yaml",
+                      _yaml({"preset": Path(preset).stem, "env": env, "seed": seed}))
     outcome: dict[str, str] = {}
     redo = force
     for stage, module, cfg in configs:

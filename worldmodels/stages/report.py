@@ -137,6 +137,29 @@ def _sizes(configs: dict[str, dict[str, Any] | None]) -> str:
     return f"This run: {', '.join(parts)}." if parts else ""
 
 
+def expected_spread(run_dir: Path) -> dict[str, Any] | None:
+    """The measured spread of a pipeline run's preset and env over seeds (``presets/expected.json``), if any."""
+    from worldmodels.config import PRESET_DIR, read_yaml
+
+    record, table = run_dir / "pipeline" / "run.yaml", PRESET_DIR / "expected.json"
+    if not record.is_file() or not table.is_file():
+        return None
+    run = read_yaml(record) or {}
+    return (json.loads(table.read_text()).get(run.get("preset")) or {}).get(run.get("env"))
+
+
+def health_line(mean: float, spread: dict[str, Any]) -> str:
+    """Where an evaluation mean falls against the preset's spread over seeds: healthy within mean ± 2 std."""
+    mu, sd = float(spread["mean"]), float(spread["std"])
+    low, high = mu - 2 * sd, mu + 2 * sd
+    where = "within" if low <= mean <= high else ("below" if mean < low else "above")
+    return (f"This run's mean, {mean:.1f}, is **{where}** the range a healthy run of this preset reaches: "
+            f"{len(spread['runs'])} seeds scored {mu:.1f} ± {sd:.1f} (mean ± std of their evaluation means: "
+            f"{', '.join(f'{r:.1f}' for r in spread['runs'])}) on {spread['machine']}, so healthy is "
+            f"{low:.1f} .. {high:.1f} (mean ± 2 std). Float kernels differ between CPUs and CMA-ES amplifies "
+            "that, so one run alone says little; a run outside the range deserves a look at its curves.")
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
@@ -180,6 +203,10 @@ def build_report(run_dir: Path, out: Path) -> tuple[str, dict[str, Any]]:
                   "training). Numbers beside the paper's are those of the reference env backend (gymnasium / "
                   "vizdoom / procgen); `fast` is envpool's CarRacing, alike in distribution, not per track. " + _sizes(configs) + " The paper used 10,000 rollouts and population 64 × 16 "
                   "rollouts for up to 1,800 generations: compare sizes before comparing scores."]
+        spread = expected_spread(run_dir)
+        first = next((s for name, s in evals if name == "eval-test"), None)
+        if spread and first is not None:
+            lines += ["", health_line(float(first["mean"]), spread)]
     else:
         lines += ["Missing: no `eval-<levels>/summary.json` (run `worldmodels evaluate --run DIR`).",
                   "", f"Paper's number for this env: {paper_score(env, c_cfg.get('temperature'))}."]
