@@ -213,3 +213,16 @@ def test_doom_workers_leave_no_game_process_behind(tmp_path):
         proc.kill()
     assert proc.returncode == 0, out.decode()
     assert open_rollouts(tmp_path / "doom.h5").n_episodes == 2
+
+
+class TimeLimitedDeath(CountingEnv):
+    """Dies on the very step its time limit truncates it, as gymnasium's TimeLimit reports it: both flags."""
+
+    def step(self, action):
+        obs, reward, terminated, _, info = super().step(action)
+        return obs, reward, terminated, terminated, info
+
+
+def test_an_end_at_the_time_limit_is_stored_as_a_termination_only():
+    arrays = collect.rollout(TimeLimitedDeath(), "repeat", DISCRETE, None, seed=5)["arrays"]
+    assert arrays["terminated"][-1] and not arrays["truncated"].any()

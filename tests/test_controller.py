@@ -121,6 +121,56 @@ def test_cmaes_solves_toy_dream(tmp_path):
     assert torch.allclose(act, torch.tensor([0.6, 0.9, 0.0]), atol=0.15)
 
 
+def record_fitness(monkeypatch):
+    """Make ``tc.run`` call ``tc.evolve`` with a fitness that records every (solutions, generation, returns)."""
+    seen, real_evolve = [], tc.evolve
+
+    def recording(cfg, out_dir, n_params, fitness, *args, **kw):
+        def recorded(params, gen):
+            returns = fitness(params, gen)
+            seen.append((np.array(params), gen, np.array(returns)))
+            return returns
+        return real_evolve(cfg, out_dir, n_params, recorded, *args, **kw)
+
+    monkeypatch.setattr(tc, "evolve", recording)
+    return seen
+
+
+def test_cmaes_fitness_is_the_mean_over_rollouts(tmp_path):
+    """Rollouts of a candidate that differ (so their max, first and mean differ): the recorded best, mean and worst
+    are those of the per-candidate means, and CMA-ES was told exactly -mean (a replay of it lands on the same mean)."""
+    import cma
+
+    cfg = toy_cfg(tmp_path, generations=3, rollouts=3, eval_every=0)
+    n, seen = 7, []
+
+    def fitness(params, gen):
+        noise = np.random.default_rng(gen).normal(0, 3.0, (len(params), cfg.rollouts))
+        returns = -(params ** 2).sum(1, keepdims=True) * np.array([1.0, 2.0, 4.0]) + noise  # (P, R)
+        seen.append((params.copy(), returns))
+        return returns
+
+    tc.evolve(cfg, tmp_path, n, fitness, {}, {"env": "toy"}, plot=False)
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert len(records) == len(seen) == 3
+    for record, (_, returns) in zip(records, seen):
+        fit = returns.mean(1)
+        assert (record["cmaes/best"], record["cmaes/mean"], record["cmaes/worst"]) == (fit.max(), fit.mean(), fit.min())
+        for other in (returns.max(1), returns[:, 0]):  # what a fitness of the best or the first rollout would give
+            assert not np.isclose(other.max(), fit.max()) and not np.isclose(other.mean(), fit.mean())
+    best = max(range(3), key=lambda g: seen[g][1].mean(1).max())
+    state = load_checkpoint(tmp_path / "checkpoint.pt", kind="controller")
+    assert state["best"]["fitness"] == seen[best][1].mean(1).max() == max(r["cmaes/best_ever"] for r in records)
+    assert np.array_equal(state["best"]["params"], seen[best][0][seen[best][1].mean(1).argmax()])
+    es = cma.CMAEvolutionStrategy(np.zeros(n), cfg.sigma0, {"popsize": cfg.popsize, "seed": cfg.seed + 1,
+                                                             "verbose": -9})
+    for (params, returns), record in zip(seen, records):
+        assert np.array_equal(np.asarray(es.ask()), params)
+        es.tell(list(params), list(-returns.mean(1)))
+        assert record["cmaes/sigma"] == es.sigma
+    assert np.array_equal(es.mean, state["mean"])
+
+
 def test_resume_gives_same_next_generation(tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     for folder, gens in ((full, 4), (part, 2), (part, 4)):
@@ -177,7 +227,7 @@ def make_tiny_run(root, env="carracing", z_dim=4, hidden=8):
             writer.append({"mu": rng.normal(size=(n, z_dim)).astype(np.float32),
                            "logvar": np.full((n, z_dim), -2.0, np.float32), "action": action,
                            "reward": np.zeros(n, np.float32), "terminated": np.zeros(n, bool),
-                           "truncated": np.zeros(n, bool)}, seed=ep)
+                           "truncated": np.arange(n) == n - 1}, seed=ep)  # cut at 5 frames (--max-steps)
     mdrnn = MDRNN(z_dim, action_dim(space), hidden)
     save_checkpoint(run / "mdrnn", "mdrnn", {"model": mdrnn.state_dict(), "model_args": mdrnn.config,
                                              "config": {"latents": str(latents), "env": env}})
@@ -203,41 +253,82 @@ def test_dream_run_completes_and_checkpoints(tiny_run):
     assert state["identity"]["input_dim"] == 4 + 8 and len(state["mean"]) == 3 * 13
     records = read_metrics(out / "metrics.jsonl")
     assert [r["generation"] for r in records] == [0, 1]
-    for r in records:
-        assert r["cmaes/worst"] <= r["cmaes/mean"] <= r["cmaes/best"] and r["cmaes/sigma"] > 0
-        assert "eval/mean" in r and np.isfinite(r["eval/mean"])
+    best_ever = np.maximum.accumulate([r["cmaes/best"] for r in records])
+    assert [r["cmaes/best_ever"] for r in records] == best_ever.tolist()
+    assert state["best"]["fitness"] == best_ever[-1]
+    assert records[-1]["cmaes/sigma"] == pickle.loads(state["es"]).sigma  # the ES the checkpoint resumes
+    assert records[0]["cmaes/sigma"] != records[1]["cmaes/sigma"]  # the step size adapts each generation
+    assert all("eval/mean" in r and np.isfinite(r["eval/mean"]) for r in records)
     assert (out / "learning_curve.png").exists() and (out / "config.yaml").exists()
     # a rerun with more generations continues from generation 2
     tc.run(stage_cfg(tiny_run, generations=3))
     assert [r["generation"] for r in read_metrics(out / "metrics.jsonl")] == [0, 1, 2]
 
 
-def test_dream_fitness_uses_the_dream_batch(tiny_run):
-    """Population x rollouts is one DreamEnv batch; a candidate's fitness is the mean of its rollouts."""
+def test_dream_fitness_is_the_mean_of_independent_single_dreams(tiny_run, tmp_path, monkeypatch):
+    """Population x rollouts is one DreamEnv batch whose member p * R + r is candidate p's rollout r: its return
+    equals a single dream of candidate p with random stream p * R + r, and the fitness the stage records
+    (cmaes/best, mean, worst) is each candidate's mean over its rollouts."""
     from worldmodels.agent import load_world
+    from worldmodels.dream import DreamEnv
 
     world = load_world(tiny_run, "zh", "cpu")
-    dreams = world.dream_factory(1.15, 8, 0)
-    params = np.random.default_rng(0).normal(0, 0.5, (3, world.n_params))
-    returns = world.dream_returns(dreams(6), params, 2, seed=5)
-    dream = dreams(6)
-    assert dream.batch_size == 6 and returns.shape == (3, 2)
-    assert np.allclose(returns.ravel(), dream.returns.numpy(), atol=1e-6)
-    assert np.allclose(world.dream_returns(dreams(6), params, 2, seed=5), returns)  # seeded dream: repeatable
+    initial = world.initial_latents()
+
+    def single(params, stream, seed, temperature=1.15, max_steps=8):
+        dream = DreamEnv(world.vae, world.mdrnn, initial, temperature, 1, "cpu", max_steps, reward="predicted",
+                         obs_mode="zh", seed=123, stream_ids=[stream])
+        return world.dream_returns(dream, params[None], 1, seed=seed)[0, 0]
+
+    P, R = 3, 2
+    params = np.random.default_rng(0).normal(0, 0.5, (P, world.n_params))
+    returns = world.dream_returns(world.dream_factory(1.15, 8, 0)(P * R), params, R, seed=5)
+    expected = np.array([[single(params[p], p * R + r, 5) for r in range(R)] for p in range(P)])
+    assert returns.shape == (P, R) and np.allclose(returns, expected, atol=1e-4)
+    assert len(np.unique(expected.round(3))) == P * R  # all differ: a member mixed up would show
+
+    seen = record_fitness(monkeypatch)
+    run = _copy_run(tiny_run, tmp_path)
+    cfg = stage_cfg(run, generations=1, eval_every=0, fresh=True)
+    tc.run(cfg)
+    [(solutions, gen, _)] = seen
+    per_rollout = np.array([[single(sol, p * cfg.rollouts + r, tc.dream_seed(cfg.seed, gen, 0), cfg.temperature,
+                                    cfg.max_steps) for r in range(cfg.rollouts)] for p, sol in enumerate(solutions)])
+    # every candidate's rollouts differ, so a fitness of the best or the first rollout would not match
+    assert np.abs(per_rollout[:, 0] - per_rollout[:, 1]).min() > 0.05
+    fit = per_rollout.mean(1)
+    record = read_metrics(run / "controller" / "metrics.jsonl")[0]
+    assert np.allclose([record["cmaes/best"], record["cmaes/mean"], record["cmaes/worst"]],
+                       [fit.max(), fit.mean(), fit.min()], atol=1e-4)
 
 
-def test_real_run_completes_and_checkpoints(tiny_run, tmp_path):
-    import shutil
+def test_real_run_completes_and_checkpoints(tiny_run, tmp_path, monkeypatch):
+    """The fitness of a real run is each candidate's return on the generation's train seeds: replayed here one
+    candidate and one seed at a time, inline, it gives the same numbers as the run's batched workers, and the
+    recorded best, mean and worst are those of the per-candidate means."""
+    from worldmodels.agent import load_world
+    from worldmodels.parallel import WorkerPool
+    from worldmodels.play import init_worker, play_members
 
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("controller"))
-    summary = tc.run(stage_cfg(run, where="real", workers=2, max_steps=5, popsize=3, rollouts=1))
+    run = _copy_run(tiny_run, tmp_path)
+    seen = record_fitness(monkeypatch)
+    cfg = stage_cfg(run, where="real", workers=2, max_steps=60, popsize=3, rollouts=2, generations=2, eval_every=1,
+                    sigma0=5.0)
+    summary = tc.run(cfg)
     state = load_checkpoint(run / "controller", kind="controller")
     assert summary["generation"] == state["generation"] == 2 and state["config"]["where"] == "real"
     records = read_metrics(run / "controller" / "metrics.jsonl")
-    assert len(records) == 2 and all(np.isfinite(r["cmaes/mean"]) and "eval/mean" in r for r in records)
-    # CarRacing gives -0.1 per frame off the tiles: 5 steps of a random car end near -0.5, plus any tiles
-    assert all(-1.0 < r["cmaes/worst"] for r in records)
+    assert len(records) == len(seen) == 2 and all(np.isfinite(r["eval/mean"]) for r in records)
+    spec = load_world(run, "zh", "cpu").worker_spec(cfg.max_steps, "train", state["identity"]["env_backend"])
+    with WorkerPool(0, init_worker, (spec,), what="replay") as pool:
+        for (solutions, gen, returns), record in zip(seen, records):
+            seeds = tc.population_seeds(cfg.seed, gen, cfg.rollouts)
+            replay = np.array([[play_members(pool, sol[None], [s], 1)[0] for s in seeds] for sol in solutions])
+            np.testing.assert_allclose(replay, returns, atol=1e-4)
+            assert len(np.unique(replay.round(3), axis=0)) > 1  # candidates differ (60 steps): a mix-up would show
+            fit = replay.mean(1)
+            assert np.allclose([record["cmaes/best"], record["cmaes/mean"], record["cmaes/worst"]],
+                               [fit.max(), fit.mean(), fit.min()], atol=1e-4)
 
 
 def _descendants(pid: int) -> list[int]:

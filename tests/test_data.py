@@ -22,13 +22,16 @@ DISCRETE_ATTRS = dict(ATTRS, env="doom-takecover", action_space={"type": "discre
 
 
 def episode(i, discrete=False, max_len=300):
-    """Deterministic synthetic episode ``i`` (contents depend only on i)."""
+    """Deterministic synthetic episode ``i`` (contents depend only on i). As docs/data.md says, only the last
+    frame ends it: terminated (the MDP's end) or truncated (a time limit), one of them, drawn per episode."""
     rng = np.random.default_rng(i)
     n = int(rng.integers(1, max_len))
     action = rng.integers(0, 3, n) if discrete else rng.uniform(-1, 1, (n, 3)).astype(np.float32)
+    last = np.arange(n) == n - 1
+    terminated = bool(rng.random() < 0.5)
     return dict(obs=rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8), action=action,
-                reward=rng.normal(size=n).astype(np.float32), terminated=rng.random(n) < 0.3,
-                truncated=rng.random(n) < 0.3)
+                reward=rng.normal(size=n).astype(np.float32), terminated=last & terminated,
+                truncated=last & (not terminated))
 
 
 def write(path, n, attrs=ATTRS, discrete=False):
@@ -105,6 +108,89 @@ def test_append_rejects_malformed_episodes(tmp_path):
         w.append(good, seed=0)
     with open_rollouts(tmp_path / "r.h5") as f:
         assert f.n_episodes == 1 and f.n_frames == len(good["obs"])
+
+
+def _set(ep, key, index, value):
+    """A copy of episode ``ep`` with ``ep[key][index] = value``."""
+    a = np.array(ep[key], copy=True)
+    a[index] = value
+    return dict(ep, **{key: a})
+
+
+def _ending(ep, terminated, truncated):
+    """A copy of ``ep`` with these (L,) end flags."""
+    n = len(ep["reward"])
+    return dict(ep, terminated=np.asarray(terminated, bool)[:n], truncated=np.asarray(truncated, bool)[:n])
+
+
+LAST, NONE = [False] * 5 + [True], [False] * 6
+LATENT_ATTRS_4 = dict(env="carracing", action_space=BOX, z_dim=4, vae_checkpoint="c", vae_id="i", rollouts="r")
+
+
+def _good(schema):
+    """(attrs, a 6-frame episode that follows docs/data.md) for rollouts with Box or Discrete actions, or latents."""
+    rng = np.random.default_rng(0)
+    steps = dict(reward=rng.normal(size=6).astype(np.float32), terminated=np.array(LAST), truncated=np.array(NONE))
+    if schema == "latents":
+        return LATENT_ATTRS_4, dict(steps, mu=rng.normal(size=(6, 4)).astype(np.float32),
+                                    logvar=np.full((6, 4), -2.0, np.float32),
+                                    action=rng.uniform(-1, 1, (6, 3)).astype(np.float32))
+    obs = rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    if schema == "discrete":
+        return DISCRETE_ATTRS, dict(steps, obs=obs, action=np.array([0, 1, 2, 2, 1, 0]))
+    return ATTRS, dict(steps, obs=obs, action=rng.uniform(-1, 1, (6, 3)).astype(np.float32))
+
+
+BAD_EPISODES = [  # (schema, change, the error's text)
+    ("box", lambda e: _ending(e, [True] + LAST[1:], NONE), "field terminated: set at frame 0 of a 6-frame episode"),
+    ("box", lambda e: _ending(e, LAST, [False, False, True, False, False, False]), "field truncated: set at frame 2"),
+    ("box", lambda e: _ending(e, [False, False, True, False, False, True], NONE), "field terminated: set at frame 2"),
+    ("box", lambda e: _ending(e, LAST, LAST), "both terminated and truncated"),
+    ("box", lambda e: _ending(e, NONE, NONE), r"last frame \(5\) has neither terminated nor truncated"),
+    ("box", lambda e: _set(e, "reward", 3, np.nan), "field reward: nan at frame 3"),
+    ("box", lambda e: _set(e, "reward", 4, -np.inf), "field reward: -inf at frame 4"),
+    ("box", lambda e: dict(e, reward=np.array([0, 0, 1e300, 0, 0, 0])), "field reward: inf at frame 2"),  # as float32
+    ("box", lambda e: _set(e, "action", (1, 2), np.nan), "field action: nan at frame 1"),
+    ("box", lambda e: _set(e, "action", (5, 0), np.inf), "field action: inf at frame 5"),
+    ("discrete", lambda e: _set(e, "action", 1, 3), r"discrete action 3 at frame 1 is outside \[0, 3\)"),
+    ("discrete", lambda e: _set(e, "action", 4, -1), r"discrete action -1 at frame 4 is outside \[0, 3\)"),
+    ("discrete", lambda e: _set(e, "reward", 0, np.nan), "field reward: nan at frame 0"),
+    ("latents", lambda e: _set(e, "mu", (2, 3), np.nan), "field mu: nan at frame 2"),
+    ("latents", lambda e: _set(e, "logvar", (5, 1), np.inf), "field logvar: inf at frame 5"),
+    ("latents", lambda e: _ending(e, LAST, [False] * 4 + [True, False]), "field truncated: set at frame 4"),
+]
+
+
+@pytest.mark.parametrize("schema,change,match", BAD_EPISODES,
+                         ids=[f"{s}-{m.split(':')[0].split(' ')[-1]}-{i}" for i, (s, _, m) in enumerate(BAD_EPISODES)])
+def test_append_refuses_episodes_against_the_data_rules_and_writes_nothing(tmp_path, schema, change, match):
+    """docs/data.md: only an episode's last frame ends it (terminated or truncated, not both), discrete actions
+    lie in [0, n), rewards, Box actions, mu and logvar are finite. A bad episode is one error line, before any
+    frame is written: the file keeps the episodes and frames it had, and the writer goes on."""
+    attrs, good = _good(schema)
+    path = tmp_path / "f.h5"
+    with EpisodeWriter(path, LATENTS if schema == "latents" else ROLLOUTS, attrs) as w:
+        w.append(good, seed=0)
+        with pytest.raises(WorldModelsError, match=match) as err:
+            w.append(change(good), seed=1)
+        assert "\n" not in str(err.value)
+        assert (w.n_episodes, w.n_frames) == (1, 6)
+        assert all(w._file[name].shape[0] == 6 for name in good)  # no frame went in either
+        w.append(_ending(good, NONE, LAST), seed=2)  # the writer goes on: a cut episode is fine
+    with (open_latents if schema == "latents" else open_rollouts)(path) as f:
+        assert f.n_episodes == 2 and f.n_frames == 12 and list(f.episodes["seed"]) == [0, 2]
+        assert_episode_equal(f.episode(0), good)
+
+
+def test_one_frame_episodes_end_on_their_only_frame(tmp_path):
+    _, good = _good("box")
+    one = {k: v[-1:] for k, v in good.items()}
+    with EpisodeWriter(tmp_path / "f.h5", ROLLOUTS, ATTRS) as w:
+        w.append(one, seed=0)
+        w.append(_ending(one, [False], [True]), seed=1)
+        with pytest.raises(WorldModelsError, match=r"last frame \(0\) has neither"):
+            w.append(_ending(one, [False], [False]), seed=2)
+        assert w.n_episodes == 2
 
 
 @pytest.mark.parametrize("discrete", [False, True])

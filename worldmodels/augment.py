@@ -16,10 +16,12 @@ exact formulas are not published; docs/augment.md states this contract):
 
 Each has a ``probability`` that a dreamed trajectory is chosen and a ``strength``; strength 0 returns
 the input tensor itself. Which trajectories, at which step, and every other random number are drawn
-from the dream's generator at ``reset`` (so a seeded dream is reproducible). Inside ``step`` there is no
-per-member Python loop and no host synchronisation: random swing is one masked blend over the batch;
-the gradient augmentations know from ``reset`` which members act at which step (one host sync per
-episode, at reset) and run their few gradient steps on those members only.
+from the dream's generator at ``reset`` (so a seeded dream is reproducible); a member restarted alone
+(``DreamEnv.reset_members``, the vector env's autoreset) draws its own afresh at ``restart``, like a new
+trajectory, while the other members keep theirs. Inside ``step`` there is no per-member Python loop and
+no host synchronisation: random swing is one masked blend over the batch; the gradient augmentations
+know from ``reset``/``restart`` which members act at which step (one host sync at each of those) and run
+their few gradient steps on those members only.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 
 from worldmodels.errors import WorldModelsError
@@ -55,6 +58,8 @@ class Augmentation:
             raise WorldModelsError(f"{self.name}: window must be >= 0, got {self.window}")
         self.chosen: torch.Tensor | None = None  # (B,) bool
         self.at_step: torch.Tensor | None = None  # (B,) int64
+        self._gen: torch.Generator | None = None
+        self._window = 1
 
     @property
     def identity(self) -> bool:
@@ -66,13 +71,33 @@ class Augmentation:
 
     def reset(self, batch_size: int, max_steps: int, generator: torch.Generator, device: torch.device) -> None:
         """Draw, for a new batch of episodes, which trajectories are chosen and their event step."""
-        window = min(self.window or max_steps, max_steps)
-        self.chosen = torch.rand(batch_size, generator=generator, device=device) < self.probability  # (B,)
-        self.at_step = torch.randint(0, window, (batch_size,), generator=generator, device=device)  # (B,)
+        self._window, self._gen = min(self.window or max_steps, max_steps), generator
+        self.chosen, self.at_step = self._draw_events(batch_size, device)
         self._draw(batch_size, generator, device)
+
+    def restart(self, mask: torch.Tensor, first_step: int) -> None:
+        """New episodes for the members where ``mask`` (B,) is true: each draws its schedule afresh (chosen or
+        not, event step, and the augmentation's own numbers), as a new trajectory at ``reset`` would; the
+        other members keep theirs. ``first_step``: the ``step()`` call (counted from ``reset``) at which the
+        restarted members first move. Called by ``DreamEnv.reset_members``; a no-op before the first reset."""
+        if self.chosen is None:
+            return
+        mask = mask.to(self.chosen.device)
+        chosen, at_step = self._draw_events(len(self.chosen), self.chosen.device)
+        self.chosen = torch.where(mask, chosen, self.chosen)
+        self.at_step = torch.where(mask, at_step, self.at_step)
+        self._redraw(mask)
+
+    def _draw_events(self, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        chosen = torch.rand(batch_size, generator=self._gen, device=device) < self.probability  # (B,)
+        at_step = torch.randint(0, self._window, (batch_size,), generator=self._gen, device=device)  # (B,)
+        return chosen, at_step
 
     def _draw(self, batch_size: int, generator: torch.Generator, device: torch.device) -> None:
         """Subclasses draw their own per-trajectory numbers here."""
+
+    def _redraw(self, mask: torch.Tensor) -> None:
+        """Subclasses redraw their own per-trajectory numbers of the members where ``mask`` (B,) is true."""
 
     def hits(self, t: torch.Tensor) -> torch.Tensor:
         """(B,) bool: chosen members whose step index ``t`` (B,) is their event step."""
@@ -96,7 +121,7 @@ class RandomSwing(Augmentation):
         if self.source not in ("normal", "real"):
             raise WorldModelsError(f"random_swing: source must be 'normal' or 'real', got {self.source!r}")
         self.bank: torch.Tensor | None = None
-        self._gen: torch.Generator | None = None
+        self.target: torch.Tensor | None = None
 
     def set_bank(self, latents: torch.Tensor) -> "RandomSwing":
         """Real latents (N, Z) that ``source="real"`` draws z' from (e.g. the mu of every collected frame)."""
@@ -107,7 +132,13 @@ class RandomSwing(Augmentation):
 
     def _draw(self, batch_size: int, generator: torch.Generator, device: torch.device) -> None:
         self.alpha = torch.rand(batch_size, generator=generator, device=device) * self.strength  # (B,)
-        self._gen, self.target = generator, None  # z' needs Z: drawn at the first step
+        self.target = None  # z' needs Z: drawn at the first step
+
+    def _redraw(self, mask: torch.Tensor) -> None:
+        alpha = torch.rand(len(mask), generator=self._gen, device=mask.device) * self.strength
+        self.alpha = torch.where(mask, alpha, self.alpha)
+        if self.target is not None:  # else every z' is still to be drawn, at the next step
+            self.target = torch.where(mask.unsqueeze(1), self._targets(self.target), self.target)
 
     def _targets(self, z: torch.Tensor) -> torch.Tensor:
         B, Z = z.shape
@@ -140,13 +171,40 @@ class _GradientAugmentation(Augmentation):
         super().__post_init__()
         if self.steps < 1:
             raise WorldModelsError(f"{self.name}: steps must be >= 1, got {self.steps}")
-        self._schedule: dict[int, torch.Tensor] = {}
+        self._schedule: dict[int, torch.Tensor] = {}  # step() call -> members (n,) whose event it is
+        self._event = np.zeros(0, np.int64)  # (B,) on the host: each member's event step() call, -1: none
 
     def reset(self, batch_size: int, max_steps: int, generator: torch.Generator, device: torch.device) -> None:
         super().reset(batch_size, max_steps, generator, device)
         # One host sync per episode batch: which members act at which global step.
-        at = torch.where(self.chosen, self.at_step, -1).cpu()
-        self._schedule = {int(s): (at == s).nonzero().squeeze(1).to(device) for s in at.unique().tolist() if s >= 0}
+        self._event = torch.where(self.chosen, self.at_step, -1).cpu().numpy()
+        self._schedule = {}
+        self._reschedule(np.unique(self._event[self._event >= 0]))
+
+    def restart(self, mask: torch.Tensor, first_step: int) -> None:
+        super().restart(mask, first_step)
+        if self.chosen is None:
+            return
+        # One host sync per restart: the restarted members' events move to their new episode's steps.
+        both = torch.stack([mask.to(self.chosen.device).long(),
+                            torch.where(self.chosen, self.at_step + first_step, -1)]).cpu().numpy()
+        restarted, event = both[0].astype(bool), both[1]
+        if not restarted.any():
+            return
+        old = self._event[restarted]
+        touched = np.union1d(old[old >= first_step], event[restarted & (event >= 0)])
+        self._event = np.where(restarted, event, self._event)
+        self._reschedule(touched)
+
+    def _reschedule(self, steps: np.ndarray) -> None:
+        """Rebuild the schedule's entries of ``steps`` from ``self._event``."""
+        device = self.chosen.device
+        for s in steps.tolist():
+            members = np.flatnonzero(self._event == s)
+            if len(members):
+                self._schedule[int(s)] = torch.as_tensor(members, dtype=torch.int64).to(device)
+            else:
+                self._schedule.pop(int(s), None)
 
     def objective(self, z: torch.Tensor, idx: torch.Tensor, ctx: Any) -> torch.Tensor:
         """(n,) per-member value to ascend, for the latents z (n, Z) of members ``idx``."""
@@ -159,7 +217,7 @@ class _GradientAugmentation(Augmentation):
     def __call__(self, z_next: torch.Tensor, ctx: Any) -> torch.Tensor:
         if self.identity:
             return z_next
-        idx = self._schedule.get(int(ctx.step))
+        idx = self._schedule.pop(int(ctx.step), None)  # each step() call comes once: the entry is spent
         if idx is None:
             return z_next
         z = z_next[idx]  # (n, Z)
@@ -172,7 +230,7 @@ class _GradientAugmentation(Augmentation):
                 if sign is not None:
                     step = step * sign.unsqueeze(1)
                 z = z + self.strength * step
-        # Members restarted since reset() by reset_members are no longer at their event step.
+        # A member frozen at its scheduled step (longer than reset_members' delay) is not at its event step: skipped.
         moved = torch.where((ctx.t[idx] == self.at_step[idx]).unsqueeze(1), z.detach(), z_next[idx])
         return z_next.index_copy(0, idx, moved.to(z_next.dtype))
 
@@ -213,6 +271,10 @@ class ValueDiversification(_GradientAugmentation):
     def _draw(self, batch_size: int, generator: torch.Generator, device: torch.device) -> None:
         up = torch.rand(batch_size, generator=generator, device=device) < 0.5
         self.sign = up.float() * 2 - 1  # (B,) +1 ascent, -1 descent
+
+    def _redraw(self, mask: torch.Tensor) -> None:
+        up = torch.rand(len(mask), generator=self._gen, device=mask.device) < 0.5
+        self.sign = torch.where(mask, up.float() * 2 - 1, self.sign)
 
     def direction(self, idx: torch.Tensor) -> torch.Tensor:
         return self.sign[idx]

@@ -221,6 +221,7 @@ class EpisodeWriter:
             data[fd.name], length = a, len(a)
         if not length:
             raise WorldModelsError("an episode needs at least one frame")
+        self._check_values(data, length)
         f, n = self._file, self.n_frames
         for name, a in data.items():
             if name in self._gzip:
@@ -238,6 +239,40 @@ class EpisodeWriter:
         self.n_episodes += 1
         self.n_frames += length
         return self.n_episodes - 1
+
+    def _check_values(self, data: Mapping[str, np.ndarray], length: int) -> None:
+        """docs/data.md's rules on values, checked before anything is written (vectorised; one error line):
+        only an episode's last frame ends it, with exactly one of ``terminated``/``truncated``; discrete
+        actions lie in [0, n) of the file's action space; float fields (rewards, Box actions, mu, logvar)
+        are finite."""
+        term, trunc = np.asarray(data["terminated"], bool), np.asarray(data["truncated"], bool)
+        early = np.flatnonzero(term[:-1] | trunc[:-1])
+        if len(early):
+            name = "terminated" if term[early[0]] else "truncated"
+            raise WorldModelsError(f"field {name}: set at frame {early[0]} of a {length}-frame episode; only an "
+                                   "episode's last frame may end it")
+        if term[-1] and trunc[-1]:
+            raise WorldModelsError("the last frame has both terminated and truncated set; an episode ends one way "
+                                   "(a time limit that meets the MDP's end is terminated)")
+        if not (term[-1] or trunc[-1]):
+            raise WorldModelsError(f"the last frame ({length - 1}) has neither terminated nor truncated set; "
+                                   "every episode's last frame ends it")
+        space = self.attrs["action_space"]
+        if space.get("type") == "discrete":
+            action, n = data["action"], int(space["n"])
+            bad = np.flatnonzero((action < 0) | (action >= n))
+            if len(bad):
+                raise WorldModelsError(f"field action: discrete action {action[bad[0]]} at frame {bad[0]} is outside "
+                                       f"[0, {n}) of the file's action space")
+        for fd in self._fields:
+            if fd.dtype.kind == "f":
+                with np.errstate(over="ignore", invalid="ignore"):  # a float64 past float32's range: inf
+                    values = np.asarray(data[fd.name], fd.dtype).reshape(length, -1)  # as stored (float32)
+                finite = np.isfinite(values)
+                if not finite.all():
+                    frame = int(np.flatnonzero(~finite.all(1))[0])
+                    raise WorldModelsError(f"field {fd.name}: {values[frame][~finite[frame]][0]} at frame {frame}; "
+                                           "values must be finite")
 
     def close(self) -> None:
         try:

@@ -159,13 +159,28 @@ class DreamEnv:
             self.generator.manual_seed(self.seed)
         self._load_weights()
         self.n_steps = 0
-        self.reset_members(torch.ones(self.batch_size, dtype=torch.bool, device=self.device))
+        self._restart(torch.ones(self.batch_size, dtype=torch.bool, device=self.device))
         for aug in self.augmentations:
             aug.reset(self.batch_size, self.max_steps, self.generator, self.device)
         return self._obs()
 
-    def reset_members(self, mask: torch.Tensor) -> torch.Tensor:
-        """Start a new episode for the members where ``mask`` (B,) is true; the others keep going."""
+    def reset_members(self, mask: torch.Tensor, delay: int = 0) -> torch.Tensor:
+        """Start a new episode for the members where ``mask`` (B,) is true; the others keep going.
+
+        Each augmentation draws the restarted members' schedules afresh (``aug.restart``), like new
+        trajectories. ``delay``: the ``step()`` calls for which the caller freezes the restarted members
+        before they first move (the vector env's autoreset: 1), so events land on their new episode's steps.
+        """
+        mask = mask.to(self.device)
+        obs = self._restart(mask)
+        for aug in self.augmentations:
+            restart = getattr(aug, "restart", None)  # optional in the hook (docs/mdrnn.md)
+            if restart is not None:
+                restart(mask, self.n_steps + delay)
+        return obs
+
+    def _restart(self, mask: torch.Tensor) -> torch.Tensor:
+        """New episodes (first latents, zero state, return and length) for the members where ``mask`` is true."""
         mask = mask.to(self.device)
         self._episodes += mask
         self._ep_keys = rng.episode_keys(self._keys, self._episodes)

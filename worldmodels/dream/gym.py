@@ -113,6 +113,7 @@ class DreamVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self._autoreset = torch.zeros(num_envs, dtype=torch.bool, device=self.dream.device)
+        self._any_autoreset = False  # on the host: skip reset_members (and its augmentation redraws) when none
 
     def reset(self, *, seed: int | Sequence[int] | None = None,
               options: dict | None = None) -> tuple[np.ndarray, dict]:
@@ -121,13 +122,17 @@ class DreamVectorEnv(VectorEnv):
         super().reset(seed=seed)
         obs = self.dream.reset(seed=seed)
         self._autoreset.zero_()
+        self._any_autoreset = False
         return obs.cpu().numpy().astype(np.float32), {}
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         restart = self._autoreset
-        self.dream.reset_members(restart)
+        if self._any_autoreset:
+            self.dream.reset_members(restart, delay=1)  # frozen this step: they first move at the next one
         a = _to_torch_actions(actions, self.single_action_space, self.dream.device)
         obs, reward, _, info = self.dream.step(a, frozen=restart)
         self._autoreset = info["terminated"] | info["truncated"]
-        return (obs.cpu().numpy().astype(np.float32), reward.cpu().numpy().astype(np.float64),
-                info["terminated"].cpu().numpy(), info["truncated"].cpu().numpy(), {})
+        terminated, truncated = info["terminated"].cpu().numpy(), info["truncated"].cpu().numpy()
+        self._any_autoreset = bool((terminated | truncated).any())
+        return (obs.cpu().numpy().astype(np.float32), reward.cpu().numpy().astype(np.float64), terminated, truncated,
+                {})

@@ -89,8 +89,9 @@ def rollouts(envs: Any, policy_name: str, space: dict, max_steps: int | None, se
             frames[i].append(obs[k])
             actions[i].append(step_actions[k])
             rewards[i].append(reward[k])
-            truncated[k] = truncated[k] or (max_steps is not None and len(frames[i]) >= max_steps
-                                            and not terminated[k])
+            # An end is terminated or truncated, never both: gymnasium's time limit also flags a step that ended
+            # the episode for real, and that is a termination.
+            truncated[k] = not terminated[k] and (truncated[k] or (max_steps is not None and len(frames[i]) >= max_steps))
             terms[i].append(bool(terminated[k]))
             truncs[i].append(bool(truncated[k]))
         done = terminated | truncated

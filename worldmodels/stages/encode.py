@@ -84,6 +84,9 @@ def run(cfg: Config) -> str:
             for i in range(done, src.n_episodes):
                 episode = src.episode(i)
                 mu, logvar = encode_frames(model, episode.pop("obs"), cfg.batch_size)
+                # Files collected before the writer enforced it may flag a real end at the time limit as both
+                # terminated and truncated: it is a termination (docs/data.md).
+                episode["truncated"] = episode["truncated"] & ~episode["terminated"]
                 row = src.episodes[i]
                 writer.append({"mu": mu, "logvar": logvar, **episode}, seed=int(row["seed"]), level=int(row["level"]))
                 bar.update(len(mu))
