@@ -426,6 +426,91 @@ def test_augmented_dream_run_records_its_augmentations_and_resumes_only_with_the
     assert load_checkpoint(run / "controller")["generation"] == 2
 
 
+def _interrupt_then_resume(cfg, monkeypatch, after: int):
+    """``tc.run(cfg)`` stopped by a KeyboardInterrupt while generation ``after`` is being logged (its fitness,
+    scores and augmentation draws done, its checkpoint not yet written), then the same command again."""
+    real_logger = tc.MetricsLogger
+
+    class Interrupting(real_logger):
+        def log(self, step, **values):
+            if step == after:
+                raise KeyboardInterrupt
+            super().log(step, **values)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tc, "MetricsLogger", Interrupting)
+        with pytest.raises(KeyboardInterrupt):
+            tc.run(cfg)
+    state = load_checkpoint(cfg.run + "/controller", kind="controller")
+    assert state["generation"] == after
+    assert [r["generation"] for r in read_metrics(f"{cfg.run}/controller/metrics.jsonl")] == list(range(after))
+    return tc.run(cfg)
+
+
+def _assert_same_run(a, b):
+    """Two controller folders hold the same search: checkpoint (mean, best, best_eval, sigma, the ES's next
+    samples) and metrics (all but the wall-clock seconds)."""
+    sa, sb = (load_checkpoint(f / "checkpoint.pt", kind="controller") for f in (a, b))
+    assert sa["generation"] == sb["generation"]
+    assert np.array_equal(sa["mean"], sb["mean"])
+    assert sa["best"]["fitness"] == sb["best"]["fitness"] and np.array_equal(sa["best"]["params"], sb["best"]["params"])
+    assert sa["best_eval"]["score"] == sb["best_eval"]["score"]
+    assert sa["best_eval"]["generation"] == sb["best_eval"]["generation"]
+    assert np.array_equal(sa["best_eval"]["params"], sb["best_eval"]["params"])
+    ea, eb = pickle.loads(sa["es"]), pickle.loads(sb["es"])
+    assert ea.sigma == eb.sigma and np.array_equal(np.asarray(ea.ask()), np.asarray(eb.ask()))
+    drop = lambda r: {k: v for k, v in r.items() if k != "cmaes/seconds"}  # noqa: E731
+    ra, rb = read_metrics(a / "metrics.jsonl"), read_metrics(b / "metrics.jsonl")
+    assert [drop(r) for r in ra] == [drop(r) for r in rb]
+    return ra
+
+
+AUGMENTED = {"random_swing": {"probability": 0.5, "strength": 1.0, "window": 4},
+             "deepdream": {"probability": 0.5, "strength": 2.0, "steps": 1, "window": 4}}
+
+
+def test_interrupted_augmented_dream_run_resumes_to_the_uninterrupted_result(tiny_run, tmp_path, monkeypatch):
+    """Stopped after generation 1 (its augmented fitness dreams and its score already drawn), the same command
+    resumes to exactly the checkpoint and metrics of an uninterrupted run: the CMA-ES state, numpy's global RNG
+    and the dreams' (and augmentations') random draws all restart where the checkpoint says, not where the
+    interrupted process had got to."""
+    import shutil
+
+    runs = {}
+    for name in ("straight", "resumed", "plain"):
+        runs[name] = tmp_path / name
+        shutil.copytree(tiny_run, runs[name], ignore=shutil.ignore_patterns("controller"))
+    def cfg(run, **kw):
+        return stage_cfg(run, **{"generations": 3, "eval_every": 2, "augment": list(AUGMENTED),
+                                 "augment_options": AUGMENTED, **kw})
+    tc.run(cfg(runs["straight"]))
+    _interrupt_then_resume(cfg(runs["resumed"]), monkeypatch, after=1)
+    records = _assert_same_run(runs["straight"] / "controller", runs["resumed"] / "controller")
+    assert [r["generation"] for r in records] == [0, 1, 2] and "eval/mean" in records[1]
+    # The augmentations are live in these dreams (else their draws could not matter): without them the same
+    # seed and CMA-ES samples give another fitness.
+    tc.run(cfg(runs["plain"], augment=[], augment_options={}, generations=1))
+    assert read_metrics(runs["plain"] / "controller" / "metrics.jsonl")[0]["cmaes/mean"] != records[0]["cmaes/mean"]
+
+
+def test_interrupted_real_run_resumes_to_the_uninterrupted_result(tiny_run, tmp_path, monkeypatch):
+    """The same for a real-env run (inline workers, batches of 2 episodes): the generation's env seeds and z's
+    noise streams follow the generation, so the resumed run replays exactly what the uninterrupted one played."""
+    import shutil
+
+    runs = {}
+    for name in ("straight", "resumed"):
+        runs[name] = tmp_path / name
+        shutil.copytree(tiny_run, runs[name], ignore=shutil.ignore_patterns("controller"))
+    cfg = lambda run: stage_cfg(run, where="real", workers=0, env_batch=2, max_steps=60, popsize=3,  # noqa: E731
+                                rollouts=2, generations=3, eval_every=2, sigma0=5.0)
+    tc.run(cfg(runs["straight"]))
+    _interrupt_then_resume(cfg(runs["resumed"]), monkeypatch, after=1)
+    records = _assert_same_run(runs["straight"] / "controller", runs["resumed"] / "controller")
+    assert [r["generation"] for r in records] == [0, 1, 2] and "eval/mean" in records[1]
+    assert all(r["cmaes/best"] != r["cmaes/worst"] for r in records)  # candidates differ: a mix-up would show
+
+
 def test_augment_and_backend_misuse_are_clear_errors(tiny_run):
     for where in ("real", "offline"):
         with pytest.raises(WorldModelsError, match=f"needs --where dream, not {where}"):

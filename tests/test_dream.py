@@ -77,6 +77,34 @@ def test_dream_step_follows_mdrnn_step():
         assert torch.allclose(reward, out.reward, atol=1e-5)
 
 
+@pytest.mark.parametrize("obs_mode", ["zh", "zch", "z"])
+def test_dream_observations_are_c_s_input_as_the_agent_and_the_offline_fit_build_it(obs_mode):
+    """A dream's observations are the controller-input rule of docs/controller.md: ``controller_input`` of the
+    dreamed z and M's state after (z_0, a_0) ... (z_{t-1}, a_{t-1}) from zero, the features the offline fit builds
+    (``offline.controller_features``, M.step teacher-forced) on the dream's own latents and actions. Another
+    layout ([h, z], [z, h, c]) or a state one step off would make C see something else in the dream than in the
+    real env."""
+    from worldmodels.models.controller import controller_input_dim
+    from worldmodels.offline import controller_features
+
+    m = make_model(dtype=torch.float64)
+    B, steps = 3, 6
+    env = DreamEnv(None, m, initial(dtype=torch.float64), 1.0, B, "cpu", 50, obs_mode=obs_mode, seed=4)
+    assert env.obs_dim == controller_input_dim(Z, H, obs_mode)
+    obs, zs = [env.reset()], [env.z.clone()]
+    acts = torch.rand(steps, B, A, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 2 - 1
+    for t in range(steps):
+        obs.append(env.step(acts[t])[0])
+        zs.append(env.z.clone())
+    assert not bool(env.done.any())
+    obs, zs = torch.stack(obs, 1), torch.stack(zs, 1)  # (B, T + 1, obs_dim), (B, T + 1, Z)
+    pad = torch.zeros(B, 1, A, dtype=torch.float64)  # the action after the last observation is never read
+    feats = controller_features(m, list(zs.numpy()), list(torch.cat([acts.transpose(0, 1), pad], 1)), obs_mode)
+    torch.testing.assert_close(obs, torch.as_tensor(np.stack(feats)), atol=1e-10, rtol=0)
+    if obs_mode != "z":
+        assert obs[:, -1, Z:].abs().max() > 1e-3  # the state part is not trivially zero
+
+
 @pytest.mark.parametrize("tau", [0.05, 1.3])
 def test_dream_samples_the_tempered_mixture(tau):
     m = make_model(seed=2)

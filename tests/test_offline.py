@@ -92,3 +92,84 @@ def test_fit_on_a_run_gives_a_checkpoint_evaluate_reads(tmp_path, env):
     assert summary["trained_where"] == "offline" and summary["episodes"] == 1
     with pytest.raises(WorldModelsError, match="latents file"):
         fit_offline_controller(world, latents=tmp_path / "nope.h5")
+
+
+@pytest.mark.parametrize("env,obs_mode", [("carracing", "zh"), ("procgen:coinrun", "zch")])
+def test_c_sees_the_same_input_in_the_agent_the_offline_fit_and_teacher_forced_m(tmp_path, monkeypatch, env, obs_mode):
+    """One real episode, C's input built three ways: by the real-env agent as it plays (``sample_z=False``, so
+    z = mu), by the offline fit's feature builder from the episode written to a latents file, and by M's sequence
+    forward teacher-forced on the episode's (mu, action) prefixes, concatenated by hand. All three are
+    ``x_t = [z_t, h_t]`` (``[z_t, c_t, h_t]``) with (h_t, c_t) M's state after (z_0, a_0) ... (z_{t-1}, a_{t-1}),
+    zero at t = 0: an off-by-one in h, another concatenation order or a mis-encoded action breaks the equality."""
+    import torch.nn.functional as F
+
+    import worldmodels.play as play
+    from worldmodels.data import LATENTS, EpisodeWriter, open_latents
+    from worldmodels.envs import episode_seed, make_batch
+    from worldmodels.models.controller import controller_input
+    from worldmodels.models.vae import frames_to_tensor
+    from worldmodels.offline import episode_features
+
+    world = load_world(make_tiny_run(tmp_path, env=env), obs_mode)
+    Z, H = world.z_dim, world.hidden
+    seen, actions = [], []
+
+    def recording_input(z, state, mode):
+        x = controller_input(z, state, mode)
+        seen.append(x[0].detach().clone())
+        return x
+
+    class RecordingEnvs:
+        def __init__(self, envs):
+            self.envs = envs
+
+        def reset(self, seeds):
+            return self.envs.reset(seeds)
+
+        def step(self, acts, live):
+            actions.append(acts[0])
+            return self.envs.step(acts, live)
+
+    monkeypatch.setattr(play, "controller_input", recording_input)
+    agent = play.BatchAgent(world.vae, world.mdrnn, world.action_map, obs_mode, world.input_dim, sample_z=False)
+    params = np.random.default_rng(0).normal(0, 1.0, (1, world.n_params))
+    [result] = agent.play(RecordingEnvs(make_batch(env)), params, [episode_seed(0, 0, "train")], max_steps=12,
+                          record=[True])
+    T = result["length"]
+    assert T >= 8 and len(seen) == len(actions) == T
+    x_agent = torch.stack(seen).double()  # (T, I)
+    assert x_agent.shape == (T, world.input_dim)
+
+    # The episode as collection stores it: frame t's mu beside the action taken on it.
+    with torch.no_grad():
+        mu = world.vae.encode(frames_to_tensor(result["frames"][:T]))[0]  # (T, Z)
+    discrete = world.action_map.discrete
+    stored = np.array(actions, dtype=np.int64) if discrete else np.stack(actions).astype(np.float32)
+    assert len(np.unique(stored, axis=0)) > 1  # the actions vary: an action fed one step late would show
+    with open_latents(world.latents_path) as f:
+        attrs = {k: v for k, v in f.attrs.items() if k in LATENTS.required_attrs}
+    path = tmp_path / "played.h5"
+    with EpisodeWriter(path, LATENTS, attrs) as writer:
+        writer.append({"mu": mu.numpy(), "logvar": np.full((T, Z), -2.0, np.float32), "action": stored,
+                       "reward": np.zeros(T, np.float32), "terminated": np.zeros(T, bool),
+                       "truncated": np.arange(T) == T - 1}, seed=0)
+    with open_latents(path) as f:
+        x_offline = torch.as_tensor(episode_features(world, [f.episode(0, ["mu", "action", "reward"])])[0])
+
+    # M teacher-forced: its sequence forward (the training path, not step()) over each prefix.
+    a = (F.one_hot(torch.as_tensor(stored), world.action_map.n_actions).float() if discrete
+         else torch.as_tensor(stored))
+    rows = []
+    with torch.no_grad():
+        for t in range(T):
+            if t == 0:
+                h = c = torch.zeros(H)
+            else:
+                _, (h, c) = world.mdrnn(mu[None, :t], a[None, :t])
+                h, c = h[0], c[0]
+            rows.append(torch.cat([mu[t], h] if obs_mode == "zh" else [mu[t], c, h]))
+    x_forced = torch.stack(rows).double()
+    assert (x_forced[1:, Z:] - x_forced[:-1, Z:]).abs().max() > 1e-3  # M's state moves along the episode
+
+    torch.testing.assert_close(x_offline, x_forced, atol=1e-5, rtol=0)
+    torch.testing.assert_close(x_agent, x_forced, atol=1e-5, rtol=0)

@@ -125,3 +125,69 @@ def test_full_study_config_is_valid():
         import importlib
 
         study._stage_cfg(importlib.import_module(f"worldmodels.stages.{module}"), section, getattr(cfg, section), {})
+
+
+def test_a_changed_config_is_refused_unless_fresh_cells_and_an_unchanged_rerun_computes_nothing(smoke, tmp_path,
+                                                                                                   monkeypatch):
+    """Cells and worlds record the config that made them. A rerun with another world setting, or another setting of
+    some cells, is refused before anything runs, with the first differing key (it would otherwise mix old cells
+    with new ones in results.md); --fresh-cells recomputes exactly the cells whose config changed."""
+    import shutil
+
+    from worldmodels.stages import collect, evaluate, train_controller
+
+    out = tmp_path / "study"
+    shutil.copytree(smoke, out, symlinks=True)  # the conditions' vae/ and mdrnn/ stay links to their world
+    base = _smoke_config()
+    cfg = lambda **kw: study.Config(**{**base, "out": str(out), **kw})  # noqa: E731
+    world = json.loads((out / "coinrun" / "seed0" / "world.json").read_text())
+    assert world["config"] == study.world_config(cfg())
+    cells = {p.name: p.read_text() for p in (out / "cells").glob("*.json")}
+    swing = json.loads(cells["coinrun__seed0__dream+random_swing.json"])["config"]
+    assert swing == study.cell_config(cfg(), "dream+random_swing") and set(swing["augment"]) == {"random_swing"}
+    assert swing["world"]["collect"] == base["collect"]
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(collect, "run", forbidden)
+    monkeypatch.setattr(train_controller, "run", forbidden)
+    monkeypatch.setattr(evaluate, "run", forbidden)
+    config_yaml = (out / "config.yaml").read_text()
+    refused = [
+        (dict(collect={**base["collect"], "episodes": 5}), "world.json was made with collect.episodes=4, not 5"),
+        (dict(env_kwargs={**base["env_kwargs"], "num_levels": 7}), "world.json was made with env_kwargs.num_levels="),
+        (dict(train_controller={**base["train_controller"], "generations": 3}),
+         "coinrun__seed0__offline.json was made with train_controller.generations=2, not 3"),
+        (dict(evaluate={**base["evaluate"], "episodes": 3}),
+         "coinrun__seed0__offline.json was made with evaluate.episodes=2, not 3"),
+        # Only the cells using deepdream depend on its options: the first of them is named.
+        (dict(augment={**base["augment"], "deepdream": {**base["augment"]["deepdream"], "strength": 0.25}}),
+         "coinrun__seed0__dream+deepdream.json was made with augment.deepdream.strength=0.5, not 0.25"),
+    ]
+    for changed, message in refused:
+        with pytest.raises(WorldModelsError, match="--fresh-cells") as err:
+            study.run(cfg(**changed))
+        assert message in str(err.value) and "\n" not in str(err.value)
+    assert {p.name: p.read_text() for p in (out / "cells").glob("*.json")} == cells  # nothing touched
+    assert (out / "config.yaml").read_text() == config_yaml
+
+    # The same config again: nothing is computed, nothing rewritten.
+    summary = study.run(cfg())
+    assert summary["computed"] == 0 and {p.name: p.read_text() for p in (out / "cells").glob("*.json")} == cells
+
+    # --fresh-cells with other deepdream options recomputes exactly the two cells that use it.
+    monkeypatch.undo()
+    monkeypatch.setattr(collect, "run", forbidden)
+    trained = []
+    real_train = train_controller.run
+    monkeypatch.setattr(train_controller, "run", lambda c: trained.append(c.augment) or real_train(c))
+    deep = {**base["augment"], "deepdream": {**base["augment"]["deepdream"], "strength": 0.25}}
+    summary = study.run(cfg(augment=deep, fresh_cells=True))
+    assert summary["computed"] == 2 and sorted(map(tuple, trained)) == [
+        ("deepdream",), ("random_swing", "deepdream", "value_diversification")]
+    after = {p.name: p.read_text() for p in (out / "cells").glob("*.json")}
+    assert {k for k in cells if after[k] != cells[k]} == {"coinrun__seed0__dream+deepdream.json",
+                                                          "coinrun__seed0__dream+all.json"}
+    assert json.loads(after["coinrun__seed0__dream+all.json"])["config"]["augment"]["deepdream"]["strength"] == 0.25
+    assert study.run(cfg(augment=deep))["computed"] == 0

@@ -2,8 +2,14 @@
 
 Return-weighted regression of the logged actions on C's input ``x_t = [z_t, h_t]`` (or ``[z, c, h]``,
 or ``z``): ``z_t`` is V's mean latent ``mu_t`` of the logged frame and ``h_t`` is M's state after
-reading ``(z_0, a_0) ... (z_{t-1}, a_{t-1})`` (zero at t = 0), exactly what the agent feeds C when
-it acts. Every frame of episode e carries its episode's weight w_e:
+reading ``(z_0, a_0) ... (z_{t-1}, a_{t-1})`` (zero at t = 0). This is the controller-input rule of
+docs/controller.md ("C's input"): the same ``h`` recursion and the same concatenation
+(:func:`worldmodels.models.controller.controller_input`) as the real-env agent and the dream. It differs
+from what the agent feeds C in one respect, on purpose: the agent samples ``z_t = mu_t + sigma_t * eps``
+(``BatchAgent(sample_z=True)``, the default, as in the authors' code), the fit uses ``mu_t``, so its
+inputs carry no noise that is unrelated to the logged actions. With ``sample_z=False`` the agent feeds
+C exactly these features (tests/test_offline.py checks it on a played episode).
+Every frame of episode e carries its episode's weight w_e:
 
 - ``softmax`` (default): ``w = softmax(beta * (R - mean R) / std R)``, rescaled to mean 1;
 - ``minmax``: ``w = (R - min R) / (max R - min R)`` (the worst episode gets weight 0);
@@ -145,6 +151,13 @@ def controller_features(mdrnn: Any, z: Sequence[np.ndarray], actions: Sequence[t
     return [x[e, :lengths[e]] for e in range(E)]
 
 
+def episode_features(world: Any, episodes: Sequence[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    """C's inputs (T_e, I) along logged episodes as the offline fit sees them: :func:`controller_features` on
+    each episode's stored ``mu`` and its stored ``action`` (M's one-hot or float input), M on ``world.device``."""
+    acts = [world.action_map.model_input(torch.as_tensor(ep["action"])) for ep in episodes]
+    return controller_features(world.mdrnn, [ep["mu"] for ep in episodes], acts, world.obs_mode, world.device)
+
+
 def fit_offline_controller(world: Any, latents: str | Path | None = None, weighting: str = "softmax",
                            beta: float = 1.0, ridge: float = 1e-3, chunk: int = 64) -> OfflineFit:
     """Fit C for a :class:`worldmodels.agent.World` on the episodes of its latents file (or ``latents``).
@@ -167,8 +180,7 @@ def fit_offline_controller(world: Any, latents: str | Path | None = None, weight
     eq = NormalEquations(world.input_dim, amap.output_dim, amap.bias)
     for start in range(0, len(episodes), chunk):
         part = episodes[start:start + chunk]
-        acts = [amap.model_input(torch.as_tensor(ep["action"])) for ep in part]
-        feats = controller_features(world.mdrnn, [ep["mu"] for ep in part], acts, world.obs_mode, world.device)
+        feats = episode_features(world, part)
         for x, ep, w in zip(feats, part, weights[start:start + chunk]):
             eq.add(x, raw_targets(ep["action"], amap), np.full(len(x), w))
     params = eq.solve(ridge)

@@ -10,12 +10,17 @@ Layout under --out: <game>/seed<k>/ holds rollouts.h5, vae/, latents.h5, mdrnn/ 
 world is finished); <game>/seed<k>/<condition>/ holds the controller and its eval-train/, eval-test/;
 cells/<game>__seed<k>__<condition>.json records a finished cell (written atomically, never recomputed).
 results.csv, results.md and results.png are rebuilt from the cell records at the end of every run.
+
+world.json and every cell record hold the config that produced them (:func:`world_config`,
+:func:`cell_config`); a rerun whose config differs for a finished world or cell is refused with the first
+differing key (--fresh-cells recomputes exactly those instead), so results never mix configs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -60,6 +65,8 @@ class Config:
     env_backend: str = option("auto", "env backend of collection (ProcGen has no fast one: auto means reference); "
                               "evaluation plays the reference env unless study.evaluate says otherwise",
                               choices=("auto", "reference", "fast"))
+    fresh_cells: bool = option(False, "recompute the finished worlds and cells whose recorded config differs from "
+                                      "this one (their folders and records are replaced); default: refuse")
 
 
 def _augment_names(condition: str) -> list[str]:
@@ -75,6 +82,87 @@ def _augment_names(condition: str) -> list[str]:
 
 def _stage_cfg(module: Any, section: str, values: dict[str, Any], fixed: dict[str, Any]) -> Any:
     return cfgmod.from_dict(module.Config, {**values, **fixed}, where=f"study.{section}")
+
+
+# ------------------------------------------------------------------------------------------------ recorded configs
+WORLD_SECTIONS = ("collect", "train_vae", "encode", "train_mdrnn", "env_kwargs", "env_backend")
+
+
+def _plain(value: Any) -> Any:
+    """JSON-normalised (tuples as lists), so a value compares equal to its record read back."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def world_config(cfg: Config) -> dict[str, Any]:
+    """The study settings a world (V, M and their data) depends on, recorded in world.json."""
+    return _plain({key: getattr(cfg, key) for key in WORLD_SECTIONS})
+
+
+def cell_config(cfg: Config, condition: str) -> dict[str, Any]:
+    """The study settings one cell depends on, recorded in its cell record: its world's, the train_controller
+    and evaluate sections, and the offline options (offline) or the options of its own augmentations (dream+...)."""
+    cell: dict[str, Any] = {"world": world_config(cfg), "train_controller": cfg.train_controller}
+    if condition == "offline":
+        cell["offline"] = cfg.offline
+    else:
+        cell["augment"] = {name: cfg.augment.get(name) or {} for name in _augment_names(condition)}
+    cell["evaluate"] = cfg.evaluate
+    return _plain(cell)
+
+
+_UNSET = "<unset>"
+
+
+def first_difference(old: Any, new: Any, prefix: str = "") -> tuple[str, Any, Any] | None:
+    """The first dotted key (recorded order, then new keys) whose value differs, with both values; None if equal."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            diff = first_difference(old.get(key, _UNSET), new.get(key, _UNSET), f"{prefix}{key}.")
+            if diff is not None:
+                return diff
+        return None
+    return None if old == new else (prefix.rstrip("."), old, new)
+
+
+def _changed(path: Path, current: dict[str, Any]) -> str | None:
+    """Why the record at ``path`` was made with another config than ``current`` (one line), or None."""
+    recorded = json.loads(path.read_text()).get("config")
+    if recorded is None:
+        return f"{path} records no config (written before studies recorded theirs)"
+    diff = first_difference(recorded, current)
+    if diff is None:
+        return None
+    key, old, new = diff
+    return f"{path} was made with {key}={old!r}, not {new!r}"
+
+
+def check_recorded_configs(cfg: Config, out: Path, cells: Sequence[tuple[str, int, str]]) -> list[str]:
+    """Refuse (one-line WorldModelsError) a finished world or cell whose recorded config differs from ``cfg``;
+    with ``cfg.fresh_cells``, delete those worlds and cells instead (their folders and records), so they are
+    recomputed. Returns what was deleted."""
+    def stale(why: str) -> None:
+        if not cfg.fresh_cells:
+            raise WorldModelsError(f"{why}; use a new --out, or --fresh-cells to recompute what changed")
+
+    removed = []
+    for game, seed in dict.fromkeys((g, s) for g, s, _ in cells):
+        base = out / game / f"seed{seed}"
+        why = _changed(base / "world.json", world_config(cfg)) if (base / "world.json").exists() else None
+        if why is not None:
+            stale(why)
+            shutil.rmtree(base)
+            for record in (out / "cells").glob(f"{game}__seed{seed}__*.json"):
+                record.unlink()
+            removed.append(str(base))
+    for game, seed, condition in cells:
+        record = out / "cells" / f"{game}__seed{seed}__{condition}.json"
+        why = _changed(record, cell_config(cfg, condition)) if record.exists() else None
+        if why is not None:
+            stale(why)
+            record.unlink()
+            shutil.rmtree(out / game / f"seed{seed}" / condition, ignore_errors=True)
+            removed.append(str(record))
+    return removed
 
 
 # ------------------------------------------------------------------------------------------------ world
@@ -97,7 +185,8 @@ def build_world(cfg: Config, game: str, seed: int) -> Path:
     ]
     for module, section, fixed in stages:
         module.run(_stage_cfg(module, section, getattr(cfg, section), fixed))
-    atomic_write_text(base / "world.json", json.dumps({"game": game, "seed": seed, "finished": time.time()}) + "\n")
+    atomic_write_text(base / "world.json", json.dumps({"game": game, "seed": seed, "finished": time.time(),
+                                                       "config": world_config(cfg)}) + "\n")
     return base
 
 
@@ -139,6 +228,7 @@ def run_cell(cfg: Config, world_dir: Path, game: str, seed: int, condition: str)
                                     {"run": str(run_dir), "levels": levels, "seed": seed, "gif": False}))
         record[levels] = {k: summary[k] for k in ("mean", "std", "episodes", "mean_length", "controller_id")}
     record["seconds"] = time.time() - t0
+    record["config"] = cell_config(cfg, condition)
     return record
 
 
@@ -234,8 +324,10 @@ def run(cfg: Config) -> dict[str, Any]:
         controller_cfg(cfg, Path(cfg.out), 0, cond)
     out = Path(cfg.out)
     (out / "cells").mkdir(parents=True, exist_ok=True)
-    cfgmod.save(cfg, out / "config.yaml")
     cells = [(g, s, c) for g in cfg.games for s in cfg.seeds for c in cfg.conditions]
+    for path in check_recorded_configs(cfg, out, cells):
+        print(f"study: {path} was made with another config; recomputing it (--fresh-cells)")
+    cfgmod.save(cfg, out / "config.yaml")
     todo = [cell for cell in cells if not (out / "cells" / f"{cell[0]}__seed{cell[1]}__{cell[2]}.json").exists()]
     computed = 0
     with tqdm(total=len(cells), initial=len(cells) - len(todo), desc="study", unit="cell") as bar:

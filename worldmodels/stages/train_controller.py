@@ -8,7 +8,8 @@ step, cut at 2100); other envs use M's predicted reward. --augment turns on gene
 fast CarRacing where installed), each with V and M on CPU and env_batch episodes at once (worldmodels.play)
 (the paper's CarRacing setup). Fitness is the mean return over the rollouts; CMA-ES (the cma library,
 x0 = 0) minimises its negative, with no weight-decay term. --where offline: no search and no new
-interaction, C is the return-weighted regression of the collected actions on [z, h] (worldmodels.offline).
+interaction, C is the return-weighted regression of the collected actions on [mu, h] (worldmodels.offline;
+docs/controller.md, "C's input", says where that differs from what the agent feeds C).
 
 Writes <run>/controller/: checkpoint.pt (CMA-ES state, best and mean parameters, generation, RNG
 state; rewritten atomically every generation), config.yaml, metrics.jsonl and learning_curve.png.
