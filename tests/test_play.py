@@ -148,3 +148,30 @@ def test_real_training_is_independent_of_workers_and_records_its_backend(tmp_pat
     other = "fast" if backend == "reference" else "reference"
     with pytest.raises(WorldModelsError, match="env_backend"):  # resuming on another env is refused
         tc.run(stage_cfg(run, where="real", workers=0, env_backend=other, env_batch=3, generations=3))
+
+
+def test_each_episode_draws_its_own_z_whatever_its_slot(world, monkeypatch):
+    from worldmodels.play import BatchAgent, noise_keys
+
+    seen: dict = {}
+    real = BatchAgent.encode
+
+    def spy(self, frames, keys, t):
+        z = real(self, frames, keys, t)
+        for k, row, step in zip(keys.tolist(), z, t.tolist()):
+            seen.setdefault(k, {})[step] = row.clone()
+        return z
+
+    monkeypatch.setattr(BatchAgent, "encode", spy)
+    params = np.random.default_rng(2).normal(0, 0.5, (3, world.n_params))
+    seeds = [episode_seed(4, i, "train") for i in range(3)]
+    agent = _agent(world)
+    agent.play(make_batch("carracing"), params, seeds, max_steps=6)
+    together = dict(seen)
+    seen.clear()
+    agent.play(make_batch("carracing"), params[2:], seeds[2:], max_steps=6)  # slot 0 now
+    key = int(noise_keys(seeds[2:])[0])
+    assert set(seen) == {key} and sorted(seen[key]) == list(range(6))
+    for step, z in seen[key].items():
+        torch.testing.assert_close(z, together[key][step], atol=1e-5, rtol=0)
+    assert not torch.allclose(together[int(noise_keys(seeds[:1])[0])][3], together[key][3])
