@@ -152,6 +152,11 @@ def evolve(cfg: Config, out_dir: Path, n_params: int, fitness: Fitness, scorers:
                                           "generation": gen}
             log.log(gen, **record)
             state.update(generation=gen + 1, es=pickle.dumps(es), np_rng=np.random.get_state())
+            # Go on with the pickled copy, as a resumed run does: an unpickled cma object draws from its own
+            # copy of numpy's generator in places where the live one shares the global one, so a run that
+            # kept the live object drifted from a resumed one after the first generation (caught by
+            # test_interrupted_pipeline_resumes_to_the_uninterrupted_result).
+            es = pickle.loads(state["es"])
             _save(ckpt_path, cfg, state, es, identity)
             bar.write(f"gen {gen + 1}/{cfg.generations}  best {fit.max():9.2f}  mean {fit.mean():9.2f}  "
                       f"worst {fit.min():9.2f}  sigma {es.sigma:.4f}  {seconds:.1f}s"
