@@ -31,6 +31,7 @@ class World:
         self.run_dir, self.vae, self.mdrnn, self.device = run_dir, vae, mdrnn, device
         self.env, self.family, self.env_kwargs = env, env_family(env), env_kwargs
         self.action_desc, self.latents_path, self.obs_mode = action_desc, latents_path, obs_mode
+        self.missing_latents: Path | None = None  # a recorded latents file that is not on this machine
         self.z_dim = int(vae.z_dim)
         self.hidden = int(getattr(mdrnn, "hidden", 0) or mdrnn.lstm.hidden_size)
         self.action_map = make_action_map(self.family, action_desc)
@@ -93,7 +94,8 @@ class World:
         from worldmodels.data import open_latents
 
         if self.latents_path is None:
-            raise WorldModelsError("no latents file for the dream's initial frames; pass --latents")
+            where = f" ({self.missing_latents} is not here)" if self.missing_latents else ""
+            raise WorldModelsError(f"no latents file for the dream's initial frames{where}; pass --latents")
         with open_latents(self.latents_path) as f:
             starts = np.asarray(f.episodes["start"])
             mu, logvar = f.take("mu", starts), f.take("logvar", starts)
@@ -134,11 +136,16 @@ def load_world(run_dir: Path, obs_mode: str = "zh", device: torch.device | str =
     latents = latents or (m_state.get("data") or {}).get("path") or m_cfg.get("latents")  # the file M learned from
     latents_path = Path(latents) if latents else None
     env, action_desc, env_kwargs = m_cfg.get("env"), m_cfg.get("action_space"), {}
+    missing = None
+    if latents_path is not None and not latents_path.is_file():
+        # A shipped or moved run: M's checkpoint still tells the env and its action space, which is all the
+        # real env needs; only a dream needs the latents (its initial frames), and says so then.
+        missing, latents_path = latents_path, None
+        if not env:
+            raise WorldModelsError(f"latents file {missing} not found (pass --latents)")
     if latents_path is not None:
         from worldmodels.data import open_latents, open_rollouts
 
-        if not latents_path.is_file():
-            raise WorldModelsError(f"latents file {latents_path} not found (pass --latents)")
         with open_latents(latents_path) as f:
             env, action_desc = f.attrs.get("env", env), f.attrs.get("action_space", action_desc)
             rollouts = f.attrs.get("rollouts")
@@ -155,5 +162,7 @@ def load_world(run_dir: Path, obs_mode: str = "zh", device: torch.device | str =
         probe.close()
     if vae.z_dim != getattr(mdrnn, "z_dim", vae.z_dim):
         raise WorldModelsError(f"V has z_dim {vae.z_dim} but M expects {mdrnn.z_dim}; retrain M on V's latents")
-    return World(run_dir, vae, mdrnn, str(env), env_kwargs, dict(action_desc), latents_path, obs_mode,
-                 torch.device(device))
+    world = World(run_dir, vae, mdrnn, str(env), env_kwargs, dict(action_desc), latents_path, obs_mode,
+                  torch.device(device))
+    world.missing_latents = missing
+    return world

@@ -1,0 +1,41 @@
+"""The trained models that results ship (results/<name>/{vae,mdrnn,controller}): they load, match the
+controller's recorded V and M, and play real steps. No scoring here: `worldmodels evaluate --run <folder>`
+reproduces a folder's eval-test/returns.csv (docs in README, "Use a trained model")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from worldmodels.checkpoint import load_checkpoint
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+SHIPPED = sorted(p.parent.parent for p in RESULTS.glob("*/controller/checkpoint.pt")
+                 if (p.parent.parent / "vae").exists() and (p.parent.parent / "mdrnn").exists())
+
+
+def test_there_is_a_shipped_model():
+    assert SHIPPED, "results/ ships no trained model"
+
+
+@pytest.mark.parametrize("run", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_model_loads_matches_and_plays(run):
+    from worldmodels.agent import load_world
+    from worldmodels.envs import episode_seed, make_batch
+    from worldmodels.play import BatchAgent
+    from worldmodels.stages.evaluate import controller_params
+
+    state = load_checkpoint(run / "controller", kind="controller")
+    identity = state["identity"]
+    world = load_world(run, identity["obs_mode"])  # no latents or rollouts on this machine: M's record suffices
+    assert (world.vae_id, world.mdrnn_id, world.input_dim) == (identity["vae_id"], identity["mdrnn_id"],
+                                                                identity["input_dim"])
+    assert not any(k in state for k in ("es", "np_rng")), "ship slim checkpoints (results/ship.py)"
+    params, _ = controller_params(state, "auto")
+    agent = BatchAgent(world.vae, world.mdrnn, world.action_map, world.obs_mode, world.input_dim)
+    results = agent.play(make_batch(world.env), np.stack([params, params]),
+                         [episode_seed(0, i, "eval") for i in range(2)], max_steps=5)
+    assert [r["length"] for r in results] == [5, 5] and all(np.isfinite(r["return"]) for r in results)
+    assert (run / "eval-test" / "returns.csv").is_file() and (run / "eval-test" / "summary.json").is_file()
