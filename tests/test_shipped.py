@@ -12,7 +12,7 @@ import pytest
 from worldmodels.checkpoint import load_checkpoint
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-SHIPPED = sorted(p.parent.parent for p in RESULTS.glob("*/controller/checkpoint.pt")
+SHIPPED = sorted(p.parent.parent for p in RESULTS.rglob("controller/checkpoint.pt")
                  if (p.parent.parent / "vae").exists() and (p.parent.parent / "mdrnn").exists())
 
 
@@ -20,7 +20,7 @@ def test_there_is_a_shipped_model():
     assert SHIPPED, "results/ ships no trained model"
 
 
-@pytest.mark.parametrize("run", SHIPPED, ids=[p.name for p in SHIPPED])
+@pytest.mark.parametrize("run", SHIPPED, ids=[str(p.relative_to(RESULTS)) for p in SHIPPED])
 def test_shipped_model_loads_matches_and_plays(run):
     from worldmodels.agent import load_world
     from worldmodels.envs import episode_seed, make_batch
