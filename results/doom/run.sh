@@ -2,7 +2,8 @@
 # DoomTakeCover (issue 14): V z 64 and M h 512 trained from episode starts, C evolved only in the dream at five
 # temperatures, each scored on 100 dreams and 100 real episodes. A campaign over several sessions: every
 # stage resumes when rerun, and V, M (slim checkpoints) and the dream's start latents are copied into
-# results/doom/models/ as they finish, so a later session on a fresh machine skips what is done.
+# results/doom/models/ as they finish, so a later session on a fresh machine skips what is done; each
+# temperature's C lands in results/doom/tau-<t>/ as a run folder beside links to those V and M.
 #   bash results/doom/run.sh            (DATA=data/doom by default; TAUS="..." for other temperatures)
 set -euo pipefail
 HERE=results/doom
@@ -39,7 +40,12 @@ for tau in ${TAUS:-1.15 1.30 1.00 0.50 0.10}; do
   timed "train-controller tau=$tau" wm train-controller --run "$run" --latents "$MODELS/starts.h5" --temperature "$tau"
   timed "evaluate-dream tau=$tau" wm evaluate --run "$run" --where dream --episodes 100
   timed "evaluate-real tau=$tau" wm evaluate --run "$run" --episodes 100
-  python $HERE/../ship.py slim "$run/controller" "$MODELS/tau-$tau/controller"
+  # $HERE/tau-$tau is itself a run folder: the slim C beside links to the shipped V and M, and its real
+  # evaluation, so `worldmodels evaluate --run results/doom/tau-$tau` reproduces eval-test/returns.csv.
+  python $HERE/../ship.py slim "$run/controller" "$HERE/tau-$tau/controller"
+  for part in vae mdrnn; do [ -e "$HERE/tau-$tau/$part" ] || ln -s "../models/$part" "$HERE/tau-$tau/$part"; done
+  mkdir -p "$HERE/tau-$tau/eval-test"
+  cp "$run"/eval-test/{returns.csv,summary.json} "$HERE/tau-$tau/eval-test/"
   cp "$run"/controller/{metrics.jsonl,learning_curve.png,config.yaml} "$HERE/tau-$tau/"
   cp "$run"/eval-test/{returns.csv,summary.json} "$HERE/tau-$tau/"
   d=$(python -c "print(f'{float(\"$tau\"):g}')")
