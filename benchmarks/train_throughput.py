@@ -37,6 +37,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed(one, warmup: int, steps: int, device: torch.device) -> tuple[float, torch.Tensor]:
+    """Seconds of ``steps`` calls of ``one`` after ``warmup`` untimed ones (device synchronised), and the last loss."""
+    for _ in range(warmup):
+        one()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = one()
+    sync(device)
+    return time.perf_counter() - t0, loss
+
+
 def vae_images_per_s(device: torch.device, bf16: bool, channels_last: bool, args: argparse.Namespace) -> tuple[float, float]:
     torch.manual_seed(0)
     cfg = train_vae.Config(data="-", out="-", batch_size=args.vae_batch, bf16=bf16, channels_last=channels_last)
@@ -53,14 +65,7 @@ def vae_images_per_s(device: torch.device, bf16: bool, channels_last: bool, args
         opt.step()
         return loss
 
-    for _ in range(args.warmup):
-        one()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(args.vae_steps):
-        loss = one()
-    sync(device)
-    seconds = time.perf_counter() - t0
+    seconds, loss = timed(one, args.warmup, args.vae_steps, device)
     final = float(loss.detach())
     if final != final or final in (float("inf"), float("-inf")):
         raise SystemExit(f"V loss is not finite ({final}) with bf16={bf16} channels_last={channels_last}")
@@ -87,14 +92,7 @@ def mdrnn_sequences_per_s(device: torch.device, args: argparse.Namespace) -> flo
         opt.step()
         return losses["loss"]
 
-    for _ in range(args.warmup):
-        one()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(args.mdrnn_steps):
-        loss = one()
-    sync(device)
-    seconds = time.perf_counter() - t0
+    seconds, loss = timed(one, args.warmup, args.mdrnn_steps, device)
     if not torch.isfinite(loss):
         raise SystemExit(f"M loss is not finite ({float(loss.detach())})")
     return B * args.mdrnn_steps / seconds
