@@ -319,11 +319,12 @@ def test_real_run_completes_and_checkpoints(tiny_run, tmp_path, monkeypatch):
     assert summary["generation"] == state["generation"] == 2 and state["config"]["where"] == "real"
     records = read_metrics(run / "controller" / "metrics.jsonl")
     assert len(records) == len(seen) == 2 and all(np.isfinite(r["eval/mean"]) for r in records)
+    assert [r["cmaes/env_steps"] for r in records] == [3 * 2 * 60] * 2  # every rollout ran its 60 steps
     spec = load_world(run, "zh", "cpu").worker_spec(cfg.max_steps, "train", state["identity"]["env_backend"])
     with WorkerPool(0, init_worker, (spec,), what="replay") as pool:
         for (solutions, gen, returns), record in zip(seen, records):
             seeds = tc.population_seeds(cfg.seed, gen, cfg.rollouts)
-            replay = np.array([[play_members(pool, sol[None], [s], 1)[0] for s in seeds] for sol in solutions])
+            replay = np.array([[play_members(pool, sol[None], [s], 1)[0][0] for s in seeds] for sol in solutions])
             np.testing.assert_allclose(replay, returns, atol=1e-4)
             assert len(np.unique(replay.round(3), axis=0)) > 1  # candidates differ (60 steps): a mix-up would show
             fit = replay.mean(1)

@@ -175,3 +175,26 @@ def test_each_episode_draws_its_own_z_whatever_its_slot(world, monkeypatch):
     for step, z in seen[key].items():
         torch.testing.assert_close(z, together[key][step], atol=1e-5, rtol=0)
     assert not torch.allclose(together[int(noise_keys(seeds[:1])[0])][3], together[key][3])
+
+
+@needs_envpool
+def test_a_stalled_rollout_is_credited_the_return_of_its_full_episode(world):
+    """With stall_steps a member that goes 60 steps without a new tile stops there and is credited -0.1 for
+    each remaining step: what the full episode scores when the car neither finds the road again nor leaves
+    the playfield (-100, which the credit cannot foresee; docs/controller.md)."""
+    rng = np.random.default_rng(3)
+    params = np.concatenate([rng.normal(0, 0.5, (5, world.n_params)), np.zeros((1, world.n_params))])
+    seeds = [episode_seed(6, i, "train") for i in range(6)]
+    agent = _agent(world)
+    full = agent.play(make_batch("carracing", "fast"), params, seeds, max_steps=300)
+    cut = agent.play(make_batch("carracing", "fast"), params, seeds, max_steps=300, stall_steps=60)
+    assert not any(r["stalled"] for r in full)
+    compared = 0
+    for a, b in zip(full, cut):
+        assert b["length"] < a["length"] if b["stalled"] else b["length"] == a["length"]
+        if not b["stalled"] or a["length"] == 300:  # not stalled, or the full episode ran to the time limit
+            assert b["return"] == pytest.approx(a["return"], abs=1e-3)
+            compared += b["stalled"]
+    assert compared >= 2
+    with pytest.raises(WorldModelsError, match="stall-steps"):
+        tc.run(stage_cfg(world.run_dir, where="dream", stall_steps=40))

@@ -65,12 +65,19 @@ class BatchAgent:
 
     @torch.no_grad()
     def play(self, envs: Any, params: np.ndarray, seeds: Sequence[int], max_steps: int | None = None,
-             record: Sequence[bool] = ()) -> list[dict[str, Any]]:
+             record: Sequence[bool] = (), stall_steps: int | None = None) -> list[dict[str, Any]]:
         """Play one episode per member: ``params`` (B, N) on env seeds ``seeds`` (B,).
 
-        Returns per member ``return``, ``length``, ``level`` and ``frames`` (uint8 (T + 1, 64, 64, 3) for
-        members with ``record[i]``, else None).
+        Returns per member ``return``, ``length``, ``level``, ``stalled`` and ``frames`` (uint8
+        (T + 1, 64, 64, 3) for members with ``record[i]``, else None).
+
+        ``stall_steps`` (needs ``max_steps``): end a member's episode once it has gone that many steps
+        without a positive reward, and credit its remaining steps at the stretch's own reward rate. In
+        CarRacing a stretch without a new tile earns exactly -0.1 a step, so the credited return is the
+        full episode's unless the car would have found the road again later; fitness only, never scores.
         """
+        if stall_steps is not None and (max_steps is None or stall_steps < 1):
+            raise ValueError("stall_steps needs max_steps and must be >= 1")
         n = len(seeds)
         dev = self.device
         ctrl = BatchedController(np.asarray(params), self.input_dim, self.action_map.output_dim,
@@ -82,6 +89,8 @@ class BatchAgent:
                  if self.obs_mode != "z" else None)
         z = torch.zeros(n, self.z_dim, device=dev)
         returns, lengths = np.zeros(n), np.zeros(n, dtype=np.int64)
+        since_gain, stretch = np.zeros(n, dtype=np.int64), np.zeros(n)  # steps and reward since a reward > 0
+        stalled = np.zeros(n, dtype=bool)
         record = list(record) + [False] * (n - len(record))
         frames = {i: [obs[i]] for i in range(n) if record[i]}
         live = np.arange(n)
@@ -102,9 +111,19 @@ class BatchAgent:
             done = terminated | truncated
             if max_steps is not None:
                 done |= lengths[live] >= max_steps
+            if stall_steps is not None:
+                gained = np.asarray(reward) > 0
+                since_gain[live] = np.where(gained, 0, since_gain[live] + 1)
+                stretch[live] = np.where(gained, 0.0, stretch[live] + reward)
+                stall = ~done & (since_gain[live] >= stall_steps)
+                ended = live[stall]
+                returns[ended] += stretch[ended] / since_gain[ended] * (max_steps - lengths[ended])
+                stalled[ended] = True
+                done |= stall
             obs, live = obs[~done], live[~done]
         return [{"return": float(returns[i]), "length": int(lengths[i]), "level": int(levels[i]),
-                 "frames": np.stack(frames[i]) if record[i] else None} for i in range(n)]
+                 "stalled": bool(stalled[i]), "frames": np.stack(frames[i]) if record[i] else None}
+                for i in range(n)]
 
 
 # Per-process state of a worker: the agent and its envs, loaded once by init_worker.
@@ -135,27 +154,34 @@ def init_worker(spec: dict[str, Any]) -> None:
                                                           spec["obs_mode"], spec["input_dim"]))
 
 
-def worker_batch(task: tuple[np.ndarray, Sequence[int], Sequence[bool]]) -> list[dict[str, Any]]:
-    """``(params (B, N), seeds (B,), record (B,))`` -> :meth:`BatchAgent.play`'s results, in a worker
-    set up by :func:`init_worker`."""
-    params, seeds, record = task
+Task = tuple[np.ndarray, list[int], list[bool], "int | None"]  # params (B, N), seeds, record, stall_steps
+
+
+def worker_batch(task: Task) -> list[dict[str, Any]]:
+    """``(params (B, N), seeds (B,), record (B,), stall_steps)`` -> :meth:`BatchAgent.play`'s results, in
+    a worker set up by :func:`init_worker`."""
+    params, seeds, record, stall_steps = task
     with one_torch_thread():
-        return _WORKER["agent"].play(_WORKER["envs"], params, seeds, _WORKER["spec"].get("max_steps"), record)
+        return _WORKER["agent"].play(_WORKER["envs"], params, seeds, _WORKER["spec"].get("max_steps"), record,
+                                     stall_steps)
 
 
-def batch_tasks(params: np.ndarray, seeds: Sequence[int], env_batch: int,
-                record: Sequence[bool] = ()) -> list[tuple[np.ndarray, list[int], list[bool]]]:
+def batch_tasks(params: np.ndarray, seeds: Sequence[int], env_batch: int, record: Sequence[bool] = (),
+                stall_steps: int | None = None) -> list[Task]:
     """Members (params[i], seeds[i]) cut into consecutive tasks of ``env_batch`` members."""
     params = np.asarray(params)
     record = list(record) + [False] * (len(seeds) - len(record))
-    return [(params[i:i + env_batch], [int(s) for s in seeds[i:i + env_batch]], record[i:i + env_batch])
-            for i in range(0, len(seeds), env_batch)]
+    return [(params[i:i + env_batch], [int(s) for s in seeds[i:i + env_batch]], record[i:i + env_batch],
+             stall_steps) for i in range(0, len(seeds), env_batch)]
 
 
-def play_members(pool: Any, params: np.ndarray, seeds: Sequence[int], env_batch: int) -> np.ndarray:
-    """Returns (M,) of members (params[i], seeds[i]), played in batches on ``pool``'s workers."""
-    results = pool.map(worker_batch, batch_tasks(params, seeds, env_batch))
-    return np.array([r["return"] for batch in results for r in batch])
+def play_members(pool: Any, params: np.ndarray, seeds: Sequence[int], env_batch: int,
+                 stall_steps: int | None = None) -> tuple[np.ndarray, int]:
+    """Returns (M,) of members (params[i], seeds[i]), played in batches on ``pool``'s workers, and the
+    number of env steps they took."""
+    results = [r for batch in pool.map(worker_batch, batch_tasks(params, seeds, env_batch, stall_steps=stall_steps))
+               for r in batch]
+    return np.array([r["return"] for r in results]), sum(r["length"] for r in results)
 
 
 @contextlib.contextmanager

@@ -69,6 +69,10 @@ class Config:
                 "(gymnasium/vizdoom/procgen), or auto (fast where available)")
     env_batch: int = option(8, "real episodes each worker plays at once (batched V/M/C); sets the grouping, "
                                 "so --workers changes no result")
+    stall_steps: Optional[int] = option(
+        None, "--where real: end a fitness rollout after this many steps without a positive reward and credit "
+              "its remaining steps at that stretch's reward rate (CarRacing: exactly -0.1 a step); scores always "
+              "play full episodes")
     backend: Literal["local", "ray"] = option("local", "real-env workers: local processes or a ray cluster")
     ray_address: Optional[str] = option(None, "ray cluster to join: auto or HOST:PORT (default: a local ray instance)")
     tensorboard: Optional[bool] = option(None, "also log to <run>/controller/tensorboard (default: when installed)")
@@ -78,7 +82,7 @@ class Config:
 # Settings that change the search trajectory: a resume must use the values the run started with.
 TRAJECTORY_KEYS = ("where", "temperature", "popsize", "rollouts", "sigma0", "seed", "obs_mode", "max_steps")
 # ... and, where real episodes give the fitness, the env they are played on and how they are batched.
-REAL_TRAJECTORY_KEYS = ("env_backend", "env_batch")
+REAL_TRAJECTORY_KEYS = ("env_backend", "env_batch", "stall_steps")
 DEFAULT_MAX_STEPS = {"doom": 2100}
 
 
@@ -101,14 +105,16 @@ def dream_seed(seed: int, generation: int, purpose: int) -> int:
 # ------------------------------------------------------------------------------------------------ CMA-ES loop
 Fitness = Callable[[np.ndarray, int], np.ndarray]       # (params (P, N), generation) -> returns (P, R)
 Scorer = Callable[[np.ndarray, int], np.ndarray]        # (params (N,), generation) -> returns (E,)
+Extras = Callable[[], dict[str, float]]                 # metrics of the generation just played
 
 
 def evolve(cfg: Config, out_dir: Path, n_params: int, fitness: Fitness, scorers: dict[str, Scorer],
-           identity: dict[str, Any], plot: bool = True) -> dict[str, Any]:
+           identity: dict[str, Any], plot: bool = True, extras: Extras | None = None) -> dict[str, Any]:
     """The CMA-ES ask/evaluate/tell loop with per-generation checkpoints, metrics and resume.
 
     ``identity`` (env, controller shape, V/M ids) is stored in the checkpoint and must match on resume.
-    ``scorers`` map a metric prefix (``eval``, ``eval_real``) to a mean-solution scorer.
+    ``scorers`` map a metric prefix (``eval``, ``eval_real``) to a mean-solution scorer; ``extras`` adds
+    metrics after each generation (e.g. the real env steps it took).
     Returns the final summary (generation, best fitness, last scores, checkpoint path).
     """
     import cma
@@ -142,7 +148,7 @@ def evolve(cfg: Config, out_dir: Path, n_params: int, fitness: Fitness, scorers:
             seconds = time.perf_counter() - t0
             record = {"cmaes/best": float(fit.max()), "cmaes/mean": float(fit.mean()), "cmaes/worst": float(fit.min()),
                       "cmaes/sigma": float(es.sigma), "cmaes/best_ever": state["best"]["fitness"],
-                      "cmaes/seconds": seconds}
+                      "cmaes/seconds": seconds, **(extras() if extras else {})}
             if cfg.eval_every and ((gen + 1) % cfg.eval_every == 0 or gen + 1 == cfg.generations):
                 for prefix, scorer in scorers.items():
                     scores = np.asarray(scorer(np.asarray(es.mean), gen), dtype=np.float64)
@@ -261,6 +267,9 @@ def run(cfg: Config) -> dict[str, Any]:
         raise WorldModelsError("sigma0 and temperature must be positive")
     if cfg.augment and cfg.where != "dream":
         raise WorldModelsError(f"--augment changes dreamed latents; it needs --where dream, not {cfg.where}")
+    if cfg.stall_steps is not None and (cfg.where != "real" or cfg.stall_steps < 1):
+        raise WorldModelsError(f"--stall-steps must be >= 1 and needs --where real, got {cfg.stall_steps} "
+                               f"with --where {cfg.where}")
     if cfg.ray_address and cfg.backend != "ray":
         raise WorldModelsError("--ray-address needs --backend ray")
     if cfg.backend == "ray" and cfg.where != "real" and not cfg.eval_real:
@@ -287,10 +296,13 @@ def run(cfg: Config) -> dict[str, Any]:
         pool = WorkerPool(n_workers(cfg.workers), init_worker, (spec,), what="real-env controller fitness",
                           backend=cfg.backend, ray_address=cfg.ray_address)
 
-    def real_returns(params: np.ndarray, seeds: list[int]) -> np.ndarray:
+    steps = {"fitness": 0}  # real env steps of the last generation's fitness rollouts
+
+    def real_returns(params: np.ndarray, seeds: list[int], stall_steps: int | None = None) -> np.ndarray:
         """Returns (P, R): every candidate on every seed, members candidate-major, in batches of env_batch."""
         members = np.repeat(np.asarray(params), len(seeds), axis=0)
-        returns = play_members(pool, members, list(seeds) * len(params), cfg.env_batch)
+        returns, played = play_members(pool, members, list(seeds) * len(params), cfg.env_batch, stall_steps)
+        steps["fitness"] = played
         return returns.reshape(len(params), len(seeds))
 
     scorers: dict[str, Scorer] = {}
@@ -307,7 +319,7 @@ def run(cfg: Config) -> dict[str, Any]:
             plain(cfg.eval_episodes), mean[None], cfg.eval_episodes, dream_seed(cfg.seed, gen, 1))[0]
     else:
         def fitness(params: np.ndarray, gen: int) -> np.ndarray:
-            return real_returns(params, population_seeds(cfg.seed, gen, cfg.rollouts))
+            return real_returns(params, population_seeds(cfg.seed, gen, cfg.rollouts), cfg.stall_steps)
 
     if cfg.where == "real" or cfg.eval_real:
         # Fresh train-purpose seeds, far past those the candidates played (10**7 > generations * rollouts).
@@ -316,7 +328,8 @@ def run(cfg: Config) -> dict[str, Any]:
 
     with exclusive_lock(out_dir / "checkpoint.pt", "train-controller"):
         try:
-            summary = evolve(cfg, out_dir, world.n_params, fitness, scorers, identity)
+            summary = evolve(cfg, out_dir, world.n_params, fitness, scorers, identity,
+                             extras=(lambda: {"cmaes/env_steps": steps["fitness"]}) if cfg.where == "real" else None)
         except BaseException:
             if pool is not None:
                 pool.close(cancel=True)
