@@ -70,8 +70,9 @@ def carracing(folder: str) -> str:
     lines = ["| model | episodes | ours | paper |", "|---|---:|---:|---:|"]
     for name, sub in (("full (z, h), C in the real env", "real-zh"), ("full (z, h), C in the dream", "dream-zh"),
                       ("V only (z), C in the real env", "real-z")):
-        path = root / sub / "returns.csv"
-        if path.exists():
+        path = next((p for p in (root / sub / "eval-test" / "returns.csv", root / sub / "returns.csv") if p.exists()),
+                    None)
+        if path is not None:
             r = returns(path)
             lines.append(f"| {name} | {len(r)} | {fmt(r)} | {PAPER_CARRACING[name]} |")
     if (root / "random_policy.csv").exists():

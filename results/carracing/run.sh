@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# CarRacing-v3 (issue 14): V z 32 and M h 256 on whole episodes, C evolved in the real env (the paper's way) on
+# the fast backend at the paper's population, the full model (z, h) and the V-only ablation (z), each scored on
+# 100 reference-env tracks. A campaign over several sessions: every stage resumes when rerun; V, M (slim
+# checkpoints) land in results/carracing/models/ as they finish, so a later session on a fresh machine skips
+# them; each controller is shipped into results/carracing/<name>/ (a run folder: slim C, links to the shipped
+# V and M, eval-test/) after every GENS_STEP generations, with its learning curve, and scored at the end.
+#   bash results/carracing/run.sh   (DATA=data/carracing; GENERATIONS=200 for the full model, GENERATIONS_Z=100)
+set -euo pipefail
+HERE=results/carracing
+cd "$(dirname "$0")/../.."
+source scripts/venv.sh
+DATA=${DATA:-data/carracing}
+PRESET=$HERE/preset.yaml
+ENV=carracing
+MODELS=$HERE/models
+mkdir -p "$DATA" "$MODELS"
+wm() { worldmodels "$@" --preset "$PRESET" --env "$ENV"; }
+timed() { local name=$1 t0=$SECONDS; shift; "$@"; printf '%s\t%d\n' "$name" $((SECONDS - t0)) >> "$HERE/timings.tsv"; }
+restore() { [ -f "$MODELS/$1/checkpoint.pt" ] && [ ! -f "$DATA/$1/checkpoint.pt" ] && mkdir -p "$DATA/$1" && cp "$MODELS/$1/checkpoint.pt" "$DATA/$1/"; true; }
+ship() {  # ship NAME: the slim C and its learning curve into $HERE/NAME, a run folder beside links to V and M
+  local run=$DATA/$1 out=$HERE/$1
+  mkdir -p "$out"
+  python $HERE/../ship.py slim "$run/controller" "$out/controller"
+  for part in vae mdrnn; do [ -e "$out/$part" ] || ln -s "../models/$part" "$out/$part"; done
+  cp "$run"/controller/{metrics.jsonl,learning_curve.png,config.yaml} "$out/"
+}
+
+# The same seed for both files: the V file is the first 500 episodes of the M file (same tracks, same driving).
+restore vae
+if [ ! -f "$MODELS/vae/checkpoint.pt" ]; then
+  timed collect-v wm collect --episodes 500 --seed 0 --out "$DATA/rollouts-v.h5"
+  timed train-vae wm train-vae --data "$DATA/rollouts-v.h5" --out "$DATA/vae"
+  python $HERE/../ship.py slim "$DATA/vae" "$MODELS/vae"
+fi
+restore mdrnn
+if [ ! -f "$MODELS/mdrnn/checkpoint.pt" ]; then
+  timed collect wm collect --episodes 2000 --seed 0 --out "$DATA/rollouts.h5"
+  timed encode wm encode --data "$DATA/rollouts.h5" --vae "$DATA/vae" --out "$DATA/latents.h5"
+  timed train-mdrnn wm train-mdrnn --latents "$DATA/latents.h5" --out "$DATA/mdrnn"
+  python $HERE/../ship.py slim "$DATA/mdrnn" "$MODELS/mdrnn"
+fi
+[ -f "$HERE/random_policy.csv" ] || timed random-policy wm collect --policy brownian --episodes 100 --seed 1 --env-backend reference --out "$DATA/random.h5"
+[ -f "$HERE/random_policy.csv" ] || python $HERE/../tables.py random-policy "$DATA/random.h5" "$HERE/random_policy.csv"
+
+# C grows GENS_STEP generations at a time and is shipped after each step, so a session's stop loses at most one
+# step's tail (train-controller itself resumes at the last finished generation).
+controller() {  # controller NAME GENERATIONS OPTIONS...
+  local name=$1 total=$2 run=$DATA/$1; shift 2
+  mkdir -p "$run"
+  for part in vae mdrnn; do [ -e "$run/$part" ] || ln -s "../$part" "$run/$part"; done
+  local g=0
+  while [ $g -lt "$total" ]; do
+    g=$((g + ${GENS_STEP:-10})); [ $g -gt "$total" ] && g=$total
+    timed "train-controller $name to $g" wm train-controller --run "$run" --generations $g "$@"
+    ship "$name"
+  done
+  timed "evaluate $name" wm evaluate --run "$run"  # resumes; scores again only a controller that changed
+  mkdir -p "$HERE/$name/eval-test"
+  cp "$run"/eval-test/{returns.csv,summary.json} "$HERE/$name/eval-test/"
+}
+controller real-zh "${GENERATIONS:-200}" --obs-mode zh
+controller real-z "${GENERATIONS_Z:-100}" --obs-mode z
+python $HERE/../tables.py carracing "$HERE" > "$HERE/results.md"
