@@ -1,10 +1,13 @@
 """Models that results ship: slim checkpoints (weights, id, config; no optimizer) and dream start latents.
 
-    python results/ship.py slim SRC_STAGE_DIR DST_STAGE_DIR   # vae/, mdrnn/ or controller/ checkpoint
+    python results/ship.py slim SRC_STAGE_DIR DST_STAGE_DIR [--half]   # vae/, mdrnn/ or controller/ checkpoint
     python results/ship.py starts LATENTS_H5 OUT_H5           # every episode's first frame, as one-frame episodes
 
 A slim checkpoint keeps the training run's id, so files and controllers made from the full one still match
-it, and evaluates the same; it cannot be resumed (no optimizer or CMA-ES state). The starts file is a valid latents file whose episodes are
+it, and evaluates the same; it cannot be resumed (no optimizer or CMA-ES state). --half stores V's and M's
+weights as float16 (half the bytes); they load into the usual float32 models, so a shipped folder's
+evaluation is made with, and reproduced from, the rounded weights (results/<name>/README says how far that
+moved the scores). The starts file is a valid latents file whose episodes are
 the first frames of LATENTS_H5's: what the dream needs to start its episodes (World.initial_latents)."""
 
 from __future__ import annotations
@@ -21,9 +24,15 @@ from worldmodels.checkpoint import load_checkpoint, save_checkpoint
 DROP = ("optimizer", "rng", "es", "np_rng")
 
 
-def slim(src: str, dst: str) -> None:
+def slim(src: str, dst: str, half: bool = False) -> None:
+    import torch
+
     state = load_checkpoint(src)
-    save_checkpoint(Path(dst), state["kind"], {k: v for k, v in state.items() if k not in DROP + ("kind", "meta")})
+    keep = {k: v for k, v in state.items() if k not in DROP + ("kind", "meta")}
+    if half and "model" in keep:  # V and M; C's few parameters stay as they are
+        keep["model"] = {k: v.half() if v.is_floating_point() else v for k, v in keep["model"].items()}
+        keep["stored_as"] = "float16"
+    save_checkpoint(Path(dst), state["kind"], keep)
 
 
 def starts(latents: str, out: str) -> None:
@@ -43,4 +52,7 @@ def starts(latents: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    {"slim": slim, "starts": starts}[sys.argv[1]](*sys.argv[2:4])
+    if sys.argv[1] == "slim":
+        slim(sys.argv[2], sys.argv[3], half="--half" in sys.argv[4:])
+    else:
+        starts(*sys.argv[2:4])

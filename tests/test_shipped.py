@@ -39,3 +39,27 @@ def test_shipped_model_loads_matches_and_plays(run):
                          [episode_seed(0, i, "eval") for i in range(2)], max_steps=5)
     assert [r["length"] for r in results] == [5, 5] and all(np.isfinite(r["return"]) for r in results)
     assert (run / "eval-test" / "returns.csv").is_file() and (run / "eval-test" / "summary.json").is_file()
+
+
+def test_half_shipping_loads_float32_models_with_rounded_weights(tmp_path):
+    """results/ship.py slim --half: V and M stored as float16 load into float32 models whose weights are the
+    originals rounded to float16, with the training run's id kept."""
+    import importlib.util
+
+    import torch
+    from test_controller import make_tiny_run
+    from worldmodels.models.mdrnn import load_mdrnn
+    from worldmodels.models.vae import load_vae
+
+    spec = importlib.util.spec_from_file_location("ship", RESULTS / "ship.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    run = make_tiny_run(tmp_path)
+    for part, load in (("vae", load_vae), ("mdrnn", load_mdrnn)):
+        ship.slim(str(run / part), str(tmp_path / "half" / part), half=True)
+        full, half = load(run / part), load(tmp_path / "half" / part)
+        assert half.checkpoint_id == full.checkpoint_id
+        assert (tmp_path / "half" / part / "checkpoint.pt").stat().st_size < (run / part / "checkpoint.pt").stat().st_size
+        for (name, a), b in zip(full.state_dict().items(), half.state_dict().values()):
+            assert b.dtype == torch.float32, name
+            torch.testing.assert_close(b, a.half().float(), rtol=0, atol=0)
