@@ -4,6 +4,7 @@
     python results/tables.py doom results/doom-cpu                the Doom temperature table (markdown)
     python results/tables.py carracing results/carracing-cpu      the CarRacing table (markdown)
     python results/tables.py done-head DATA_DIR                  how often M's done head fires at real deaths
+    python results/tables.py cost results/doom [CORES]           wall-clock per stage and core-hours (timings.tsv)
 
 Every number in a table is computed here from returns.csv files; nothing is typed in by hand except the
 paper's published figures (../shared/REFERENCE.md), which sit beside ours for comparison.
@@ -102,14 +103,39 @@ def done_head(data: str) -> str:
             f"{r['recall']:.1%} of those deaths and at {r['false_alarm']:.2%} of the other steps")
 
 
+def timings(folder: str | Path) -> list[tuple[str, float]]:
+    """(stage, seconds) rows of a campaign's timings.tsv (its optional header skipped)."""
+    rows = []
+    for line in (Path(folder) / "timings.tsv").read_text().splitlines():
+        name, _, seconds = line.rpartition("\t")
+        if name and seconds.strip().replace(".", "", 1).isdigit():
+            rows.append((name, float(seconds)))
+    return rows
+
+
+def cost(folder: str, cores: int = 2) -> str:
+    """Wall-clock per stage group and the campaign's core-hours: every stage used all ``cores`` cores."""
+    groups: dict[str, float] = {}
+    for name, seconds in timings(folder):
+        key = name.split(" ")[0]  # "train-controller real-zh to 20" -> "train-controller"
+        groups[key] = groups.get(key, 0.0) + seconds
+    total = sum(groups.values())
+    lines = ["| stage | wall-clock | core-hours |", "|---|---:|---:|"]
+    lines += [f"| {k} | {v / 3600:.2f} h | {v * cores / 3600:.2f} |" for k, v in groups.items()]
+    lines.append(f"| **all** | **{total / 3600:.2f} h** | **{total * cores / 3600:.2f}** |")
+    return "\n".join(lines + ["", f"On {cores} CPU cores, every stage using all of them (timings.tsv)."])
+
+
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("random-policy", "doom", "carracing", "done-head"):
+    if not argv or argv[0] not in ("random-policy", "doom", "carracing", "done-head", "cost"):
         print(__doc__, file=sys.stderr)
         return 2
     if argv[0] == "random-policy":
         random_policy(*argv[1:3])
     elif argv[0] == "done-head":
         print(done_head(argv[1]))
+    elif argv[0] == "cost":
+        print(cost(argv[1], *(int(a) for a in argv[2:3])))
     else:
         print({"doom": doom, "carracing": carracing}[argv[0]](argv[1]))
     return 0
