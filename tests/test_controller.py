@@ -561,3 +561,90 @@ def test_backend_options_reach_the_worker_pool(tiny_run, tmp_path, monkeypatch):
     tc.run(stage_cfg(run, where="real", workers=0, max_steps=3, popsize=2, rollouts=1, generations=1,
                      eval_every=0, backend="ray", ray_address="HOST:1234"))
     assert seen == [("ray", "HOST:1234")]
+
+
+def _extra_m(run, folder, seed, hidden=8, env="carracing", latents=None):
+    """Another M for a dream ensemble of ``run``: M's sizes (or ``hidden``), fresh weights, the same latents."""
+    from worldmodels.checkpoint import save_checkpoint
+    from worldmodels.models.mdrnn import MDRNN, load_mdrnn
+
+    base = load_mdrnn(run / "mdrnn")
+    recorded = load_checkpoint(run / "mdrnn")["config"]
+    torch.manual_seed(seed)
+    m = MDRNN(base.z_dim, base.action_dim, hidden, base.n_gaussians)
+    save_checkpoint(folder, "mdrnn", {"model": m.state_dict(), "model_args": m.config,
+                                      "config": {"latents": latents or recorded["latents"], "env": env}})
+    return load_checkpoint(folder)["id"]
+
+
+def test_dream_ensemble_run_records_its_settings_and_resumes_only_with_them(tiny_run, tmp_path, monkeypatch):
+    """--dream-dropout and --dream-models make the fitness dreams a dream ensemble and the mean-solution score stays
+    in the plain dream of the run's M; both are in the checkpoint's identity, so a resume with others is refused,
+    and a checkpoint from before them resumes with the defaults."""
+    import yaml
+
+    from worldmodels import agent, cli
+    from worldmodels.checkpoint import save_checkpoint
+
+    run = _copy_run(tiny_run, tmp_path)
+    ids = [_extra_m(run, tmp_path / f"m{i}", seed=i) for i in (2, 3)]
+    _, cfg = cli.parse_stage_args("train-controller", ["--dream-dropout", "0.1", "--dream-models", "a,b"])
+    assert cfg.dream_dropout == 0.1 and cfg.dream_models == ["a", "b"]
+    tc.run(stage_cfg(run, generations=1, eval_every=0, fresh=True))
+    plain_fit = read_metrics(run / "controller" / "metrics.jsonl")[0]["cmaes/mean"]
+
+    factories, real_factory = [], agent.World.dream_factory
+
+    def recording(self, *args, **kw):
+        factories.append(kw)
+        return real_factory(self, *args, **kw)
+    monkeypatch.setattr(agent.World, "dream_factory", recording)
+    flags = ["train-controller", "--run", str(run), "--popsize", "4", "--rollouts", "2", "--generations", "1",
+             "--eval-every", "1", "--max-steps", "8", "--device", "cpu", "--dream-dropout", "0.5",
+             "--dream-models", f"{tmp_path / 'm2'},{tmp_path / 'm3'}"]
+    assert cli.main(flags + ["--fresh"]) == 0
+    fitness_kw, plain_kw = factories
+    assert fitness_kw["dropout"] == 0.5 and [m.checkpoint_id for m in fitness_kw["models"]] == ids
+    assert plain_kw.get("dropout", 0.0) == 0.0 and not plain_kw.get("models")  # the score: the run's M alone
+    state = load_checkpoint(run / "controller")
+    assert state["identity"]["dream_dropout"] == 0.5 and state["identity"]["dream_models"] == ids
+    saved = yaml.safe_load((run / "controller" / "config.yaml").read_text())
+    assert saved["dream_dropout"] == 0.5 and len(saved["dream_models"]) == 2
+    # Same seed, same CMA-ES samples: only the ensemble's fitness dreams can change the population's fitness.
+    assert read_metrics(run / "controller" / "metrics.jsonl")[0]["cmaes/mean"] != plain_fit
+    same = dict(dream_dropout=0.5, dream_models=[str(tmp_path / "m2"), str(tmp_path / "m3")])
+    for key, changed in (("dream_dropout", dict(dream_dropout=0.1)), ("dream_models", dict(dream_models=[]))):
+        with pytest.raises(WorldModelsError, match=f"different {key}"):
+            tc.run(stage_cfg(run, generations=2, eval_every=0, **{**same, **changed}))
+    tc.run(stage_cfg(run, generations=2, eval_every=0, **same))
+    assert load_checkpoint(run / "controller")["generation"] == 2
+    # a checkpoint from before the options resumes without them
+    tc.run(stage_cfg(run, generations=1, eval_every=0, fresh=True))
+    state = load_checkpoint(run / "controller")
+    for key in ("dream_dropout", "dream_models"):
+        del state["identity"][key]
+    save_checkpoint(run / "controller" / "checkpoint.pt", "controller", state)
+    assert tc.run(stage_cfg(run, generations=2, eval_every=0))["generation"] == 2
+
+
+def test_dream_ensemble_misuse_is_a_clear_error(tiny_run, tmp_path):
+    from worldmodels.data import LATENTS, EpisodeWriter, open_latents
+    from worldmodels.data.schema import RESERVED_ATTRS
+
+    run = _copy_run(tiny_run, tmp_path)
+    for where in ("real", "offline"):
+        with pytest.raises(WorldModelsError, match=f"need --where dream, not {where}"):
+            tc.run(stage_cfg(run, where=where, dream_dropout=0.1))
+    with pytest.raises(WorldModelsError, match=r"dream_dropout must be in \[0, 1\)"):
+        tc.run(stage_cfg(run, dream_dropout=1.0))
+    _extra_m(run, tmp_path / "wide", seed=1, hidden=9)
+    _extra_m(run, tmp_path / "doom", seed=1, env="doom-takecover")
+    recorded = load_checkpoint(run / "mdrnn")["config"]["latents"]
+    with open_latents(recorded) as src:  # the same episodes, encoded by another V
+        attrs = {k: v for k, v in src.attrs.items() if k not in RESERVED_ATTRS}
+        with EpisodeWriter(tmp_path / "other.h5", LATENTS, {**attrs, "vae_id": "another"}) as writer:
+            writer.append(src.episode(0), seed=0)
+    _extra_m(run, tmp_path / "other", seed=1, latents=str(tmp_path / "other.h5"))
+    for folder, why in (("wide", "sizes"), ("doom", "models doom-takecover"), ("other", "another V")):
+        with pytest.raises(WorldModelsError, match=f"--dream-models .*{folder}: .*{why}"):
+            tc.run(stage_cfg(run, dream_models=[str(tmp_path / folder)], fresh=True))

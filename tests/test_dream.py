@@ -319,3 +319,132 @@ def test_uniforms_never_reach_0_or_1(dtype):
     keys = rng.stream_keys(3, torch.arange(4096))
     draws = rng.uniforms(keys, torch.zeros(4096, dtype=torch.int64), rng.index_keys(256, "cpu"), torch.float32)
     assert draws.min() > 0 and draws.max() < 1
+
+
+# --- dream ensembles: a dropout mask or one of K Ms per member's episode ----------------------------------
+
+def _run(env, steps, restart_at=None, restart=None, first=0, seed=5):
+    """(B, ...): obs, rewards and dones of ``steps`` steps from reset, the members ``restart`` (B,) (default every
+    third) restarted after step ``restart_at``; actions (8, A) per step, rows first..first+B used."""
+    g = torch.Generator().manual_seed(seed)
+    acts = torch.rand(steps, 8, A, generator=g, dtype=env.dtype) * 2 - 1
+    B = env.batch_size
+    trace = [env.reset()]
+    for t in range(steps):
+        obs, reward, done, _ = env.step(acts[t, first:first + B])
+        trace += [obs, reward[:, None], done[:, None].to(env.dtype)]
+        if t == restart_at:
+            trace.append(env.reset_members(torch.arange(B) % 3 == 0 if restart is None else restart))
+    return torch.cat(trace, 1)
+
+
+def test_dream_ensemble_options_off_are_the_plain_dream():
+    """Dropout 0 and no extra Ms are the plain dream bit for bit; an ensemble of M with itself and a dropout rate
+    too small to drop anything follow it to float precision, so neither draw moves the latents' noise."""
+    m = make_model(dtype=torch.float64, done_bias=0.0)
+    args = (None, m, initial(dtype=torch.float64), 1.1, 6, "cpu", 8)
+    plain = _run(DreamEnv(*args, seed=3), 10, restart_at=4)
+    assert torch.equal(_run(DreamEnv(*args, seed=3, dropout=0.0, models=()), 10, restart_at=4), plain)
+    twin = make_model(dtype=torch.float64, done_bias=0.0)
+    triplets = DreamEnv(*args, seed=3, models=[twin, twin])
+    torch.testing.assert_close(_run(triplets, 10, restart_at=4), plain, atol=1e-10, rtol=0)
+    assert set(triplets.model_ids.tolist()) == {0, 1, 2}  # the members really ran on the three copies
+    tiny = DreamEnv(*args, seed=3, dropout=1e-12)
+    torch.testing.assert_close(_run(tiny, 10, restart_at=4), plain, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("kw", [{"dropout": 0.4}, {"models": 2}, {"dropout": 0.2, "models": 1}])
+def test_dream_ensemble_members_equal_single_dreams(kw):
+    """Member b of a batched ensemble dream equals a single one with stream b: the same M drawn (model and mask),
+    the same trajectory, also after a restart (which draws a new M for the restarted members)."""
+    m = make_model(dtype=torch.float64, done_bias=0.0)
+    with torch.no_grad():
+        m.head.weight[-1] *= 20  # some members end early
+    kw = {**kw, "models": [make_model(seed=s, dtype=torch.float64, done_bias=0.0)
+                           for s in range(1, 1 + kw.get("models", 0))]}
+    B = 6
+    args = (None, m, initial(dtype=torch.float64), 1.2, B, "cpu", 10)
+    batched = DreamEnv(*args, seed=11, **kw)
+    trace = _run(batched, 12, restart_at=5)
+    for b in range(B):
+        single = DreamEnv(None, m, initial(dtype=torch.float64), 1.2, 1, "cpu", 10, seed=11, stream_ids=[b], **kw)
+        torch.testing.assert_close(_run(single, 12, 5, torch.tensor([b % 3 == 0]), b)[0], trace[b], atol=1e-8, rtol=0)
+        assert single.model_ids[0] == batched.model_ids[b]
+        if batched.head_mask is not None:
+            assert torch.equal(single.head_mask[0], batched.head_mask[b])
+    if kw["models"]:
+        assert len(set(batched.model_ids.tolist())) > 1
+
+
+def test_dream_dropout_mask_is_fixed_per_episode_applies_to_the_head_only_and_is_redrawn_on_restart():
+    p, B = 0.5, 64
+    m = make_model(dtype=torch.float64)
+    env = DreamEnv(None, m, initial(dtype=torch.float64), 1.0, B, "cpu", 50, obs_mode="zch", dropout=p, seed=2)
+    obs = env.reset()
+    mask = env.head_mask.clone()
+    assert set(mask.unique().tolist()) == {0.0, 1 / (1 - p)} and abs(float((mask == 0).double().mean()) - p) < 0.05
+    assert len({tuple(row.tolist()) for row in mask}) == B  # every member its own mask
+    z, state = obs[:, :Z], None
+    for t in range(4):
+        a = torch.rand(B, A, dtype=torch.float64) * 2 - 1
+        with torch.no_grad():
+            _, state = m.step(z, a, state)
+            head = m.head(state[0] * mask)  # (B, 3ZK+2): M's head on the masked h
+        obs, reward, _, _ = env.step(a)
+        z, c, h = obs[:, :Z], obs[:, Z:Z + H], obs[:, Z + H:]
+        torch.testing.assert_close(h, state[0], atol=1e-10, rtol=0)  # the recurrence and C keep the unmasked h
+        torch.testing.assert_close(c, state[1], atol=1e-10, rtol=0)
+        torch.testing.assert_close(reward, head[:, 3 * Z * K], atol=1e-10, rtol=0)  # the head reads masked h
+        assert torch.equal(env.head_mask, mask)  # fixed within the episode
+    restart = torch.arange(B) < B // 2
+    env.reset_members(restart)
+    assert torch.equal(env.head_mask[~restart], mask[~restart])
+    assert all(not torch.equal(env.head_mask[b], mask[b]) for b in range(B // 2))
+    env.reset()
+    assert not torch.equal(env.head_mask, mask)  # a new episode for everyone: new masks
+
+
+def test_dream_ensemble_member_steps_its_drawn_m_alone_and_members_split_evenly():
+    """A member drawn onto M2 dreams exactly what a dream of M2 alone gives with the same seed and stream (the draw
+    of the model leaves the latents' noise alone), one on M1 what M1 alone gives; the K Ms each get ~1/K."""
+    m1, m2, m3 = (make_model(seed=s, dtype=torch.float64, done_bias=0.0) for s in (0, 1, 2))
+    B = 8
+    args = (initial(dtype=torch.float64), 1.1, B, "cpu", 10)
+    ens = DreamEnv(None, m1, *args, seed=4, models=[m2])
+    trace = _run(ens, 9)
+    ids = ens.model_ids.tolist()
+    assert set(ids) == {0, 1}
+    for b, k in enumerate(ids):
+        alone = DreamEnv(None, (m1, m2)[k], initial(dtype=torch.float64), 1.1, 1, "cpu", 10, seed=4, stream_ids=[b])
+        torch.testing.assert_close(_run(alone, 9, first=b)[0], trace[b], atol=1e-10, rtol=0)
+    frames = (torch.arange(3.0)[:, None].expand(3, Z) * 10, torch.full((3, Z), -40.0))  # 3 first frames, sigma ~0
+    big = DreamEnv(None, make_model(), frames, 1.0, 6000, "cpu", 10, seed=0,
+                   models=[make_model(seed=1), make_model(seed=2)])
+    frame = (big.reset()[:, 0] / 10).round().long()  # which first frame each member started from
+    share = torch.bincount(big.model_ids, minlength=3).double() / 6000
+    assert ((share - 1 / 3).abs() < 0.03).all()
+    assert abs(float((big.model_ids == frame).double().mean()) - 1 / 3) < 0.03  # independent of the first-frame draw
+    big.reset_members(torch.arange(6000) < 3000)
+    assert (big.model_ids[:3000] != big.model_ids[3000:]).float().mean() > 0.5  # restarted members draw again
+
+
+def test_dream_ensemble_bad_arguments_are_clear_errors():
+    m = make_model()
+    for p in (-0.1, 1.0):
+        with pytest.raises(WorldModelsError, match=r"dropout must be in \[0, 1\)"):
+            DreamEnv(None, m, initial(), dropout=p)
+    with pytest.raises(WorldModelsError, match="dream model 1 has sizes"):
+        DreamEnv(None, m, initial(), models=[MDRNN(Z, A, H + 1, K)])
+
+
+def test_dream_ensembles_compose_with_augmentations():
+    from worldmodels.augment import RandomSwing
+
+    m, m2 = make_model(dtype=torch.float64), make_model(seed=1, dtype=torch.float64)
+    args = (None, m, initial(dtype=torch.float64), 1.0, 6, "cpu", 10)
+    ensemble = _run(DreamEnv(*args, seed=1, dropout=0.3, models=[m2]), 6, restart_at=2)
+    idle = RandomSwing(probability=1.0, strength=0.0)
+    assert torch.equal(_run(DreamEnv(*args, seed=1, dropout=0.3, models=[m2], augmentations=[idle]), 6, 2), ensemble)
+    swing = RandomSwing(probability=1.0, strength=1.0, window=1)
+    swung = _run(DreamEnv(*args, seed=1, dropout=0.3, models=[m2], augmentations=[swing]), 6, 2)
+    assert torch.equal(swung[:, :Z + H], ensemble[:, :Z + H]) and not torch.equal(swung, ensemble)

@@ -331,3 +331,66 @@ def test_m_from_episode_starts_learns_when_episodes_end_and_windows_cannot(tmp_p
     assert report["window"]["recall"] <= 0.5, report
     metrics = read_metrics(tmp_path / "episode" / "mdrnn" / "metrics.jsonl")[-1]
     assert metrics["val/mdrnn/done_recall"] >= 0.9 and "val/mdrnn/done_false_alarm" in metrics
+
+
+# --- dropout: one mask per sequence in training, for dream ensembles -------------------------------------
+
+def test_mdrnn_dropout_masks_each_sequence_once_in_training_and_never_in_eval():
+    torch.manual_seed(0)
+    p = 0.5
+    m = MDRNN(3, 2, 16, 2, dropout=p)
+    z, a = torch.randn(4, 7, 3), torch.randn(4, 7, 2)
+    heads = []
+    m.head.register_forward_hook(lambda module, inputs, output: heads.append(inputs[0].detach()))
+    with torch.no_grad():
+        y, _ = m.lstm(torch.cat([z, a], -1))  # (4, 7, 16): the LSTM output the head reads
+        m.train()
+        out, state = m(z, a, generator=torch.Generator().manual_seed(1))
+        scale = heads[-1] / y  # (4, 7, 16): the mask
+        assert torch.allclose(scale, scale[:, :1].expand_as(scale))  # one mask for all time steps of a sequence
+        assert set(scale[:, 0].round(decimals=4).unique().tolist()) == {0.0, 1 / (1 - p)}  # inverted scaling
+        assert len({tuple(row.tolist()) for row in scale[:, 0]}) == 4  # each sequence its own mask
+        torch.testing.assert_close(state[0], y[:, -1])  # the recurrence runs unmasked
+        again, _ = m(z, a, generator=torch.Generator().manual_seed(1))
+        other, _ = m(z, a, generator=torch.Generator().manual_seed(2))
+        assert torch.equal(again.mu, out.mu) and not torch.allclose(other.mu, out.mu)
+        m.eval()
+        plain = MDRNN(3, 2, 16, 2)
+        plain.load_state_dict(m.state_dict())
+        assert all(torch.equal(x, y) for x, y in zip(m(z, a)[0], plain(z, a)[0]))
+    with pytest.raises(WorldModelsError, match=r"dropout must be in \[0, 1\)"):
+        MDRNN(3, 2, 16, 2, dropout=1.0)
+
+
+def test_mdrnn_checkpoint_records_dropout_and_older_ones_load_without_it(tmp_path):
+    from worldmodels.checkpoint import save_checkpoint
+
+    m = MDRNN(3, 2, 8, 2, dropout=0.3)
+    save_checkpoint(tmp_path / "m", "mdrnn", {"model": m.state_dict(), "model_args": m.config})
+    assert load_mdrnn(tmp_path / "m").dropout == 0.3
+    old_args = {k: v for k, v in m.config.items() if k != "dropout"}
+    save_checkpoint(tmp_path / "old", "mdrnn", {"model": m.state_dict(), "model_args": old_args})
+    assert load_mdrnn(tmp_path / "old").dropout == 0.0
+
+
+def test_train_mdrnn_dropout_is_recorded_resumes_exactly_and_is_part_of_the_run(tmp_path):
+    write_latents(tmp_path / "latents.h5")
+    kw = {"steps": 4, "eval_every": 2, "picture_steps": 0, "dropout": 0.3}
+    straight = train_mdrnn.run(tiny_cfg(tmp_path, out=str(tmp_path / "a" / "mdrnn"), **kw))
+    train_mdrnn.run(tiny_cfg(tmp_path, out=str(tmp_path / "b" / "mdrnn"), **{**kw, "steps": 2}))
+    resumed = train_mdrnn.run(tiny_cfg(tmp_path, out=str(tmp_path / "b" / "mdrnn"), **kw))
+    a, b = (load_checkpoint(r["checkpoint"]) for r in (straight, resumed))
+    assert a["model_args"]["dropout"] == 0.3 and load_mdrnn(straight["checkpoint"]).dropout == 0.3
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # masks drawn per step: resume-exact
+    plain = train_mdrnn.run(tiny_cfg(tmp_path, out=str(tmp_path / "c" / "mdrnn"), **{**kw, "dropout": 0.0}))
+    assert not torch.equal(load_checkpoint(plain["checkpoint"])["model"]["head.weight"], a["model"]["head.weight"])
+    with pytest.raises(WorldModelsError, match="different config.*dropout"):
+        train_mdrnn.run(tiny_cfg(tmp_path, out=str(tmp_path / "b" / "mdrnn"), **{**kw, "dropout": 0.1}))
+    with pytest.raises(WorldModelsError, match=r"dropout must be in \[0, 1\)"):
+        train_mdrnn.run(tiny_cfg(tmp_path, out=str(tmp_path / "d" / "mdrnn"), **{**kw, "dropout": 1.0}))
+    # a run from before the option (no dropout in its recorded config) resumes with the default
+    state = load_checkpoint(plain["checkpoint"])
+    del state["config"]["dropout"]
+    save_checkpoint(plain["checkpoint"], "mdrnn", state)
+    more = train_mdrnn.run(tiny_cfg(tmp_path, out=str(tmp_path / "c" / "mdrnn"), **{**kw, "dropout": 0.0, "steps": 6}))
+    assert more["id"] == plain["id"] and more["step"] == 6

@@ -52,6 +52,21 @@ def test_rerun_skips_everything(car_run):
     assert (run / "controller" / "checkpoint.pt").stat().st_mtime_ns == before
 
 
+def test_a_run_made_before_an_option_existed_is_still_up_to_date(car_run):
+    """An option added to a stage since it ran (absent from its record) counts as unchanged at its default;
+    at another value it is a change."""
+    tmp, preset, run, _ = car_run
+    path = run / "pipeline" / "train-controller.done.yaml"
+    saved = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({k: v for k, v in saved.items() if k != "stall_steps"} | {"gone": 1}))
+    assert run_pipeline("carracing", preset, str(run), log=quiet) == {stage: "skipped" for stage in STAGES}
+    for kind in ("done", "started"):  # as if the stage had finished with another value
+        (run / "pipeline" / f"train-controller.{kind}.yaml").write_text(
+            yaml.safe_dump({**saved, "eval_every": saved["eval_every"] + 1}))
+    outcome = run_pipeline("carracing", preset, str(run), log=quiet)
+    assert [outcome[s] for s in STAGES] == ["skipped"] * 4 + ["ran"] * 3
+
+
 def test_config_change_redoes_that_stage_and_later_only(car_run):
     tmp, _, run, _ = car_run
     vae_mtime = (run / "vae" / "checkpoint.pt").stat().st_mtime_ns

@@ -191,3 +191,23 @@ def test_a_changed_config_is_refused_unless_fresh_cells_and_an_unchanged_rerun_c
                                                           "coinrun__seed0__dream+all.json"}
     assert json.loads(after["coinrun__seed0__dream+all.json"])["config"]["augment"]["deepdream"]["strength"] == 0.25
     assert study.run(cfg(augment=deep))["computed"] == 0
+
+
+def test_dream_dropout_condition_trains_in_a_dream_ensemble_and_records_its_rate(tmp_path):
+    """dream-dropout: the dream condition with --dream-dropout at study.dream_dropout in the fitness dreams, recorded
+    in its cell config; the other conditions' configs and records stay as they were."""
+    cfg = study.Config(out=str(tmp_path), dream_dropout=0.2, augment={"random_swing": {"strength": 0.3}})
+    tc = study.controller_cfg(cfg, tmp_path / "run", 1, "dream-dropout")
+    assert (tc.where, tc.dream_dropout, tc.augment) == ("dream", 0.2, [])
+    assert study.cell_config(cfg, "dream-dropout")["dream_dropout"] == 0.2
+    both = study.controller_cfg(cfg, tmp_path / "run", 1, "dream-dropout+random_swing")
+    assert (both.dream_dropout, both.augment) == (0.2, ["random_swing"])
+    for cond in study.default_conditions():
+        assert "dream_dropout" not in study.cell_config(cfg, cond)
+        if cond != "offline":
+            assert study.controller_cfg(cfg, tmp_path / "run", 1, cond).dream_dropout == 0.0
+    with pytest.raises(WorldModelsError, match=r"study.dream_dropout must be in \[0, 1\)"):
+        study.run(study.Config(out=str(tmp_path), conditions=["dream-dropout"], dream_dropout=1.0))
+    with pytest.raises(WorldModelsError, match="unknown study condition 'dream-dropout\\+magic'"):
+        study.run(study.Config(out=str(tmp_path), conditions=["dream-dropout+magic"]))
+    assert not (tmp_path / "coinrun").exists()

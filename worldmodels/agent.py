@@ -71,9 +71,11 @@ class World:
                 "env_backend": env_backend, "env_kwargs": self.env_options(levels), "max_steps": max_steps,
                 **self.controller_spec()}
 
-    def dream_factory(self, temperature: float, max_steps: int, seed: int, augmentations: Sequence[Any] = ()):
+    def dream_factory(self, temperature: float, max_steps: int, seed: int, augmentations: Sequence[Any] = (),
+                      dropout: float = 0.0, models: Sequence[Any] = ()):
         """``batch -> DreamEnv`` of that many members (built once per batch size, per factory), with
-        ``augmentations`` (:mod:`worldmodels.augment`) applied inside every step of its dreams."""
+        ``augmentations`` (:mod:`worldmodels.augment`) applied inside every step of its dreams, and a dream
+        ensemble when asked: a ``dropout`` mask per member's episode, or one of M and ``models`` per episode."""
         from worldmodels.dream import DreamEnv
 
         initial = self.initial_latents()
@@ -84,7 +86,7 @@ class World:
             if batch not in dreams:
                 dreams[batch] = DreamEnv(self.vae, self.mdrnn, initial, temperature, batch, self.device, max_steps,
                                          reward=reward, obs_mode=self.obs_mode, seed=seed,
-                                         augmentations=augmentations)
+                                         augmentations=augmentations, dropout=dropout, models=models)
             return dreams[batch]
 
         return make

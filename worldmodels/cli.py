@@ -27,6 +27,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "dream": ("worldmodels.stages.dream", "record a dream of M decoded by V (GIF/PNG)"),
     "train-controller": ("worldmodels.stages.train_controller", "evolve the controller (C) with CMA-ES"),
     "evaluate": ("worldmodels.stages.evaluate", "run C with V and M in the real env and score it"),
+    "iterate": ("worldmodels.stages.iterate", "iterative training: collect with C, refit M (and V), evolve C "
+                                              "in the dream, score; repeat"),
     "study": ("worldmodels.stages.study", "the ProcGen dream-like imagination study"),
     "report": ("worldmodels.stages.report", "write a run's report.md with tables and figures"),
 }

@@ -62,6 +62,14 @@ def _read(path: Path) -> dict[str, Any] | None:
     return cfgmod.read_yaml(path) if path.is_file() else None
 
 
+def _matches(recorded: dict[str, Any] | None, current: dict[str, Any], defaults: dict[str, Any]) -> bool:
+    """A recorded stage config equals the current one. Options the record lacks (added to the package since
+    the stage ran) match when the current value is their default, and options since removed are ignored, so
+    upgrading the package does not redo finished stages whose settings did not change."""
+    missing = object()
+    return recorded is not None and all(recorded.get(k, defaults.get(k, missing)) == v for k, v in current.items())
+
+
 def run_pipeline(env: str = "carracing", preset: str = DEFAULT_PRESET, run_dir: str | None = None,
                  from_stage: str | None = None, force: bool = False, log=print, seed: int | None = None) -> dict[str, str]:
     """Run (or skip, resume, redo) every stage; returns ``{stage: "ran" | "resumed" | "skipped"}``."""
@@ -77,15 +85,15 @@ def run_pipeline(env: str = "carracing", preset: str = DEFAULT_PRESET, run_dir: 
     redo = force
     for stage, module, cfg in configs:
         redo = redo or stage == from_stage
-        current = cfgmod.to_dict(cfg)
+        current, defaults = cfgmod.to_dict(cfg), cfgmod.to_dict(module.Config())
         finished, started = _read(_record(run_path, stage, "done")), _read(_record(run_path, stage, "started"))
-        if not redo and finished == current:
+        if not redo and _matches(finished, current, defaults):
             outcome[stage] = "skipped"
             log(f"[pipeline] {stage}: up to date, skipped")
             continue
         # Redo from scratch when forced, when the config changed since the stage last finished, or when an
         # interrupted attempt used another config; resume only an interrupted attempt with this very config.
-        resuming = not redo and started == current
+        resuming = not redo and _matches(started, current, defaults)
         if not resuming and "fresh" in current:
             cfg = dataclasses.replace(cfg, fresh=True)
         log(f"[pipeline] {stage}: " + ("resuming" if resuming else "running"))

@@ -1,6 +1,7 @@
 """V, M and C playing a batch of real episodes at once: one V encode, one C and one M step per env step.
 
-Used by real-env fitness (``train-controller --where real``), its periodic real scores, and ``evaluate``.
+Used by real-env fitness (``train-controller --where real``), its periodic real scores, ``evaluate``,
+and ``iterate``'s collection (every member recorded, with exploration noise: :func:`worker_rollouts`).
 Work is cut into *batches* of ``env_batch`` episodes (members), each a task for a worker process
 (:class:`worldmodels.parallel.WorkerPool`): :func:`init_worker` loads V, M and an
 :class:`worldmodels.envs.batch.EnvBatch` once per worker from a plain-dict spec, and :func:`worker_batch`
@@ -65,11 +66,16 @@ class BatchAgent:
 
     @torch.no_grad()
     def play(self, envs: Any, params: np.ndarray, seeds: Sequence[int], max_steps: int | None = None,
-             record: Sequence[bool] = (), stall_steps: int | None = None) -> list[dict[str, Any]]:
+             record: Sequence[bool] = (), stall_steps: int | None = None, noise: float = 0.0) -> list[dict[str, Any]]:
         """Play one episode per member: ``params`` (B, N) on env seeds ``seeds`` (B,).
 
         Returns per member ``return``, ``length``, ``level``, ``stalled`` and ``frames`` (uint8
-        (T + 1, 64, 64, 3) for members with ``record[i]``, else None).
+        (T + 1, 64, 64, 3) for members with ``record[i]``, else None), and for recorded members what a
+        rollouts file stores of each step: ``actions`` (T, ...) as sent to the env, ``rewards`` (T,),
+        ``terminated`` and ``truncated`` (T,) (exactly one of them set, at the last step; else None).
+
+        ``noise`` > 0 explores (:func:`explore`): C's actions get noise from a stream of the episode's seed,
+        and M is fed the actions taken.
 
         ``stall_steps`` (needs ``max_steps``): end a member's episode once it has gone that many steps
         without a positive reward, and credit its remaining steps at the stretch's own reward rate. In
@@ -93,11 +99,15 @@ class BatchAgent:
         stalled = np.zeros(n, dtype=bool)
         record = list(record) + [False] * (n - len(record))
         frames = {i: [obs[i]] for i in range(n) if record[i]}
+        steps: dict[int, list[tuple]] = {i: [] for i in range(n) if record[i]}  # (action, reward, term, trunc)
+        rngs = [np.random.default_rng(np.random.SeedSequence(int(s), spawn_key=(2,))) for s in seeds] if noise else []
         live = np.arange(n)
         while len(live):
             ids = torch.as_tensor(live, device=dev)
             z[ids] = self.encode(obs, keys[ids], t[ids])
             action = self.action_map(ctrl(controller_input(z, state, self.obs_mode)))  # (B, ...)
+            if noise:
+                action[ids] = explore(action[ids], self.action_map, noise, [rngs[i] for i in live])
             if state is not None:
                 _, state = self.mdrnn.step(z, self.action_map.model_input(action), state)
             env_actions = [self.action_map.env_action(action[i]) for i in live]
@@ -105,9 +115,6 @@ class BatchAgent:
             returns[live] += reward
             lengths[live] += 1
             t[ids] += 1
-            for k, i in enumerate(live):
-                if record[i]:
-                    frames[i].append(obs[k])
             done = terminated | truncated
             if max_steps is not None:
                 done |= lengths[live] >= max_steps
@@ -120,10 +127,38 @@ class BatchAgent:
                 returns[ended] += stretch[ended] / since_gain[ended] * (max_steps - lengths[ended])
                 stalled[ended] = True
                 done |= stall
+            for k, i in enumerate(live):
+                if record[i]:
+                    frames[i].append(obs[k])
+                    # an end is terminated or truncated, never both (docs/data.md)
+                    steps[i].append((env_actions[k], reward[k], bool(terminated[k]),
+                                     bool(done[k] and not terminated[k])))
             obs, live = obs[~done], live[~done]
-        return [{"return": float(returns[i]), "length": int(lengths[i]), "level": int(levels[i]),
-                 "stalled": bool(stalled[i]), "frames": np.stack(frames[i]) if record[i] else None}
-                for i in range(n)]
+        results = []
+        for i in range(n):
+            trace = dict.fromkeys(("actions", "rewards", "terminated", "truncated"))
+            if record[i]:
+                a, r, term, trunc = zip(*steps[i])
+                trace = {"actions": np.asarray(a), "rewards": np.asarray(r, np.float32),
+                         "terminated": np.asarray(term), "truncated": np.asarray(trunc)}
+            results.append({"return": float(returns[i]), "length": int(lengths[i]), "level": int(levels[i]),
+                            "stalled": bool(stalled[i]), "frames": np.stack(frames[i]) if record[i] else None,
+                            **trace})
+        return results
+
+
+def explore(action: torch.Tensor, action_map: ActionMap, noise: float,
+            rngs: Sequence[np.random.Generator]) -> torch.Tensor:
+    """C's actions (B, ...) with exploration noise, member b's drawn from ``rngs[b]`` (its episode's stream):
+    continuous, Gaussian noise of std ``noise`` added and the sum clipped to the action space; discrete, with
+    probability ``noise`` a uniformly random action instead."""
+    if action_map.discrete:
+        draws = [(rng.random() < noise, rng.integers(action_map.n_actions)) for rng in rngs]
+        swap = torch.tensor([d[0] for d in draws], device=action.device)
+        random = torch.tensor([int(d[1]) for d in draws], dtype=action.dtype, device=action.device)
+        return torch.where(swap, random, action)
+    eps = np.stack([rng.normal(0.0, noise, tuple(action.shape[1:])) for rng in rngs])  # (B, A)
+    return action_map.clip(action + torch.as_tensor(eps, dtype=action.dtype, device=action.device))
 
 
 # Per-process state of a worker: the agent and its envs, loaded once by init_worker.
@@ -155,6 +190,15 @@ def init_worker(spec: dict[str, Any]) -> None:
 
 
 Task = tuple[np.ndarray, list[int], list[bool], "int | None"]  # params (B, N), seeds, record, stall_steps
+
+
+def worker_rollouts(task: tuple[np.ndarray, Sequence[int], float]) -> list[dict[str, Any]]:
+    """``(params (B, N), seeds (B,), noise)`` -> :meth:`BatchAgent.play`'s results with every member recorded
+    and exploration ``noise``, in a worker set up by :func:`init_worker` (``worldmodels iterate``'s collection)."""
+    params, seeds, noise = task
+    with one_torch_thread():
+        return _WORKER["agent"].play(_WORKER["envs"], params, seeds, _WORKER["spec"].get("max_steps"),
+                                     [True] * len(seeds), noise=noise)
 
 
 def worker_batch(task: Task) -> list[dict[str, Any]]:

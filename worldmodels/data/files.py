@@ -354,6 +354,93 @@ class EpisodeFile:
                 f"{self.n_frames} frames)")
 
 
+class EpisodeFiles:
+    """Several episode files of one schema read as one, e.g. the data of every round of iterative training.
+
+    Episodes are numbered file after file and frames take global indices (file i's frames follow file
+    i - 1's); ``.episodes`` holds the global starts. A read stays inside one file, as an episode does.
+    ``same`` names the attributes every file must share (what makes them one dataset); ``.attrs`` are the
+    first file's. With one path it reads like that :class:`EpisodeFile`.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike], schema: Schema,
+                 same: Sequence[str] = ("env", "action_space")):
+        from worldmodels.data.schema import normalized
+
+        if not paths:
+            raise WorldModelsError(f"no {schema.name} file given")
+        self.files: list[EpisodeFile] = []
+        try:
+            for path in paths:
+                self.files.append(EpisodeFile(path, schema))
+        except BaseException:
+            self.close()
+            raise
+        first = self.files[0]
+        for other in self.files[1:]:
+            for key in same:
+                if normalized(other.attrs.get(key)) != normalized(first.attrs.get(key)):
+                    self.close()
+                    raise WorldModelsError(f"{other.path} has {key} {other.attrs.get(key)!r} but {first.path} has "
+                                           f"{first.attrs.get(key)!r}; files read together must agree")
+        self.schema, self.path, self.attrs = schema, first.path, first.attrs
+        frames = np.array([f.n_frames for f in self.files], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(frames)[:-1]])  # (n_files,) first global frame of each
+        counts = np.array([f.n_episodes for f in self.files], dtype=np.int64)
+        self.first_episodes = np.concatenate([[0], np.cumsum(counts)[:-1]])  # (n_files,) first global episode
+        tables = []
+        for f, offset in zip(self.files, self.offsets):
+            table = f.episodes.copy()
+            table["start"] += offset
+            tables.append(table)
+        self.episodes: np.ndarray = np.concatenate(tables)
+        self.n_episodes, self.n_frames = len(self.episodes), int(frames.sum())
+
+    def locate(self, episode: int) -> tuple[int, int]:
+        """(file index, episode index inside that file) of global episode ``episode``."""
+        i = int(np.searchsorted(self.first_episodes, episode, side="right")) - 1
+        return i, int(episode - self.first_episodes[i])
+
+    def read(self, field: str, start: int, stop: int) -> np.ndarray:
+        """Frames ``[start, stop)`` (global indices) of ``field``; the range must lie in one file."""
+        i = max(int(np.searchsorted(self.offsets, start, side="right")) - 1, 0)
+        offset = int(self.offsets[i])
+        if stop - offset > self.files[i].n_frames:
+            raise IndexError(f"frames [{start}, {stop}) cross from {self.files[i].path} into the next file")
+        return self.files[i].read(field, start - offset, stop - offset)
+
+    def take(self, field: str, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Frames at arbitrary global indices (1-D, any order), each file read once with :meth:`EpisodeFile.take`."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.n_frames):
+            raise IndexError(f"frame index out of range for {self.n_frames} committed frames")
+        which = np.searchsorted(self.offsets, idx, side="right") - 1
+        out = np.empty((len(idx), *self.files[0].field(field).shape), self.files[0].field(field).dtype)
+        for i in np.unique(which):
+            mask = which == i
+            out[mask] = self.files[i].take(field, idx[mask] - self.offsets[i])
+        return out
+
+    def episode(self, i: int, fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        f, local = self.locate(i % self.n_episodes if i < 0 else i)
+        return self.files[f].episode(local, fields)
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+    def __enter__(self) -> "EpisodeFiles":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def split_paths(paths: str) -> list[str]:
+    """A comma-separated list of files (``a.h5,b.h5``), as stage options take several."""
+    return [p.strip() for p in paths.split(",") if p.strip()]
+
+
 def open_rollouts(path: str | os.PathLike) -> EpisodeFile:
     """Open and validate a rollouts file (``worldmodels collect``)."""
     return EpisodeFile(path, ROLLOUTS)

@@ -9,6 +9,10 @@ a single dream with the same seed and stream id.
 
 M's weights are copied into the fused layout at every ``reset()``, so a dream always uses the
 weights M has at the start of its episodes.
+
+Dream ensembles (docs/mdrnn.md): with ``dropout`` > 0 each member's episode draws a fixed dropout mask
+over the h that enters the head, and with extra ``models`` each draws one of the K Ms; both draws come
+from the member's own stream at its episode's start, so every member dreams with its own M.
 """
 
 from __future__ import annotations
@@ -47,9 +51,12 @@ class DreamEnv:
     def __init__(self, vae: Any, mdrnn: MDRNN, initial_latents: tuple[torch.Tensor, torch.Tensor],
                  temperature: float = 1.0, batch_size: int = 1, device: torch.device | str = "cpu",
                  max_steps: int = 1000, reward: str = "predicted", obs_mode: str = "zh", seed: int | None = None,
-                 augmentations: Sequence[Any] = (), stream_ids: torch.Tensor | Sequence[int] | None = None):
+                 augmentations: Sequence[Any] = (), stream_ids: torch.Tensor | Sequence[int] | None = None,
+                 dropout: float = 0.0, models: Sequence[MDRNN] = ()):
         """``initial_latents`` = (mu, logvar) (N, Z) of real first frames; ``stream_ids`` (B,) picks each
-        member's random stream (default 0..B-1)."""
+        member's random stream (default 0..B-1). ``dropout``: each member's episode reads M's head through
+        its own dropout mask of that rate; ``models``: more Ms of M's sizes, each member's episode steps
+        one of the 1 + len(models) drawn uniformly (dream ensembles; 0 and () are the plain dream)."""
         if reward not in REWARDS:
             raise WorldModelsError(f"dream reward must be one of {', '.join(REWARDS)}, got {reward!r}")
         if obs_mode not in OBS_MODES:
@@ -58,8 +65,16 @@ class DreamEnv:
             raise WorldModelsError(f"dream temperature must be positive, got {temperature}")
         if batch_size < 1 or max_steps < 1:
             raise WorldModelsError(f"dream batch_size and max_steps must be >= 1, got {batch_size}, {max_steps}")
+        if not 0 <= dropout < 1:
+            raise WorldModelsError(f"dream dropout must be in [0, 1), got {dropout}")
+        sizes = ("z_dim", "action_dim", "hidden", "n_gaussians")
+        for i, other in enumerate(models):
+            if any(getattr(other, k) != getattr(mdrnn, k) for k in sizes):
+                raise WorldModelsError(f"dream model {i + 1} has sizes {[getattr(other, k) for k in sizes]}, not M's "
+                                       f"{[getattr(mdrnn, k) for k in sizes]} ({', '.join(sizes)})")
         self.device = torch.device(device)
         self.vae, self.mdrnn = vae, mdrnn
+        self.models, self.dropout = [mdrnn, *models], float(dropout)
         self.dtype = mdrnn.lstm.weight_hh_l0.dtype
         mu0, logvar0 = (torch.as_tensor(x).to(self.device, self.dtype) for x in initial_latents)
         if mu0.ndim != 2 or mu0.shape != logvar0.shape or mu0.shape[1] != mdrnn.z_dim or len(mu0) == 0:
@@ -80,6 +95,8 @@ class DreamEnv:
         self._stream_ids = ids.to(self.device)
         self._idx_keys = rng.index_keys(2 * Z, self.device)
         self._init_idx_keys = rng.index_keys(Z + 1, self.device)
+        # the ensemble's draws: the model (index 0) and the dropout mask (1..H), at step t = -2
+        self._draw_idx_keys = rng.index_keys(1 + (H if self.dropout else 0), self.device)
         dev, dt = self.device, self.dtype
         self._xh = torch.zeros(B, A + Z + H, device=dev, dtype=dt)  # [a | z | h], the fused matmul's input
         self._c = torch.zeros(B, H, device=dev, dtype=dt)
@@ -89,6 +106,11 @@ class DreamEnv:
         self.lengths = torch.zeros(B, device=dev, dtype=torch.int64)
         self.done = torch.ones(B, device=dev, dtype=torch.bool)  # nothing runs before reset()
         self._episodes = torch.full((B,), -1, device=dev, dtype=torch.int64)
+        self.model_ids = torch.zeros(B, device=dev, dtype=torch.int64)  # which of self.models each member steps
+        # with K > 1 (set at every (re)start): each member's row in _grouped's (K, n) layout, and each row's member
+        self._slot: torch.Tensor | None = None
+        self._gather: torch.Tensor | None = None
+        self.head_mask = torch.ones(B, H, device=dev, dtype=dt) if self.dropout else None  # (B, H): 0 or 1/(1-p)
         self._keys = rng.stream_keys(self.seed, self._stream_ids)
         self._ep_keys = self._keys
         self.n_steps = 0
@@ -121,7 +143,15 @@ class DreamEnv:
 
     # --- episodes ----------------------------------------------------------------------------------
     def _load_weights(self) -> None:
-        """Copy M into the dream's fused layout, folding constants into the weights.
+        """Copy M (every M of an ensemble, stacked along a first dimension K) into the dream's fused layout."""
+        fused = [self._fuse(m) for m in self.models]
+        if len(fused) == 1:
+            self._w, self._b, self._head_w, self._head_b = fused[0]
+        else:
+            self._w, self._b, self._head_w, self._head_b = (torch.stack(parts) for parts in zip(*fused))
+
+    def _fuse(self, m: MDRNN) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One M in the dream's fused layout, constants folded into the weights.
 
         LSTM: gate rows [i, f, o, g] with g's rows doubled, so one sigmoid serves all four gates
         (tanh(x) = 2 sigmoid(2x) - 1, and sigmoid is several times faster than tanh on CPU); input
@@ -129,7 +159,7 @@ class DreamEnv:
         contiguous rows; logits divided by tau; log sigma shifted by log sqrt(2 tau), so a sample is
         mu_k + exp(logsigma_k) * erfinv(2u - 1).
         """
-        m, Z, K = self.mdrnn, self.mdrnn.z_dim, self.mdrnn.n_gaussians
+        Z, K = m.z_dim, m.n_gaussians
         ZK, tau = Z * K, self.temperature
         with torch.no_grad():
             w_ih, w_hh = m.lstm.weight_ih_l0, m.lstm.weight_hh_l0  # (4H, Z+A), (4H, H); rows i, f, g, o
@@ -137,8 +167,8 @@ class DreamEnv:
             b = m.lstm.bias_ih_l0 + m.lstm.bias_hh_l0
             i, f, g, o = w.chunk(4, 0)
             bi, bf, bg, bo = b.chunk(4, 0)
-            self._w = torch.cat([i, f, o, 2 * g], 0).t().contiguous().to(self.device, self.dtype)  # (A+Z+H, 4H)
-            self._b = torch.cat([bi, bf, bo, 2 * bg], 0).to(self.device, self.dtype)
+            gates_w = torch.cat([i, f, o, 2 * g], 0).t().contiguous().to(self.device, self.dtype)  # (A+Z+H, 4H)
+            gates_b = torch.cat([bi, bf, bo, 2 * bg], 0).to(self.device, self.dtype)
             hw, hb = m.head.weight, m.head.bias  # (3ZK+2, H), (3ZK+2,)
             per_component = torch.arange(ZK, device=hw.device).view(Z, K).t().reshape(-1)  # (Z,K) -> (K,Z)
             order = torch.cat([per_component + j * ZK for j in range(3)]
@@ -147,8 +177,9 @@ class DreamEnv:
             scale[:ZK] = 1.0 / tau
             shift = torch.zeros_like(scale)
             shift[2 * ZK:3 * ZK] = 0.5 * math.log(2 * tau)
-            self._head_w = (hw[order] * scale[:, None]).t().contiguous().to(self.device, self.dtype)  # (H, 3ZK+2)
-            self._head_b = (hb[order] * scale + shift).to(self.device, self.dtype)
+            head_w = (hw[order] * scale[:, None]).t().contiguous().to(self.device, self.dtype)  # (H, 3ZK+2)
+            head_b = (hb[order] * scale + shift).to(self.device, self.dtype)
+        return gates_w, gates_b, head_w, head_b
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
         """Start B new episodes from real first frames; a seed restarts the random streams."""
@@ -184,6 +215,8 @@ class DreamEnv:
         mask = mask.to(self.device)
         self._episodes += mask
         self._ep_keys = rng.episode_keys(self._keys, self._episodes)
+        if len(self.models) > 1 or self.dropout:
+            self._draw_members(mask)
         first = torch.full_like(self.lengths, -1)
         u = rng.uniforms(self._ep_keys, first, self._init_idx_keys, self.dtype)  # (B, Z+1)
         n = len(self.initial_mu)
@@ -198,6 +231,27 @@ class DreamEnv:
         self.lengths *= ~mask
         self.done &= ~mask
         return self._obs()
+
+    def _draw_members(self, mask: torch.Tensor) -> None:
+        """The M of each new episode where ``mask`` is true: one of the K models (uniform) and a dropout mask
+        over h (keep with probability 1 - p, scaled by 1 / (1 - p), as in training), fixed for the episode.
+        Drawn from the member's own stream at step -2 (its first latents use -1, its steps 0, 1, ...), so
+        the latents' noise is the plain dream's. Grouping members by model costs one host sync."""
+        at = torch.full_like(self.lengths, -2)
+        u = rng.uniforms(self._ep_keys, at, self._draw_idx_keys, self.dtype)  # (B, 1), or (B, 1 + H) with dropout
+        if len(self.models) > 1:
+            K, B = len(self.models), self.batch_size
+            self.model_ids = torch.where(mask, (u[:, 0] * K).long().clamp_(max=K - 1), self.model_ids)
+            counts = torch.bincount(self.model_ids, minlength=K)
+            n = int(counts.max())  # the host sync: the padded group size
+            rank = torch.empty_like(self.model_ids)
+            rank[torch.argsort(self.model_ids, stable=True)] = torch.arange(B, device=self.device)
+            self._slot = self.model_ids * n + rank - (counts.cumsum(0) - counts)[self.model_ids]  # (B,)
+            self._gather = torch.zeros(K * n, device=self.device, dtype=torch.int64).index_copy_(
+                0, self._slot, torch.arange(B, device=self.device))  # (K n,): padding rows read member 0
+        if self.head_mask is not None:
+            keep = (u[:, 1:] >= self.dropout).to(self.dtype).div_(1 - self.dropout)  # (B, H)
+            self.head_mask = torch.where(mask.unsqueeze(1), keep, self.head_mask)
 
     def all_done(self) -> bool:
         """True when every member has finished (synchronises with the device)."""
@@ -232,12 +286,20 @@ class DreamEnv:
         self._write_actions(actions)
         alive = ~self.done if frozen is None else ~(self.done | frozen.to(self.device))  # (B,)
 
-        gates = torch.addmm(self._b, self._xh, self._w, out=self._gates).sigmoid_()  # (B, 4H): i f o | g
+        if self._slot is not None:  # an ensemble: each member's gates from its own model's weights
+            gates = self._grouped(self._b, self._xh, self._w, self._gates).sigmoid_()  # (B, 4H): i f o | g
+        else:
+            gates = torch.addmm(self._b, self._xh, self._w, out=self._gates).sigmoid_()  # (B, 4H): i f o | g
         i, f, o, g = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
         g.mul_(2).sub_(1)  # = tanh of the raw g gate
         c_new = torch.addcmul(f * self._c, i, g)  # (B, H)
         h_new = torch.mul(c_new, 2).sigmoid_().mul_(2).sub_(1).mul_(o)  # o * tanh(c_new)
-        out = torch.addmm(self._head_b, h_new, self._head_w)  # (B, 3ZK+2), mixtures as (K, Z)
+        # dropout masks only what the head reads; the recurrence (and C) keep h, as torch.nn.LSTM in training
+        h_head = h_new if self.head_mask is None else h_new * self.head_mask
+        if self._slot is not None:
+            out = self._grouped(self._head_b, h_head, self._head_w)
+        else:
+            out = torch.addmm(self._head_b, h_head, self._head_w)  # (B, 3ZK+2), mixtures as (K, Z)
         u = rng.uniforms(self._ep_keys, self.lengths, self._idx_keys, self.dtype)  # (B, 2Z)
         z_next = self._sample(out, u[:, :Z], torch.erfinv(u[:, Z:].mul(2).sub_(1)))  # (B, Z)
         if self.augmentations:
@@ -261,6 +323,18 @@ class DreamEnv:
         self.done |= terminated | truncated
         self.n_steps += 1
         return self._obs(), reward, self.done.clone(), {"terminated": terminated, "truncated": truncated}
+
+    def _grouped(self, b: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """x @ w[k] + b[k] with each member's model k: x (B, i), w (K, i, o), b (K, o) -> (B, o).
+
+        One batched matmul over the members grouped by model, each group padded to the largest: on CPU at
+        B = 1024 a little faster than a matmul per model on its members, and one kernel on a GPU.
+        """
+        K = len(self.models)
+        grouped = x.index_select(0, self._gather).view(K, -1, x.shape[1])  # (K, n, i)
+        y = torch.baddbmm(b.unsqueeze(1), grouped, w)  # (K, n, o)
+        return torch.index_select(y.view(-1, y.shape[2]), 0, self._slot, out=out)
 
     def _sample(self, out: torch.Tensor, u: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """One mixture sample per dimension from the head's output (dream layout), u uniform, eps normal/sqrt 2."""

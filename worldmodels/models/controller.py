@@ -120,6 +120,11 @@ class ActionMap:
             return int(action)
         return action.detach().cpu().numpy().astype(np.float32)
 
+    def clip(self, action: torch.Tensor) -> torch.Tensor:
+        """Continuous actions (B, 3) clipped to CarRacing's action space: steering [-1, 1], gas and brake [0, 1]."""
+        low = torch.tensor([-1.0, 0.0, 0.0], dtype=action.dtype, device=action.device)
+        return torch.minimum(torch.maximum(action, low), torch.ones_like(low))
+
     def model_input(self, action: torch.Tensor) -> torch.Tensor:
         """Actions as M consumes them: float (B, A); discrete ones one-hot."""
         if self.discrete:

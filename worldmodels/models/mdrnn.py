@@ -36,20 +36,25 @@ class MDRNNOutput(NamedTuple):
 class MDRNN(nn.Module):
     """LSTM(z_dim + action_dim -> hidden) with a per-dimension Gaussian-mixture head, reward and done heads."""
 
-    def __init__(self, z_dim: int, action_dim: int, hidden: int = 256, n_gaussians: int = 5):
+    def __init__(self, z_dim: int, action_dim: int, hidden: int = 256, n_gaussians: int = 5, dropout: float = 0.0):
+        """``dropout``: in training, the rate of variational dropout on the LSTM's output before the head
+        (one mask per sequence), so that a dream can draw a different M per member (docs/mdrnn.md)."""
         super().__init__()
         if min(z_dim, action_dim, hidden, n_gaussians) <= 0:
             raise WorldModelsError("MDRNN sizes must be positive: "
                                    f"z_dim={z_dim} action_dim={action_dim} hidden={hidden} n_gaussians={n_gaussians}")
+        if not 0 <= dropout < 1:
+            raise WorldModelsError(f"MDRNN dropout must be in [0, 1), got {dropout}")
         self.z_dim, self.action_dim, self.hidden, self.n_gaussians = z_dim, action_dim, hidden, n_gaussians
+        self.dropout = float(dropout)
         self.lstm = nn.LSTM(z_dim + action_dim, hidden, batch_first=True)
         self.head = nn.Linear(hidden, 3 * z_dim * n_gaussians + 2)
 
     @property
-    def config(self) -> dict[str, int]:
-        """Constructor arguments (stored in checkpoints)."""
+    def config(self) -> dict[str, int | float]:
+        """Constructor arguments (stored in checkpoints; older ones without ``dropout`` load with 0)."""
         return {"z_dim": self.z_dim, "action_dim": self.action_dim, "hidden": self.hidden,
-                "n_gaussians": self.n_gaussians}
+                "n_gaussians": self.n_gaussians, "dropout": self.dropout}
 
     def initial_state(self, batch: int, device: torch.device | str | None = None,
                       dtype: torch.dtype | None = None) -> State:
@@ -67,11 +72,20 @@ class MDRNN(nn.Module):
         logsigma = out[..., 2 * zk:3 * zk].reshape(*lead, z, k)
         return MDRNNOutput(F.log_softmax(logits, dim=-1), mu, logsigma, out[..., 3 * zk], out[..., 3 * zk + 1])
 
-    def forward(self, z: torch.Tensor, a: torch.Tensor, state: State | None = None) -> tuple[MDRNNOutput, State]:
-        """z (B, T, Z), a (B, T, A) -> (outputs with shapes (B, T, ...), final state ((B, H), (B, H)))."""
+    def forward(self, z: torch.Tensor, a: torch.Tensor, state: State | None = None,
+                generator: torch.Generator | None = None) -> tuple[MDRNNOutput, State]:
+        """z (B, T, Z), a (B, T, A) -> (outputs with shapes (B, T, ...), final state ((B, H), (B, H))).
+
+        In training with ``dropout`` > 0, the head reads y * mask / (1 - p) with one mask per sequence for
+        all time steps (variational dropout: one draw is one M for a whole episode, as a dream member uses
+        it), drawn from ``generator``; the recurrence keeps the unmasked state.
+        """
         x = torch.cat([z, a.to(z.dtype)], dim=-1)  # (B, T, Z+A)
         lstm_state = None if state is None else (state[0].unsqueeze(0).contiguous(), state[1].unsqueeze(0).contiguous())
         y, (h, c) = self.lstm(x, lstm_state)  # y (B, T, H)
+        if self.training and self.dropout > 0:
+            keep = torch.empty(y.shape[0], 1, y.shape[2], device=y.device, dtype=y.dtype)
+            y = y * keep.bernoulli_(1 - self.dropout, generator=generator).div_(1 - self.dropout)  # (B, 1, H)
         return self.split_head(self.head(y)), (h[0], c[0])
 
     def step(self, z: torch.Tensor, a: torch.Tensor, state: State | None = None) -> tuple[MDRNNOutput, State]:

@@ -12,6 +12,7 @@ is redrawn from controller/metrics.jsonl.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -160,6 +161,31 @@ def health_line(mean: float, spread: dict[str, Any]) -> str:
             "that, so one run alone says little; a run outside the range deserves a look at its curves.")
 
 
+def _rounds_section(run_dir: Path) -> list[str]:
+    """The "Rounds" table of `worldmodels iterate` (from iterate/rounds.csv), or nothing if it never ran."""
+    path = run_dir / "iterate" / "rounds.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+
+    def number(row: dict[str, str], key: str, fmt: str = ".2f") -> str:
+        value = row.get(key) or ""
+        return format(float(value), fmt) if value not in ("", "None") else "?"
+
+    lines = ["", "## Rounds", "", "Iterative training (`worldmodels iterate`, `iterate/round-<r>/`): each round "
+             "collects real episodes with the last C plus exploration noise, refits M (and V when its "
+             "reconstruction error on the new frames grew) on all the data so far, evolves C in the refit M's dream "
+             "and scores it. Real frames count the original collection and every round so far.", ""]
+    lines += _table(["round", "real episodes", "real frames", "M val loss", "V error ratio", "V refit", "dream score",
+                     "real score, mean ± std (n)"],
+                    [[r["round"], r["real_episodes"], r["real_frames"], number(r, "mdrnn_val_loss", ".4g"),
+                      number(r, "vae_recon_ratio", ".3f"), {"True": "yes", "False": "no"}.get(r.get("vae_refit", ""), "?"),
+                      number(r, "dream_score"),
+                      f"{number(r, 'real_mean')} ± {number(r, 'real_std')} ({r.get('real_n', '?')})"] for r in rows])
+    return lines
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
@@ -210,6 +236,8 @@ def build_report(run_dir: Path, out: Path) -> tuple[str, dict[str, Any]]:
     else:
         lines += ["Missing: no `eval-<levels>/summary.json` (run `worldmodels evaluate --run DIR`).",
                   "", f"Paper's number for this env: {paper_score(env, c_cfg.get('temperature'))}."]
+
+    lines += _rounds_section(run_dir)
 
     # --- final metrics
     lines += ["", "## Final metrics of each stage", ""]

@@ -3,8 +3,10 @@
 For each game and seed: collect -> train-vae -> encode -> train-mdrnn once, on training levels only
 (env_kwargs, by default num_levels=200, start_level=0, distribution_mode=easy), then one controller
 per condition: offline (return-weighted regression on the collected episodes), dream (CMA-ES in M's
-dream), dream+<augmentation> for each augmentation alone, dream+all (the three, in order). Every
-controller is evaluated for real on training levels and on unseen test levels.
+dream), dream+<augmentation> for each augmentation alone, dream+all (the three, in order); on request
+dream-dropout (fitness dreams as a dream ensemble: each member's episode draws a dropout mask over M's
+head input at --dream-dropout). Every controller is evaluated for real on training levels and on unseen
+test levels.
 
 Layout under --out: <game>/seed<k>/ holds rollouts.h5, vae/, latents.h5, mdrnn/ and world.json (the
 world is finished); <game>/seed<k>/<condition>/ holds the controller and its eval-train/, eval-test/;
@@ -58,6 +60,8 @@ class Config:
     train_mdrnn: dict = option(factory=dict, help="train-mdrnn options (latents, out, seed, device are set)")
     train_controller: dict = option(factory=dict, help="train-controller options for the dream conditions")
     augment: dict = option(factory=dict, help="per-augmentation options, e.g. {deepdream: {strength: 0.5}}")
+    dream_dropout: float = option(0.1, "dropout rate of the dream-dropout condition's fitness dreams (each member's "
+                                       "episode draws its own mask over M's head input)")
     offline: dict = option(factory=dict, help="offline fit options: weighting, beta, ridge")
     evaluate: dict = option(factory=lambda: {"episodes": 100},
                             help="evaluate options for both level sets (run, levels, seed, gif are set)")
@@ -69,15 +73,23 @@ class Config:
                                       "this one (their folders and records are replaced); default: refuse")
 
 
+DREAMS = ("dream", "dream-dropout")  # the plain dream; a dream ensemble by dropout masks (cfg.dream_dropout)
+
+
 def _augment_names(condition: str) -> list[str]:
-    """``dream+a+b`` -> [a, b]; ``dream+all`` -> every augmentation; ``dream`` -> []."""
+    """``dream+a+b`` -> [a, b]; ``dream+all`` -> every augmentation; ``dream`` -> [] (also after dream-dropout)."""
     from worldmodels.augment import AUGMENTATIONS
 
     head, *names = condition.split("+")
-    if head != "dream" or ("all" in names and len(names) > 1) or not all(n in AUGMENTATIONS or n == "all" for n in names):
-        raise WorldModelsError(f"unknown study condition {condition!r}; use offline, dream, dream+all or "
-                               f"dream+<augmentation>[+...] with augmentations {', '.join(AUGMENTATIONS)}")
+    known = all(n in AUGMENTATIONS or n == "all" for n in names)
+    if head not in DREAMS or ("all" in names and len(names) > 1) or not known:
+        raise WorldModelsError(f"unknown study condition {condition!r}; use offline, dream, dream-dropout, dream+all "
+                               f"or dream+<augmentation>[+...] with augmentations {', '.join(AUGMENTATIONS)}")
     return list(AUGMENTATIONS) if names == ["all"] else names
+
+
+def _dream_dropout(condition: str) -> bool:
+    return condition.split("+")[0] == "dream-dropout"
 
 
 def _stage_cfg(module: Any, section: str, values: dict[str, Any], fixed: dict[str, Any]) -> Any:
@@ -106,6 +118,8 @@ def cell_config(cfg: Config, condition: str) -> dict[str, Any]:
         cell["offline"] = cfg.offline
     else:
         cell["augment"] = {name: cfg.augment.get(name) or {} for name in _augment_names(condition)}
+        if _dream_dropout(condition):
+            cell["dream_dropout"] = cfg.dream_dropout
     cell["evaluate"] = cfg.evaluate
     return _plain(cell)
 
@@ -204,6 +218,8 @@ def controller_cfg(cfg: Config, run_dir: Path, seed: int, condition: str) -> Any
         fixed.update(where="offline", **{f"offline_{k}": v for k, v in cfg.offline.items()})
     else:
         fixed.update(where="dream", augment=_augment_names(condition), augment_options=dict(cfg.augment))
+        if _dream_dropout(condition):
+            fixed["dream_dropout"] = cfg.dream_dropout
     return _stage_cfg(tc, "train_controller", cfg.train_controller, fixed)
 
 
@@ -311,6 +327,8 @@ def run(cfg: Config) -> dict[str, Any]:
     for cond in cfg.conditions:
         if cond != "offline":
             _augment_names(cond)
+    if not 0 <= cfg.dream_dropout < 1:
+        raise WorldModelsError(f"study.dream_dropout must be in [0, 1), got {cfg.dream_dropout}")
     from worldmodels.augment import build_augmentations
 
     # Bad keys fail now, not hours into the study.

@@ -4,10 +4,13 @@
 is one batched DreamEnv run at --temperature, on --device. Doom's dream reward is survival (+1 per
 step, cut at 2100); other envs use M's predicted reward. --augment turns on generative augmentations
 (worldmodels.augment) in every fitness dream; the periodic mean-solution score stays in the plain dream.
+--dream-dropout and --dream-models make the fitness dreams dream ensembles, likewise: each member's episode
+draws its own M (a dropout mask over M's head input, one of several Ms); the score stays with the run's M.
 --where real: workers (--backend local processes or ray) play the real env (--env-backend: envpool's
 fast CarRacing where installed), each with V and M on CPU and env_batch episodes at once (worldmodels.play)
 (the paper's CarRacing setup). Fitness is the mean return over the rollouts; CMA-ES (the cma library,
-x0 = 0) minimises its negative, with no weight-decay term. --where offline: no search and no new
+x0 = 0, or with --init the mean of another controller: a warm start) minimises its negative, with no
+weight-decay term. --where offline: no search and no new
 interaction, C is the return-weighted regression of the collected actions on [mu, h] (worldmodels.offline;
 docs/controller.md, "C's input", says where that differs from what the agent feeds C).
 
@@ -60,6 +63,10 @@ class Config:
                                                    "value_diversification (comma-separated; default none)")
     augment_options: dict = option(factory=dict, help="per-augmentation options, e.g. "
                                                       "{random_swing: {probability: 0.5, strength: 0.3}}")
+    dream_dropout: float = option(0.0, "fitness dreams: each member's episode reads M's head through its own "
+                                       "dropout mask of this rate (a dream ensemble; 0: the plain M)")
+    dream_models: list[str] = option(factory=list, help="fitness dreams: more M checkpoint folders (M's sizes, "
+                                                        "env and V); each member's episode steps one of the Ms")
     offline_weighting: Literal["softmax", "minmax", "uniform"] = option(
         "softmax", "--where offline: episode weights from returns (uniform = behaviour cloning)")
     offline_beta: float = option(1.0, "--where offline: softmax sharpness on standardised returns")
@@ -76,11 +83,13 @@ class Config:
     backend: Literal["local", "ray"] = option("local", "real-env workers: local processes or a ray cluster")
     ray_address: Optional[str] = option(None, "ray cluster to join: auto or HOST:PORT (default: a local ray instance)")
     tensorboard: Optional[bool] = option(None, "also log to <run>/controller/tensorboard (default: when installed)")
+    init: Optional[str] = option(None, "warm start: CMA-ES starts from this controller's mean parameters (its folder "
+                                       "or checkpoint.pt; same shape) instead of x0 = 0")
     fresh: bool = option(False, "start over, replacing an existing controller checkpoint")
 
 
 # Settings that change the search trajectory: a resume must use the values the run started with.
-TRAJECTORY_KEYS = ("where", "temperature", "popsize", "rollouts", "sigma0", "seed", "obs_mode", "max_steps")
+TRAJECTORY_KEYS = ("where", "temperature", "popsize", "rollouts", "sigma0", "seed", "obs_mode", "max_steps", "init")
 # ... and, where real episodes give the fitness, the env they are played on and how they are batched.
 REAL_TRAJECTORY_KEYS = ("env_backend", "env_batch", "stall_steps")
 DEFAULT_MAX_STEPS = {"doom": 2100}
@@ -123,8 +132,8 @@ def evolve(cfg: Config, out_dir: Path, n_params: int, fitness: Fitness, scorers:
     state = _resume_state(cfg, ckpt_path, identity)
     if state is None:
         # cma treats seed 0 as "seed from the clock"; shift by one so every seed is reproducible.
-        es = cma.CMAEvolutionStrategy(np.zeros(n_params), cfg.sigma0,
-                                      {"popsize": cfg.popsize, "seed": cfg.seed + 1, "verbose": -9})
+        x0 = initial_mean(cfg.init, n_params) if cfg.init else np.zeros(n_params)
+        es = cma.CMAEvolutionStrategy(x0, cfg.sigma0, {"popsize": cfg.popsize, "seed": cfg.seed + 1, "verbose": -9})
         state = {"id": new_id(), "generation": 0, "best": {"fitness": -np.inf, "params": np.zeros(n_params)},
                  "best_eval": {"score": -np.inf, "params": np.zeros(n_params), "generation": -1}}
     else:
@@ -181,11 +190,24 @@ def evolve(cfg: Config, out_dir: Path, n_params: int, fitness: Fitness, scorers:
             "sigma": float(es.sigma)}
 
 
+def initial_mean(path: str, n_params: int) -> np.ndarray:
+    """The mean parameters of the controller at ``path``: x0 of a warm-started search (same shape only)."""
+    mean = np.asarray(load_checkpoint(path, kind="controller").get("mean", []), dtype=np.float64)
+    if mean.shape != (n_params,):
+        raise WorldModelsError(f"--init {path}: its controller has {mean.size} parameters, this one {n_params}; "
+                               "a warm start needs the same shape (the same V and M sizes and obs_mode)")
+    return mean
+
+
 def _save(path: Path, cfg: Config, state: dict[str, Any], es: Any, identity: dict[str, Any]) -> None:
     save_checkpoint(path, "controller", {
         "id": state["id"], "config": cfgmod.to_dict(cfg), "generation": state["generation"],
         "es": state["es"], "np_rng": state["np_rng"], "best": state["best"], "best_eval": state["best_eval"],
         "mean": np.asarray(es.mean).copy(), "identity": identity})
+
+
+# Identity entries that checkpoints from before them lack, with the value those runs had.
+IDENTITY_DEFAULTS: dict[str, Any] = {"augment": [], "dream_dropout": 0.0, "dream_models": []}
 
 
 def _resume_state(cfg: Config, path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
@@ -198,7 +220,7 @@ def _resume_state(cfg: Config, path: Path, identity: dict[str, Any]) -> dict[str
                 f"{path} was started with {key}={state['config'].get(key)!r}, not {getattr(cfg, key)!r}; "
                 "rerun with the same settings to resume, or pass --fresh to start over")
     for key, value in identity.items():
-        if state["identity"].get(key, [] if key == "augment" else None) != value:
+        if state["identity"].get(key, IDENTITY_DEFAULTS.get(key)) != value:
             raise WorldModelsError(f"{path} was trained with a different {key} ({state['identity'].get(key)!r} "
                                    f"vs {value!r}); pass --fresh to start over against the current V and M")
     return state
@@ -225,6 +247,32 @@ def make_augmentations(cfg: Config, world: Any) -> list[Any]:
     if "random_swing" in cfg.augment and isinstance(swing, dict) and swing.get("source") == "real":
         bank = world.real_latents(cfg.latents).to(world.device)
     return build_augmentations(cfg.augment, cfg.augment_options, latents=bank)
+
+
+def load_dream_models(paths: list[str], world: Any) -> list[Any]:
+    """The extra Ms of a dream ensemble on the dream's device; each must have M's sizes and come from the
+    run's env and (where its latents file is here to tell) the run's V, else a one-line error naming it."""
+    from worldmodels.data import open_latents
+    from worldmodels.models.mdrnn import load_mdrnn
+
+    sizes = ("z_dim", "action_dim", "hidden", "n_gaussians")
+    models = []
+    for path in paths:
+        m = load_mdrnn(path, world.device)
+        recorded = load_checkpoint(path, kind="mdrnn").get("config") or {}
+        if any(getattr(m, k) != getattr(world.mdrnn, k) for k in sizes):
+            raise WorldModelsError(f"--dream-models {path}: its sizes {[getattr(m, k) for k in sizes]} differ from the "
+                                   f"run's M {[getattr(world.mdrnn, k) for k in sizes]} ({', '.join(sizes)})")
+        if recorded.get("env", world.env) != world.env:
+            raise WorldModelsError(f"--dream-models {path}: its M models {recorded['env']}, not {world.env}")
+        latents = str(recorded.get("latents") or "").split(",")[0]
+        if latents and Path(latents).is_file() and world.vae_id:
+            with open_latents(latents) as f:
+                vae_id = f.attrs.get("vae_id")
+            if vae_id and vae_id != world.vae_id:
+                raise WorldModelsError(f"--dream-models {path}: its M learned another V's latents ({latents})")
+        models.append(m)
+    return models
 
 
 def fit_offline(cfg: Config, world: Any, out_dir: Path) -> dict[str, Any]:
@@ -267,6 +315,13 @@ def run(cfg: Config) -> dict[str, Any]:
         raise WorldModelsError("sigma0 and temperature must be positive")
     if cfg.augment and cfg.where != "dream":
         raise WorldModelsError(f"--augment changes dreamed latents; it needs --where dream, not {cfg.where}")
+    if (cfg.dream_dropout or cfg.dream_models) and cfg.where != "dream":
+        raise WorldModelsError(f"--dream-dropout and --dream-models change the dream's M; they need --where dream, "
+                               f"not {cfg.where}")
+    if not 0 <= cfg.dream_dropout < 1:
+        raise WorldModelsError(f"dream_dropout must be in [0, 1), got {cfg.dream_dropout}")
+    if cfg.init and cfg.where == "offline":
+        raise WorldModelsError("--init warm-starts CMA-ES; --where offline has no search to start")
     if cfg.stall_steps is not None and (cfg.where != "real" or cfg.stall_steps < 1):
         raise WorldModelsError(f"--stall-steps must be >= 1 and needs --where real, got {cfg.stall_steps} "
                                f"with --where {cfg.where}")
@@ -283,9 +338,11 @@ def run(cfg: Config) -> dict[str, Any]:
         with exclusive_lock(out_dir / "checkpoint.pt", "train-controller"):
             return fit_offline(cfg, world, out_dir)
     augs = make_augmentations(cfg, world)
+    extra = load_dream_models(cfg.dream_models, world)
     max_steps = cfg.max_steps or DEFAULT_MAX_STEPS.get(world.family, 1000)
     identity = {"env": world.env, "vae_id": world.vae_id, "mdrnn_id": world.mdrnn_id, **world.controller_spec(),
-                "augment": describe(augs)}
+                "augment": describe(augs), "dream_dropout": cfg.dream_dropout,
+                "dream_models": [m.checkpoint_id for m in extra]}
     env_backend = resolve_backend(world.env, cfg.env_backend) if cfg.where == "real" or cfg.eval_real else None
     if cfg.where == "real":  # the env the fitness was measured on, as resolved on this machine
         identity["env_backend"] = env_backend
@@ -307,9 +364,12 @@ def run(cfg: Config) -> dict[str, Any]:
 
     scorers: dict[str, Scorer] = {}
     if cfg.where == "dream":
-        # Augmentations perturb the fitness dreams (training); the mean solution is scored in the plain dream.
-        dreams = world.dream_factory(cfg.temperature, max_steps, cfg.seed, augmentations=augs)
-        plain = world.dream_factory(cfg.temperature, max_steps, cfg.seed) if augs else dreams
+        # Augmentations and dream ensembles perturb the fitness dreams (training); the mean solution is scored
+        # in the plain dream of the run's M.
+        dreams = world.dream_factory(cfg.temperature, max_steps, cfg.seed, augmentations=augs,
+                                     dropout=cfg.dream_dropout, models=extra)
+        varied = augs or cfg.dream_dropout or extra
+        plain = world.dream_factory(cfg.temperature, max_steps, cfg.seed) if varied else dreams
 
         def fitness(params: np.ndarray, gen: int) -> np.ndarray:
             return world.dream_returns(dreams(len(params) * cfg.rollouts), params, cfg.rollouts,

@@ -17,6 +17,11 @@ fraction of real episode ends (terminated) where it fires, and val/mdrnn/done_fa
 of other steps where it fires. Every --eval-every steps: `mdrnn/*` and `val/mdrnn/*` metrics and an
 atomic checkpoint. At the end, dream_vs_real.png/.gif: a real episode beside M's open-loop dream
 decoded by V. Rerunning the same command resumes; --fresh starts over.
+
+--latents a.h5,b.h5 trains on several latents files as one dataset (the rounds of `worldmodels iterate`):
+they must come from the same env and the same V, and each file's episodes are split into training and
+validation on their own (so adding a file never moves another file's episodes across the split).
+--init DIR starts from another M's weights (a warm start; sizes must match), with a fresh optimizer.
 """
 
 from __future__ import annotations
@@ -33,22 +38,25 @@ from tqdm import tqdm
 
 from worldmodels import config as cfgmod
 from worldmodels.checkpoint import CHECKPOINT_NAME, checkpoint_file, load_checkpoint, new_id, save_checkpoint
-from worldmodels.data import open_latents
+from worldmodels.data import LATENTS, EpisodeFiles, split_paths
 from worldmodels.errors import WorldModelsError
 from worldmodels.training import check_same_run, finite_or_stop
 from worldmodels.metrics import MetricsLogger
 from worldmodels.models.mdrnn import MDRNN, mdrnn_loss, sample_gmm, sample_latents
-from worldmodels.stages.train_vae import split_episodes
+from worldmodels.stages.train_vae import split_files
 from worldmodels.utils import exclusive_lock, pick_device, seed_everything
 
 
 @dataclasses.dataclass
 class Config:
-    latents: str = cfgmod.option("", "latents.h5 written by `worldmodels encode` (required)")
+    latents: str = cfgmod.option("", "latents.h5 written by `worldmodels encode` (required); several as a.h5,b.h5 "
+                                     "(the same env and V): one dataset, each file split on its own")
     out: str = cfgmod.option("", "run folder for M, e.g. runs/<name>/mdrnn (required)")
     vae: Optional[str] = cfgmod.option(None, "V's run folder for the dream_vs_real picture (default: <out>/../vae)")
     hidden: int = cfgmod.option(256, "LSTM size (paper: 256 CarRacing, 512 Doom)")
     n_gaussians: int = cfgmod.option(5, "mixture components per latent dimension")
+    dropout: float = cfgmod.option(0.0, "variational dropout on the LSTM output before the head, one mask per "
+                                        "sequence (0: none); a dream can then draw one M per member (--dream-dropout)")
     seq_len: int = cfgmod.option(999, "time steps per training sequence (paper: 999 CarRacing, 500 Doom)")
     sequences: Literal["episode", "window"] = cfgmod.option(
         "episode", "where sequences start: at the episode's first frame (as the dream uses M), or a window "
@@ -68,9 +76,13 @@ class Config:
     device: str = cfgmod.option("auto", "auto (cuda if available), cpu, cuda, cuda:1, ...")
     seed: int = cfgmod.option(0, "seed for weights, sequence sampling, z re-sampling and validation split")
     tensorboard: Optional[bool] = cfgmod.option(None, "also log to <out>/tensorboard (default: when installed)")
+    init: Optional[str] = cfgmod.option(None, "start from this M's weights (its folder or checkpoint.pt; same sizes), "
+                                              "not a random init")
     fresh: bool = cfgmod.option(False, "delete this run folder's checkpoint and metrics and start over")
 
 
+# The attributes that make several latents files one dataset: the same env, actions and V.
+SAME_DATA = ("env", "action_space", "z_dim", "vae_id")
 # Keys that may differ when resuming: they change how long or where we train, not what is trained.
 CONTINUATION_SAFE = ("steps", "device", "fresh", "eval_every", "vae", "picture_steps", "picture_temperature",
                      "val_batches", "tensorboard")
@@ -141,7 +153,7 @@ def batch_losses(model: MDRNN, batch: dict[str, torch.Tensor], cfg: Config, devi
     """
     b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     z = sample_latents(b["mu"], b["logvar"], generator)  # (B, T+1, Z)
-    out, _ = model(z[:, :-1], b["action"])  # (B, T, ...)
+    out, _ = model(z[:, :-1], b["action"], generator=generator)  # (B, T, ...); dropout masks drawn from generator
     if done_counts is not None:
         done_counts += done_head_counts(out.done_logit, b["done"], b["mask"])
     return mdrnn_loss(out, z[:, 1:], b["reward"], b["done"], b["mask_z"], b["mask"], cfg.reward_weight,
@@ -258,30 +270,53 @@ def run(cfg: Config) -> dict[str, Any]:
     for key in ("seq_len", "batch_size", "steps", "hidden", "n_gaussians", "eval_every"):
         if getattr(cfg, key) < 1:
             raise WorldModelsError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+    if not 0 <= cfg.dropout < 1:
+        raise WorldModelsError(f"dropout must be in [0, 1), got {cfg.dropout}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(out / CHECKPOINT_NAME, "train-mdrnn"), open_latents(cfg.latents) as src:
+    with exclusive_lock(out / CHECKPOINT_NAME, "train-mdrnn"), \
+            EpisodeFiles(split_paths(cfg.latents), LATENTS, same=SAME_DATA) as src:
         return _train(cfg, out, src)
 
 
+def load_init(model: MDRNN, path: str) -> str:
+    """Copy another M's weights into ``model`` (a warm start); returns that M's id. Sizes must match."""
+    state = load_checkpoint(path, kind="mdrnn")
+    weights = state.get("model") or {}
+    shapes = {k: tuple(v.shape) for k, v in weights.items()}
+    if shapes != {k: tuple(v.shape) for k, v in model.state_dict().items()}:
+        raise WorldModelsError(f"--init {path}: its M ({state.get('model_args')}) does not match the sizes of this "
+                               f"one ({model.config}); sizes must match for a warm start")
+    model.load_state_dict(weights)
+    return str(state["id"])
+
+
 def _train(cfg: Config, out: Path, src: Any) -> dict[str, Any]:
-    latents_path = str(Path(src.path).resolve())
+    paths = [str(Path(f.path).resolve()) for f in src.files]
+    latents_path = paths[0]  # the dream starts from this file's first frames (worldmodels.agent.load_world)
     ckpt_path = out / CHECKPOINT_NAME
     if cfg.fresh:
         for name in OUTPUTS:
             (out / name).unlink(missing_ok=True)
     state = load_checkpoint(ckpt_path, kind="mdrnn") if ckpt_path.exists() else None
+    # a resumed run keeps the episodes (and so the split) it started with, file by file
+    counts = [f.n_episodes for f in src.files]
     if state is not None:
+        data = state.get("data", {})
+        files = data.get("files") or [{"path": data.get("path"), "n_episodes": data.get("n_episodes")}]
         saved, new = dict(state.get("config") or {}), cfgmod.to_dict(cfg)
-        saved["latents"], new["latents"] = state.get("data", {}).get("path"), latents_path
+        saved.setdefault("dropout", 0.0)  # runs from before the option trained without dropout
+        saved["latents"], new["latents"] = ",".join(str(f["path"]) for f in files), ",".join(paths)
         check_same_run(saved, new, CONTINUATION_SAFE, out)
-    n_episodes = state["data"]["n_episodes"] if state else src.n_episodes
-    if src.n_episodes < n_episodes:
-        raise WorldModelsError(f"{cfg.latents} has {src.n_episodes} episodes but this run was trained on {n_episodes}; "
-                               "use --fresh to start over on this file")
-    if n_episodes < 1:
-        raise WorldModelsError(f"{cfg.latents} holds no complete episode yet; encode some first")
-    train_eps, val_eps = split_episodes(n_episodes, cfg.val_fraction, cfg.seed)
+        counts = [int(f["n_episodes"]) for f in files]
+    for f, n in zip(src.files, counts):
+        if f.n_episodes < n:
+            raise WorldModelsError(f"{f.path} has {f.n_episodes} episodes but this run was trained on {n}; "
+                                   "use --fresh to start over on this file")
+        if n < 1:
+            raise WorldModelsError(f"{f.path} holds no complete episode yet; encode some first")
+    n_episodes = sum(counts)
+    train_eps, val_eps = split_files(counts, src.first_episodes, cfg.val_fraction, cfg.seed)
     desc = dict(src.attrs["action_space"])
     train = SequenceSampler(src, train_eps, cfg.seq_len, cfg.batch_size, desc, cfg.sequences)
     val_batches = ([SequenceSampler(src, val_eps, cfg.seq_len, cfg.batch_size, desc, cfg.sequences).sample(
@@ -290,13 +325,16 @@ def _train(cfg: Config, out: Path, src: Any) -> dict[str, Any]:
 
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
-    model = MDRNN(train.z_dim, train.action_dim, cfg.hidden, cfg.n_gaussians).to(device)
+    model = MDRNN(train.z_dim, train.action_dim, cfg.hidden, cfg.n_gaussians, cfg.dropout).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start, run_id = 0, new_id()
+    init = state.get("init") if state is not None else None  # the M this one was warm-started from
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, run_id = int(state["step"]), state["id"]
+    elif cfg.init:
+        init = {"path": str(checkpoint_file(cfg.init).resolve()), "id": load_init(model, cfg.init)}
     # later stages find the env, its action space and the data here (worldmodels.agent.load_world)
     record = {**cfgmod.to_dict(cfg), "latents": latents_path, "env": src.attrs["env"], "action_space": desc,
               "z_dim": train.z_dim}
@@ -330,8 +368,9 @@ def _train(cfg: Config, out: Path, src: Any) -> dict[str, Any]:
             log.log(step + 1, **stats)
             save_checkpoint(ckpt_path, "mdrnn", {
                 "id": run_id, "model": model.state_dict(), "model_args": model.config, "optimizer": opt.state_dict(),
-                "step": step + 1, "config": record, "metrics": stats,
-                "data": {"path": latents_path, "n_episodes": n_episodes, "val_episodes": val_eps.tolist()}})
+                "step": step + 1, "config": record, "metrics": stats, "init": init,
+                "data": {"path": latents_path, "n_episodes": n_episodes, "val_episodes": val_eps.tolist(),
+                         "files": [{"path": p, "n_episodes": n} for p, n in zip(paths, counts)]}})
             saved_step = step + 1
             bar.set_postfix(nll=f"{stats['mdrnn/nll']:.3f}", val=f"{stats.get('val/mdrnn/nll', float('nan')):.3f}")
             sums.zero_()
@@ -339,8 +378,8 @@ def _train(cfg: Config, out: Path, src: Any) -> dict[str, Any]:
         bar.close()
         picture = False
         if cfg.picture_steps > 0 and (start < cfg.steps or not (out / "dream_vs_real.png").exists()):
-            episode = int(val_eps[0]) if len(val_eps) else int(train_eps[0])
-            picture = draw_dream_vs_real(model, src, episode, cfg, out, device)
+            file, episode = src.locate(int(val_eps[0]) if len(val_eps) else int(train_eps[0]))
+            picture = draw_dream_vs_real(model, src.files[file], episode, cfg, out, device)
             log.image("mdrnn/dream_vs_real", out / "dream_vs_real.png", max(start, cfg.steps))
     return {"checkpoint": str(ckpt_path), "id": run_id, "step": max(start, cfg.steps), "metrics": stats,
             "picture": picture, "val_episodes": val_eps.tolist(), "train_episodes": train_eps.tolist()}

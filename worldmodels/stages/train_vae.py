@@ -4,6 +4,10 @@ Frames are streamed from HDF5 (shuffled chunk order + a bounded in-memory shuffl
 stays flat whatever the dataset size. Whole episodes are held out for validation. Each epoch appends
 `vae/*` and `val/vae/*` to metrics.jsonl, redraws reconstructions.png and saves checkpoint.pt atomically;
 the end of training draws traversal.png. Rerunning the same command resumes; --fresh starts over.
+
+--data a.h5,b.h5 trains on several rollouts files of one env as one dataset, each file's episodes split
+into training and validation on their own; --init DIR starts from another V's weights (fine-tuning, as
+`worldmodels iterate` refits V), with a fresh optimizer.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from tqdm import tqdm
 
 from worldmodels import config as cfgmod
 from worldmodels import plots
-from worldmodels.checkpoint import CHECKPOINT_NAME, load_checkpoint, new_id, save_checkpoint
-from worldmodels.data import open_rollouts
+from worldmodels.checkpoint import CHECKPOINT_NAME, checkpoint_file, load_checkpoint, new_id, save_checkpoint
+from worldmodels.data import ROLLOUTS, EpisodeFiles, open_rollouts, split_paths
 from worldmodels.data.schema import OBS_CHUNK_FRAMES
 from worldmodels.errors import WorldModelsError
 from worldmodels.training import check_same_run, finite_or_stop, rng_states, set_rng_states
@@ -32,7 +36,8 @@ from worldmodels.utils import exclusive_lock, pick_device, seed_everything
 
 @dataclasses.dataclass
 class Config:
-    data: str = cfgmod.option("", "rollouts.h5 written by `worldmodels collect` (required)")
+    data: str = cfgmod.option("", "rollouts.h5 written by `worldmodels collect` (required); several of one env as "
+                                  "a.h5,b.h5: one dataset, each file split on its own")
     out: str = cfgmod.option("", "run folder for V, e.g. runs/<name>/vae (required)")
     env: str = cfgmod.option("", "the data's env, to apply a preset's env block (e.g. doom-takecover: z_dim 64); "
                                  "checked against the file")
@@ -50,6 +55,8 @@ class Config:
     channels_last: bool = cfgmod.option(True, "channels-last memory layout (faster convolutions on CPU and CUDA)")
     seed: int = cfgmod.option(0, "seed for weights, sampling, validation split and data order")
     tensorboard: Optional[bool] = cfgmod.option(None, "also log to <out>/tensorboard (default: when installed)")
+    init: Optional[str] = cfgmod.option(None, "start from this V's weights (its folder or checkpoint.pt; same z_dim), "
+                                              "not a random init")
     fresh: bool = cfgmod.option(False, "delete this run folder's checkpoint and metrics and start over")
 
 
@@ -66,6 +73,8 @@ class FrameStream(torch.utils.data.IterableDataset):
     Reads whole HDF5 chunks (the unit h5py decompresses anyway) in an order shuffled per epoch, and mixes
     them in a shuffle buffer of ``buffer_frames`` frames, so memory is bounded by the buffer, not the file.
     Each DataLoader worker opens the file itself and takes every n-th chunk of the shuffled order.
+    ``path`` may list several files (``a.h5,b.h5``): ranges are then global frame indices over them, file
+    after file (:class:`worldmodels.data.EpisodeFiles`), and no read crosses from one file into the next.
     """
 
     def __init__(self, path: str, ranges: list[tuple[int, int]], batch_size: int, buffer_frames: int,
@@ -74,11 +83,18 @@ class FrameStream(torch.utils.data.IterableDataset):
         self.path, self.batch_size, self.shuffle, self.seed = str(path), batch_size, shuffle, seed
         self.buffer_frames = max(buffer_frames, batch_size)
         self.epoch = 0
+        starts = [0]  # each file's first global frame; chunks are aligned within their file
+        for extra in split_paths(self.path)[:-1]:
+            with open_rollouts(extra) as src:
+                starts.append(starts[-1] + src.n_frames)
+        ends = starts[1:] + [math.inf]
         # block: (lo, hi, pieces) = one chunk-aligned read and the [start, stop) ranges kept from it
         by_chunk: dict[int, list[tuple[int, int]]] = {}
         for start, stop in _merge(ranges):
-            for lo in range(start - start % block_frames, stop, block_frames):
-                by_chunk.setdefault(lo, []).append((max(start, lo), min(stop, lo + block_frames)))
+            for base, end in zip(starts, ends):
+                a, b = max(start, base), min(stop, end)  # the part of [start, stop) in this file
+                for lo in range(a - (a - base) % block_frames, b, block_frames) if a < b else ():
+                    by_chunk.setdefault(lo, []).append((max(a, lo), min(b, lo + block_frames)))
         self.blocks = [(p[0][0], p[-1][1], p) for _, p in sorted(by_chunk.items())]
         self.n_frames = sum(b - a for _, _, p in self.blocks for a, b in p)
         self.max_block = max((hi - lo for lo, hi, _ in self.blocks), default=0)
@@ -97,7 +113,7 @@ class FrameStream(torch.utils.data.IterableDataset):
             order = np.random.default_rng([self.seed, self.epoch]).permutation(order)
         rng = np.random.default_rng([self.seed, self.epoch, worker, 1])
         mine = [self.blocks[i] for i in order[worker::n_workers]]
-        with open_rollouts(self.path) as src:
+        with EpisodeFiles(split_paths(self.path), ROLLOUTS) as src:
             blocks = (_read_block(src, lo, hi, pieces) for lo, hi, pieces in mine)
             yield from (self._shuffled(blocks, rng) if self.shuffle else self._in_order(blocks))
 
@@ -155,6 +171,26 @@ def split_episodes(n_episodes: int, val_fraction: float, seed: int) -> tuple[np.
     n_val = min(max(round(val_fraction * n_episodes), 1), n_episodes - 1) if val_fraction > 0 else 0
     perm = np.random.default_rng([seed, 7]).permutation(n_episodes)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def split_files(counts: list[int], first_episodes: np.ndarray, val_fraction: float,
+                seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Global episode indices (train, val) over several files: the first ``counts[i]`` episodes of file i
+    split on their own, so each file's split is the one it gets alone, whatever files come beside it."""
+    parts = [split_episodes(n, val_fraction, seed) for n in counts]
+    return (np.concatenate([first + tr for first, (tr, _) in zip(first_episodes, parts)]),
+            np.concatenate([first + va for first, (_, va) in zip(first_episodes, parts)]))
+
+
+def load_init(model: ConvVAE, path: str) -> str:
+    """Copy another V's weights into ``model`` (fine-tuning); returns that V's id. Sizes must match."""
+    state = load_checkpoint(path, kind="vae")
+    weights = state.get("model") or {}
+    if {k: tuple(v.shape) for k, v in weights.items()} != {k: tuple(v.shape) for k, v in model.state_dict().items()}:
+        raise WorldModelsError(f"--init {path}: its V (z_dim {state.get('z_dim')}) does not match this one "
+                               f"(z_dim {model.z_dim}); sizes must match for a warm start")
+    model.load_state_dict(weights)
+    return str(state["id"])
 
 
 def _picture_frames(ranges: list[tuple[int, int]], episodes: np.ndarray) -> list[int]:
@@ -270,8 +306,11 @@ def run(cfg: Config) -> dict[str, Any]:
 
 
 def _train(cfg: Config, out: Path) -> dict[str, Any]:
-    with open_rollouts(cfg.data) as src:
-        episodes, data_path, data_env = src.episodes.copy(), str(Path(src.path).resolve()), src.attrs["env"]
+    with EpisodeFiles(split_paths(cfg.data), ROLLOUTS) as src:
+        episodes, data_env, first_episodes = src.episodes.copy(), src.attrs["env"], src.first_episodes
+        sizes = [(str(Path(f.path).resolve()), f.n_episodes) for f in src.files]
+    paths = [p for p, _ in sizes]
+    data_path = ",".join(paths)
     if cfg.env and cfg.env != data_env:
         raise WorldModelsError(f"--env {cfg.env} but {cfg.data} holds {data_env} frames")
     ckpt_path = out / CHECKPOINT_NAME
@@ -279,22 +318,28 @@ def _train(cfg: Config, out: Path) -> dict[str, Any]:
         for name in (CHECKPOINT_NAME, "metrics.jsonl", "reconstructions.png", "traversal.png"):
             (out / name).unlink(missing_ok=True)
     state = load_checkpoint(ckpt_path, kind="vae") if ckpt_path.exists() else None
-    if state is not None:
-        saved, new = dict(state.get("config") or {}), cfgmod.to_dict(cfg)
-        saved["data"], new["data"] = state.get("data", {}).get("path"), data_path
-        check_same_run(saved, new, CONTINUATION_SAFE, out)
     # a resumed run keeps the episodes (and so the split) it started with, even if collection went on
-    n_episodes = state["data"]["n_episodes"] if state else len(episodes)
-    if len(episodes) < n_episodes:
-        raise WorldModelsError(f"{cfg.data} has {len(episodes)} episodes but this run was trained on {n_episodes}; "
-                               "use --fresh to start over on this file")
-    if n_episodes < 1:
-        raise WorldModelsError(f"{cfg.data} holds no complete episode yet; collect some first")
-    train_eps, val_eps = split_episodes(n_episodes, cfg.val_fraction, cfg.seed)
-    ranges = [(int(e["start"]), int(e["start"] + e["length"])) for e in episodes[:n_episodes]]
+    counts = [n for _, n in sizes]
+    if state is not None:
+        data = state.get("data", {})
+        files = data.get("files") or [{"path": data.get("path"), "n_episodes": data.get("n_episodes")}]
+        saved, new = dict(state.get("config") or {}), cfgmod.to_dict(cfg)
+        saved["data"], new["data"] = ",".join(str(f["path"]) for f in files), data_path
+        check_same_run(saved, new, CONTINUATION_SAFE, out)
+        counts = [int(f["n_episodes"]) for f in files]
+    for (path, have), n in zip(sizes, counts):
+        if have < n:
+            raise WorldModelsError(f"{path if len(sizes) > 1 else cfg.data} has {have} episodes but this run was "
+                                   f"trained on {n}; use --fresh to start over on this file")
+        if n < 1:
+            raise WorldModelsError(f"{path if len(sizes) > 1 else cfg.data} holds no complete episode yet; "
+                                   "collect some first")
+    n_episodes = sum(counts)
+    train_eps, val_eps = split_files(counts, first_episodes, cfg.val_fraction, cfg.seed)
+    ranges = [(int(e["start"]), int(e["start"] + e["length"])) for e in episodes]
     train = FrameStream(data_path, [ranges[i] for i in train_eps], cfg.batch_size, cfg.shuffle_buffer, True, cfg.seed)
     val = FrameStream(data_path, [ranges[i] for i in val_eps], cfg.batch_size, 0, False)
-    with open_rollouts(data_path) as src:  # the same frames in every epoch's picture
+    with EpisodeFiles(paths, ROLLOUTS) as src:  # the same frames in every epoch's picture
         frames = np.stack([src.read("obs", i, i + 1)[0]
                            for i in _picture_frames(ranges, val_eps if len(val_eps) else train_eps)])
     cfgmod.save(cfg, out / "config.yaml")
@@ -306,11 +351,14 @@ def _train(cfg: Config, out: Path) -> dict[str, Any]:
     model.to(memory_format=step.layout)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, foreach=True)  # foreach: several times faster on CPU
     start, run_id = 0, new_id()
+    init = state.get("init") if state is not None else None  # the V this one was fine-tuned from
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, run_id = int(state["epoch"]), state["id"]
         set_rng_states(state["rng"])
+    elif cfg.init:
+        init = {"path": str(checkpoint_file(cfg.init).resolve()), "id": load_init(model, cfg.init)}
     n_train = train.n_frames
     tqdm.write(f"train-vae: {n_train} training frames ({len(train_eps)} episodes), {val.n_frames} validation "
                f"frames ({len(val_eps)} episodes), device {device}, epochs {start + 1}..{cfg.epochs}")
@@ -332,8 +380,9 @@ def _train(cfg: Config, out: Path) -> dict[str, Any]:
                 log.image("vae/traversal", out / "traversal.png", epoch + 1)
             save_checkpoint(ckpt_path, "vae", {
                 "id": run_id, "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                "config": cfgmod.to_dict(cfg), "z_dim": cfg.z_dim, "rng": rng_states(), "metrics": stats,
-                "data": {"path": data_path, "n_episodes": n_episodes, "val_episodes": val_eps.tolist()}})
+                "config": cfgmod.to_dict(cfg), "z_dim": cfg.z_dim, "rng": rng_states(), "metrics": stats, "init": init,
+                "data": {"path": paths[0], "n_episodes": n_episodes, "val_episodes": val_eps.tolist(),
+                         "files": [{"path": p, "n_episodes": n} for p, n in zip(paths, counts)]}})
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
                 f"{k} {v:.4g}" for k, v in stats.items() if k.startswith(("vae/", "val/"))))
     if not (out / "traversal.png").exists() and start >= cfg.epochs:

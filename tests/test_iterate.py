@@ -1,0 +1,217 @@
+"""worldmodels iterate: rounds of real collection with C plus noise, M (and V) refit, C warm-started in the dream."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from worldmodels import cli
+from worldmodels.checkpoint import load_checkpoint
+from worldmodels.data import open_latents, open_rollouts
+from worldmodels.envs import seed_range
+from worldmodels.errors import WorldModelsError
+from worldmodels.stages import iterate
+
+# No V refit in the main run (its ratio is measured and recorded all the same); the refit has its own test.
+ARGS = ["--preset", "smoke", "--rounds", "2", "--vae-refit-ratio", "1000", "--env-backend", "reference"]
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory) -> Path:
+    """A smoke run through train-controller (no evaluation), as the pipeline wires it."""
+    from worldmodels.pipeline import STAGES, stage_config
+
+    run = tmp_path_factory.mktemp("iterate") / "run"
+    for stage in STAGES[:5]:
+        module, cfg = stage_config(stage, "smoke", run, "carracing")
+        module.run(dataclasses.replace(cfg, workers=0) if hasattr(cfg, "workers") else cfg)
+    return run
+
+
+def _copy(base_run: Path, tmp: Path) -> Path:
+    """A copy of the base run (its data files stay where they are: the copy's M points at them)."""
+    run = tmp / "run"
+    shutil.copytree(base_run, run)
+    return run
+
+
+def _iterate(run: Path, *extra: str) -> dict:
+    module, cfg = cli.parse_stage_args("iterate", ARGS + ["--run", str(run), *extra])
+    return module.run(cfg)
+
+
+@pytest.fixture(scope="module")
+def iterated(base_run, tmp_path_factory) -> Path:
+    run = _copy(base_run, tmp_path_factory.mktemp("iterated"))
+    _iterate(run)
+    return run
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "iterate" / "rounds.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_rounds_grow_the_data_by_exactly_what_they_collect(iterated, base_run):
+    rows = _rows(iterated)
+    assert [int(r["round"]) for r in rows] == [1, 2]
+    with open_rollouts(base_run / "rollouts.h5") as f:
+        frames, episodes, original_seeds = f.n_frames, f.n_episodes, set(f.episodes["seed"].tolist())
+    controllers = [load_checkpoint(base_run / "controller")["id"], rows[0]["controller_id"]]
+    seen = set(original_seeds)
+    for r, row in enumerate(rows, 1):
+        with open_rollouts(iterated / "iterate" / f"round-{r}" / "rollouts.h5") as f:
+            assert f.attrs["round"] == r and f.attrs["policy"] == "controller+noise" and f.attrs["noise"] == 0.1
+            assert f.attrs["controller_id"] == controllers[r - 1]  # played by the last round's C
+            frames, episodes = frames + f.n_frames, episodes + f.n_episodes
+            seeds = set(f.episodes["seed"].tolist())
+        low, high = seed_range("collect")
+        assert f.n_episodes == 2 and all(low <= s < high for s in seeds) and not seeds & seen  # fresh seeds
+        seen |= seeds
+        assert int(row["real_frames"]) == frames and int(row["real_episodes"]) == episodes
+        assert row["vae_refit"] == "False" and float(row["vae_recon_ratio"]) > 0  # measured either way
+        assert (iterated / "iterate" / f"round-{r}" / "vae").is_symlink()
+        for key in ("dream_score", "real_mean", "mdrnn_val_loss", "seconds_collect", "seconds_evaluate"):
+            assert np.isfinite(float(row[key]))
+        assert int(row["real_n"]) == 2
+    with open_rollouts(base_run / "rollouts.h5") as f:  # the original data is never touched
+        assert set(f.episodes["seed"].tolist()) == original_seeds
+    report = cli.load_stage("report").run(cli.load_stage("report").Config(run=str(iterated)))
+    text = Path(report["path"]).read_text()
+    assert "## Rounds" in text and f"| 2 | {rows[1]['real_episodes']} | {rows[1]['real_frames']} |" in text
+
+
+def test_m_and_c_are_warm_started_from_the_last_round(iterated, base_run):
+    base_m = load_checkpoint(base_run / "mdrnn")
+    m1, m2 = (load_checkpoint(iterated / "iterate" / f"round-{r}" / "mdrnn") for r in (1, 2))
+    assert m1["init"]["id"] == base_m["id"] and m2["init"]["id"] == m1["id"]
+    assert any(not torch.equal(m1["model"][k], m2["model"][k]) for k in m1["model"])
+    files = [f["path"] for f in m2["data"]["files"]]
+    assert files[0] == base_m["data"]["path"] and len(files) == 3  # the original latents and every round's
+    # each file keeps its own validation split: the episodes held out before stay held out
+    n_original, n_round1 = base_m["data"]["n_episodes"], m1["data"]["files"][1]["n_episodes"]
+    assert [e for e in m2["data"]["val_episodes"] if e < n_original] == base_m["data"]["val_episodes"]
+    assert [e for e in m2["data"]["val_episodes"] if e < n_original + n_round1] == m1["data"]["val_episodes"]
+    c2 = load_checkpoint(iterated / "iterate" / "round-2" / "controller")
+    assert c2["config"]["init"] == str((iterated / "iterate" / "round-1" / "controller").resolve())
+    assert c2["config"]["where"] == "dream" and c2["identity"]["mdrnn_id"] == m2["id"]
+
+
+def test_rerun_does_no_new_work_and_a_changed_setting_is_refused(iterated, capsys):
+    def state():
+        out = []
+        for r in (1, 2):
+            folder = iterated / "iterate" / f"round-{r}"
+            with open_rollouts(folder / "rollouts.h5") as f:
+                out.append((f.n_episodes, (folder / "rollouts.h5").stat().st_mtime_ns,
+                            load_checkpoint(folder / "mdrnn")["id"], load_checkpoint(folder / "controller")["id"],
+                            (folder / "controller" / "checkpoint.pt").stat().st_mtime_ns))
+        return out
+
+    before, rows = state(), _rows(iterated)
+    capsys.readouterr()
+    _iterate(iterated)
+    assert state() == before and _rows(iterated) == rows
+    assert capsys.readouterr().out.count("finished before, kept") == 2
+    assert cli.main(["iterate", *ARGS, "--run", str(iterated), "--noise", "0.3"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "noise=0.1, not 0.3" in err
+    assert state() == before
+
+
+def test_collected_actions_are_cs_without_noise_and_differ_with_it(base_run, tmp_path):
+    from worldmodels.agent import load_world
+    from worldmodels.models.controller import BatchedController, controller_input
+    from worldmodels.play import BatchAgent, noise_keys
+    from worldmodels.stages.evaluate import controller_params
+
+    episodes = {}
+    for noise in (0.0, 0.5):
+        cfg = iterate.Config(run=str(base_run), episodes=1, noise=noise, workers=0, env_backend="reference")
+        iterate.collect(cfg, 1, base_run, tmp_path / f"{noise}.h5", seed=0, max_steps=6)
+        with open_rollouts(tmp_path / f"{noise}.h5") as f:
+            episodes[noise] = f.episode(0)
+            seed = int(f.episodes[0]["seed"])
+    world = load_world(base_run, "zh")
+    params, _ = controller_params(load_checkpoint(base_run / "controller"), "auto")
+    agent = BatchAgent(world.vae, world.mdrnn, world.action_map, "zh", world.input_dim)
+    ctrl = BatchedController(params[None], world.input_dim, world.action_map.output_dim, world.action_map.bias)
+    state = (torch.zeros(1, world.hidden), torch.zeros(1, world.hidden))
+    ep = episodes[0.0]
+    with torch.no_grad():
+        for t in range(2):  # C's own action from V's z and M's h, step by step
+            z = agent.encode(ep["obs"][t:t + 1], noise_keys([seed]), torch.tensor([t]))
+            action = world.action_map(ctrl(controller_input(z, state, "zh")))
+            np.testing.assert_allclose(ep["action"][t], action[0].numpy(), atol=1e-5)
+            _, state = world.mdrnn.step(z, action, state)
+    noisy = episodes[0.5]
+    np.testing.assert_array_equal(noisy["obs"][0], ep["obs"][0])  # the same seed: the same track
+    assert not np.allclose(noisy["action"][0], ep["action"][0])
+    assert (noisy["action"] >= [-1, 0, 0]).all() and (noisy["action"] <= 1).all()  # clipped to the action space
+
+
+def test_discrete_exploration_swaps_in_random_actions():
+    from worldmodels.models.controller import ActionMap
+    from worldmodels.play import explore
+
+    amap = ActionMap("argmax", 15, True, 15)
+    action = torch.zeros(400, dtype=torch.long)
+    rngs = [np.random.default_rng(i) for i in range(400)]
+    swapped = explore(action, amap, 0.5, rngs)
+    changed = (swapped != 0).float().mean().item()
+    assert 0.35 < changed < 0.6 and swapped.max() < 15  # ~half swapped, 1/15 of those to 0 again
+    assert torch.equal(explore(action, amap, 0.5, [np.random.default_rng(i) for i in range(400)]), swapped)
+
+
+def test_init_options_refuse_mismatched_shapes(base_run, tmp_path):
+    from worldmodels.stages import train_controller, train_mdrnn, train_vae
+
+    m_cfg = load_checkpoint(base_run / "mdrnn")["config"]
+    with pytest.raises(WorldModelsError, match="sizes must match"):
+        train_mdrnn.run(train_mdrnn.Config(latents=m_cfg["latents"], out=str(tmp_path / "m"), hidden=5, steps=1,
+                                           seq_len=4, batch_size=2, init=str(base_run / "mdrnn")))
+    with pytest.raises(WorldModelsError, match="sizes must match"):
+        train_vae.run(train_vae.Config(data=str(base_run / "rollouts.h5"), out=str(tmp_path / "v"), z_dim=3,
+                                       init=str(base_run / "vae")))
+    run = tmp_path / "c"
+    run.mkdir()
+    for part in ("vae", "mdrnn"):
+        (run / part).symlink_to(base_run / part)
+    with pytest.raises(WorldModelsError, match="same shape"):  # C on z alone has fewer inputs than on [z, h]
+        train_controller.run(train_controller.Config(run=str(run), obs_mode="z", init=str(base_run / "controller"),
+                                                     popsize=4, rollouts=1, generations=1, device="cpu"))
+
+
+def test_vae_refit_fine_tunes_v_and_reencodes_every_file(base_run, tmp_path):
+    run = _copy(base_run, tmp_path)
+    _iterate(run, "--rounds", "1", "--vae-refit-ratio", "0.001")
+    row = _rows(run)[0]
+    assert row["vae_refit"] == "True"
+    folder = run / "iterate" / "round-1"
+    v = load_checkpoint(folder / "vae")
+    assert not (folder / "vae").is_symlink() and v["init"]["id"] == load_checkpoint(base_run / "vae")["id"]
+    assert len(v["data"]["files"]) == 2  # fine-tuned on the original frames and the round's
+    m = load_checkpoint(folder / "mdrnn")
+    files = [f["path"] for f in m["data"]["files"]]
+    assert files == [str((folder / "latents" / "original.h5").resolve()), str((folder / "latents.h5").resolve())]
+    for path in files:
+        with open_latents(path) as f:
+            assert f.attrs["vae_id"] == v["id"]
+    with open_latents(base_run / "latents.h5") as f:  # the original latents are left as they were
+        assert f.attrs["vae_id"] == load_checkpoint(base_run / "vae")["id"]
+
+
+def test_cli_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["iterate", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--run", "--rounds", "--episodes", "--noise", "--generations", "--mdrnn-steps", "--vae-refit-ratio",
+                 "--eval-episodes", "--env-backend", "--workers", "--env-batch"):
+        assert flag in out

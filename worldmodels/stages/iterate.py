@@ -1,0 +1,441 @@
+"""Iterative training (World Models, section 5): collect real episodes with the current C, refit M on all the
+data so far (and V when the new frames no longer look like its training frames), evolve C in the refit M's
+dream, score it; repeat.
+
+--run R already holds vae/, mdrnn/ and controller/ from the pipeline; M's checkpoint records the latents it
+learned from (the original data). Round r = 1..--rounds writes R/iterate/round-<r>/, a run folder:
+
+  rollouts.h5   --episodes real episodes of the last C (round 1: R's) with exploration --noise (Gaussian of
+                that std on continuous actions, clipped to the action space; discrete: that probability of a
+                uniformly random action), on collect-purpose seeds no round and no original collection uses;
+                attrs record the round, the policy (controller+noise), the controller's id and the noise
+  vae           the current V: a link to the last one; or, when V's reconstruction error on this round's
+                frames exceeds --vae-refit-ratio times its error on the original frames, V fine-tuned from
+                the last one on every rollouts file so far, which are then all re-encoded into latents/
+  latents.h5    this round's episodes encoded with that V
+  mdrnn/        M trained on every latents file so far (train-mdrnn --init: warm-started from the last M)
+  controller/   C evolved in that M's dream with the run's controller settings (train-controller --init:
+                CMA-ES starts from the last C's mean)
+  eval-test/, eval-dream-<tau>/   C's real score (reference env) and its dream score
+  round.json    what each finished stage found, and its wall-clock seconds
+
+and one row per round in R/iterate/rounds.csv (and rounds.json): real episodes and frames used so far, M's
+validation loss, V's error ratio and whether V was refit, dream and real scores, seconds per stage. The
+original rollouts and latents are never modified. Rerunning the same command skips finished rounds and
+stages (an interrupted stage resumes), a higher --rounds continues, and other settings than those recorded
+in R/iterate/config.yaml are refused.
+
+  worldmodels iterate --run runs/carracing-default --rounds 3 --episodes 100 --generations 20
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from worldmodels import config as cfgmod
+from worldmodels.config import option
+from worldmodels.envs import ENV_BACKENDS
+from worldmodels.errors import WorldModelsError
+from worldmodels.utils import atomic_write_text, exclusive_lock
+
+POLICY = "controller+noise"
+# Round r collects episodes r * ROUND_STRIDE + i of the original collection's seed: never an index that
+# collection (fewer than 2**24 episodes) or another round uses.
+ROUND_STRIDE = 2**24
+# Settings a rerun may change: how many rounds, and where the work runs.
+CONTINUATION_SAFE = ("run", "rounds", "workers", "device")
+# The run's controller settings each round's C is evolved with (unless overridden here).
+CONTROLLER_KEYS = ("temperature", "popsize", "rollouts", "sigma0", "generations", "max_steps", "eval_every",
+                   "eval_episodes", "seed", "obs_mode", "augment", "augment_options")
+COLUMNS = ("round", "real_episodes", "real_frames", "mdrnn_val_loss", "vae_recon_ratio", "vae_refit", "dream_score",
+           "real_mean", "real_std", "real_n", "seconds_collect", "seconds_vae", "seconds_encode", "seconds_mdrnn",
+           "seconds_controller", "seconds_evaluate", "mdrnn_id", "controller_id")
+
+
+@dataclasses.dataclass
+class Config:
+    run: str = option("", "run folder with vae/, mdrnn/ and controller/ from the pipeline (required)")
+    rounds: int = option(1, "rounds in all; rerun with more to continue")
+    episodes: int = option(100, "real episodes collected per round")
+    noise: float = option(0.1, "exploration: std of Gaussian noise added to continuous actions (then clipped to "
+                               "the action space); discrete actions: probability of a uniformly random action")
+    max_steps: Optional[int] = option(None, "cap on frames per collected episode (default: the original collection's)")
+    generations: Optional[int] = option(None, "CMA-ES generations per round (default: the run's controller's)")
+    popsize: Optional[int] = option(None, "CMA-ES population (default: the run's controller's)")
+    rollouts: Optional[int] = option(None, "dream rollouts per candidate (default: the run's controller's)")
+    temperature: Optional[float] = option(None, "dream temperature (default: the run's controller's)")
+    mdrnn_steps: Optional[int] = option(None, "M's gradient steps per round, from the last M (default: the run's M's)")
+    vae_refit_ratio: float = option(1.25, "fine-tune V when its reconstruction error on a round's frames exceeds "
+                                          "this many times its error on the original frames")
+    vae_epochs: Optional[int] = option(None, "epochs of a V refit over all frames so far (default: the run's V's)")
+    vae_check_frames: int = option(1000, "frames drawn from each side to measure V's reconstruction error")
+    eval_episodes: int = option(20, "episodes scoring each round's C, in the reference env and in the dream")
+    eval_max_steps: Optional[int] = option(None, "step limit of the real scoring episodes (default: the env's own)")
+    env_backend: str = option("auto", "collection env: fast (envpool, CarRacing), reference, or auto (fast where "
+                                      "available); scores always use the reference env", choices=ENV_BACKENDS)
+    workers: int = option(-1, "worker processes playing real episodes (-1: one per CPU core, 0: inline)")
+    env_batch: int = option(8, "real episodes each worker plays at once (sets the grouping, so --workers changes "
+                               "no result)")
+    device: str = option("auto", "device of V, M and the dream: auto, cpu, cuda")
+
+
+def _check(cfg: Config) -> None:
+    if not cfg.run:
+        raise WorldModelsError("--run (a run folder with vae/, mdrnn/ and controller/) is required")
+    for name in ("rounds", "episodes", "eval_episodes", "env_batch", "vae_check_frames"):
+        if getattr(cfg, name) < 1:
+            raise WorldModelsError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    for name in ("max_steps", "generations", "popsize", "rollouts", "mdrnn_steps", "vae_epochs", "eval_max_steps"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise WorldModelsError(f"{name} must be at least 1 (or none), got {getattr(cfg, name)}")
+    if cfg.rounds >= 2**32 // ROUND_STRIDE or cfg.episodes > ROUND_STRIDE:
+        raise WorldModelsError(f"at most {2**32 // ROUND_STRIDE - 1} rounds of at most {ROUND_STRIDE} episodes each "
+                               "(each round has a block of collection seeds of its own)")
+    if cfg.noise < 0 or cfg.vae_refit_ratio <= 0:
+        raise WorldModelsError(f"noise must be >= 0 and vae_refit_ratio > 0, got {cfg.noise}, {cfg.vae_refit_ratio}")
+
+
+def _say(r: int, rounds: int, stage: str, what: str) -> None:
+    tqdm.write(f"[iterate] round {r}/{rounds} {stage}: {what}")
+
+
+def _saved_config(path: Path, kind: str) -> dict[str, Any]:
+    from worldmodels.checkpoint import load_checkpoint
+
+    return dict(load_checkpoint(path, kind=kind).get("config") or {})
+
+
+def _stage_config(module: Any, saved: dict[str, Any], **overrides: Any) -> Any:
+    """A stage's Config from the run's saved settings (keys the stage does not know dropped) and ``overrides``."""
+    names = {f.name for f in dataclasses.fields(module.Config)}
+    values = {k: v for k, v in saved.items() if k in names}
+    values.update(overrides)
+    return cfgmod.from_dict(module.Config, values, where=module.__name__.rsplit(".", 1)[-1])
+
+
+def original_data(run: Path) -> list[dict[str, Any]]:
+    """The data the run's M learned from: one entry (name, rollouts, latents) per latents file."""
+    from worldmodels.checkpoint import load_checkpoint
+    from worldmodels.data import open_latents
+
+    state = load_checkpoint(run / "mdrnn", kind="mdrnn")
+    data = state.get("data") or {}
+    files = [f["path"] for f in data.get("files") or []] or [data.get("path") or state["config"].get("latents")]
+    entries = []
+    for i, path in enumerate(files):
+        if not path or not Path(path).is_file():
+            raise WorldModelsError(f"{run / 'mdrnn'} learned from {path}, which is not here; iterate refits M on it")
+        with open_latents(path) as f:
+            rollouts = f.attrs.get("rollouts")
+        entries.append({"name": "original" if len(files) == 1 else f"original-{i}", "rollouts": rollouts,
+                        "latents": str(Path(path).resolve())})
+    return entries
+
+
+def _collection_settings(data: list[dict[str, Any]]) -> tuple[int, int | None]:
+    """(seed, max_steps) of the original collection, as its rollouts file records them (0, None if it is gone)."""
+    from worldmodels.data import open_rollouts
+
+    path = data[0]["rollouts"]
+    if not path or not Path(path).is_file():
+        return 0, None
+    with open_rollouts(path) as f:
+        max_steps = f.attrs.get("max_steps")
+        return int(f.attrs.get("seed") or 0), int(max_steps) if max_steps and int(max_steps) > 0 else None
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def collect(cfg: Config, r: int, prev: Path, out: Path, seed: int, max_steps: int | None) -> dict[str, Any]:
+    """Round ``r``'s episodes, played by the C of run folder ``prev`` with exploration noise, into ``out``
+    (resumes a killed collection: episode i always plays the same seed)."""
+    from worldmodels.agent import load_world
+    from worldmodels.checkpoint import load_checkpoint
+    from worldmodels.data import ROLLOUTS, EpisodeWriter
+    from worldmodels.envs import episode_seed, resolve_backend
+    from worldmodels.parallel import WorkerPool
+    from worldmodels.play import init_worker, worker_rollouts
+    from worldmodels.stages.evaluate import controller_params
+    from worldmodels.stages.train_controller import n_workers
+
+    state = load_checkpoint(prev / "controller", kind="controller")
+    params, _ = controller_params(state, "auto")
+    world = load_world(prev, state["identity"]["obs_mode"], "cpu")
+    backend = resolve_backend(world.env, cfg.env_backend)
+    spec = world.worker_spec(max_steps, levels="train", env_backend=backend)
+    attrs = dict(env=world.env, env_kwargs=spec["env_kwargs"], action_space=world.action_desc, policy=POLICY,
+                 seed=seed, max_steps=max_steps, round=r, controller_id=state["id"],
+                 controller_generation=int(state["generation"]), noise=cfg.noise)
+    if backend != "reference":
+        attrs["env_backend"] = backend
+    seeds = [episode_seed(seed, ROUND_STRIDE * r + i, "collect") for i in range(cfg.episodes)]
+    discrete = world.action_desc["type"] == "discrete"
+    if discrete and cfg.noise > 1:
+        raise WorldModelsError(f"--noise is the probability of a random action for {world.env}'s discrete actions; "
+                               f"it must be at most 1, got {cfg.noise}")
+    with EpisodeWriter(out, ROLLOUTS, attrs) as writer:
+        done = writer.n_episodes
+        # Batches are cut from the whole round (never by what is done), so a resumed batch plays the same seeds.
+        tasks = []
+        for start in range(0, cfg.episodes, cfg.env_batch):
+            members = [i for i in range(start, min(start + cfg.env_batch, cfg.episodes)) if i >= done]
+            if members:
+                tasks.append((np.repeat(params[None], len(members), 0), [seeds[i] for i in members], cfg.noise))
+        if tasks:
+            with WorkerPool(n_workers(cfg.workers), init_worker, (spec,), what="iterate collection") as pool, \
+                    tqdm(total=cfg.episodes, initial=done, unit="ep", desc=f"collect round {r}") as bar:
+                for j, results in pool.imap(worker_rollouts, tasks):
+                    for seed_i, result in zip(tasks[j][1], results):
+                        n = result["length"]
+                        writer.append({"obs": result["frames"][:n],
+                                       "action": result["actions"].astype(np.int64 if discrete else np.float32),
+                                       "reward": result["rewards"], "terminated": result["terminated"],
+                                       "truncated": result["truncated"]}, seed=seed_i, level=result["level"])
+                        bar.update(1)
+        return {"episodes": writer.n_episodes, "frames": writer.n_frames, "new_episodes": writer.n_episodes - done,
+                "controller_id": state["id"], "env_backend": backend}
+
+
+@torch.no_grad()
+def recon_error(vae: Any, src: Any, frames: int, seed: int) -> float:
+    """V's mean reconstruction error (summed squared error per frame, z = mu: ``val/vae/recon``) on up to
+    ``frames`` frames of ``src`` drawn without replacement."""
+    from worldmodels.models.vae import frames_to_tensor
+
+    device = next(vae.parameters()).device
+    idx = np.sort(np.random.default_rng(seed).choice(src.n_frames, min(frames, src.n_frames), replace=False))
+    total = 0.0
+    for part in np.array_split(idx, math.ceil(len(idx) / 256)):
+        x = frames_to_tensor(src.take("obs", part), device)
+        total += float((vae.decode(vae.encode(x)[0]) - x).pow(2).flatten(1).sum(1).sum())
+    return total / len(idx)
+
+
+def vae_ratio(cfg: Config, vae_dir: Path, rollouts: Path, original: list[dict[str, Any]]) -> dict[str, Any]:
+    """V's reconstruction error on a round's frames over its error on the original frames (None when the
+    original rollouts are gone)."""
+    from worldmodels.data import ROLLOUTS, EpisodeFiles, open_rollouts
+    from worldmodels.models.vae import load_vae
+    from worldmodels.utils import pick_device
+
+    paths = [e["rollouts"] for e in original]
+    if not all(p and Path(p).is_file() for p in paths):
+        return {"ratio": None, "new_error": None, "original_error": None}
+    vae = load_vae(vae_dir, pick_device(cfg.device))
+    with open_rollouts(rollouts) as new, EpisodeFiles(paths, ROLLOUTS) as old:
+        new_error = recon_error(vae, new, cfg.vae_check_frames, seed=1)
+        old_error = recon_error(vae, old, cfg.vae_check_frames, seed=0)
+    return {"ratio": new_error / old_error, "new_error": new_error, "original_error": old_error}
+
+
+def link(target: Path, at: Path) -> None:
+    """``at`` -> ``target`` as a relative symlink (replacing an older link), so the run folder can move."""
+    if at.is_symlink():
+        at.unlink()
+    at.symlink_to(os.path.relpath(target.resolve(), at.parent.resolve()), target_is_directory=True)
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+class Round:
+    """One round's folder and its record (round.json): what each finished stage found."""
+
+    def __init__(self, root: Path, r: int):
+        self.r, self.dir = r, root / f"round-{r}"
+        self.path = self.dir / "round.json"
+        self.record: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {"round": r}
+        self.record.setdefault("stages", {})
+
+    @property
+    def finished(self) -> bool:
+        return "row" in self.record
+
+    def stage(self, name: str, rounds: int, fn: Callable[[], dict[str, Any]],
+              say: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
+        """Run ``fn`` unless this stage finished before; record its result and seconds; one line either way."""
+        done = self.record["stages"].get(name)
+        if done is not None:
+            _say(self.r, rounds, name, "finished before, kept")
+            return done
+        t0 = time.perf_counter()
+        result = fn()
+        result["seconds"] = time.perf_counter() - t0
+        self.record["stages"][name] = result
+        self.save()
+        _say(self.r, rounds, name, f"{say(result)} ({result['seconds']:.1f}s)")
+        return result
+
+    def save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps(self.record, indent=2) + "\n")
+
+
+def _check_config(cfg: Config, path: Path) -> None:
+    """Refuse other settings than those the iteration was started with (except CONTINUATION_SAFE)."""
+    new = cfgmod.to_dict(cfg)
+    if path.is_file():
+        saved = cfgmod.read_yaml(path)
+        changed = [k for k in new if k not in CONTINUATION_SAFE and saved.get(k) != new[k]]
+        if changed:
+            raise WorldModelsError(f"{path.parent} was made with " + "; ".join(
+                f"{k}={saved.get(k)!r}, not {new[k]!r}" for k in changed)
+                + "; rerun with the same settings (only --rounds, --workers and --device may change)")
+    cfgmod.save(cfg, path)
+
+
+def _frames(entries: list[dict[str, Any]]) -> tuple[int, int]:
+    """Real episodes and frames in these data entries (counted in their latents files)."""
+    from worldmodels.data import open_latents
+
+    episodes = frames = 0
+    for e in entries:
+        with open_latents(e["latents"]) as f:
+            episodes, frames = episodes + f.n_episodes, frames + f.n_frames
+    return episodes, frames
+
+
+def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[str, Any]],
+              original: list[dict[str, Any]]) -> dict[str, Any]:
+    """All stages of one round (each skipped if it finished before); returns the round's row."""
+    from worldmodels.stages import encode, evaluate, train_controller, train_mdrnn, train_vae
+
+    r, rounds, out = rnd.r, cfg.rounds, rnd.dir
+    out.mkdir(parents=True, exist_ok=True)
+    seed, max_steps = _collection_settings(original)
+    rollouts, latents = out / "rollouts.h5", out / "latents.h5"
+    rnd.stage("collect", rounds, lambda: collect(cfg, r, prev, rollouts, seed, cfg.max_steps or max_steps),
+              lambda s: f"{s['new_episodes']} episodes played, {s['episodes']} episodes ({s['frames']} frames) "
+                        f"by controller {s['controller_id'][:8]} with noise {cfg.noise}")
+
+    def vae_stage() -> dict[str, Any]:
+        check = vae_ratio(cfg, prev / "vae", rollouts, original)
+        refit = check["ratio"] is not None and check["ratio"] > cfg.vae_refit_ratio
+        if not refit:
+            link(prev / "vae", out / "vae")
+            return {**check, "refit": False}
+        if (out / "vae").is_symlink():
+            (out / "vae").unlink()
+        paths = [e["rollouts"] for e in data] + [str(rollouts.resolve())]
+        saved = _saved_config(run / "vae", "vae")
+        summary = train_vae.run(_stage_config(
+            train_vae, saved, data=",".join(paths), out=str(out / "vae"), init=str((prev / "vae").resolve()),
+            epochs=cfg.vae_epochs or saved.get("epochs", 10), device=cfg.device, fresh=False))
+        return {**check, "refit": True, "vae_id": summary["id"]}
+
+    vae = rnd.stage("vae", rounds, vae_stage,
+                    lambda s: ("V's error ratio unknown (the original rollouts are gone); V kept" if s["ratio"] is None
+                               else f"V's error on the new frames is {s['ratio']:.3f}x its error on the original "
+                                    f"frames; V " + ("refit on all frames" if s["refit"] else "kept")))
+
+    def encode_stage() -> dict[str, Any]:
+        todo = [(rollouts, latents)]
+        if vae["refit"]:  # a new V: every earlier file's latents are encoded again with it
+            todo = [(Path(e["rollouts"]), out / "latents" / f"{e['name']}.h5") for e in data] + todo
+            (out / "latents").mkdir(exist_ok=True)
+        for src, dst in todo:
+            encode.run(encode.Config(data=str(src), vae=str(out / "vae"), out=str(dst), device=cfg.device))
+        entries = [{**e, "latents": str((out / "latents" / f"{e['name']}.h5").resolve())} if vae["refit"] else e
+                   for e in data]
+        return {"data": entries + [{"name": f"round-{r}", "rollouts": str(rollouts.resolve()),
+                                    "latents": str(latents.resolve())}], "files": len(todo)}
+
+    enc = rnd.stage("encode", rounds, encode_stage, lambda s: f"{s['files']} file(s) encoded with the round's V")
+
+    def mdrnn_stage() -> dict[str, Any]:
+        saved = _saved_config(run / "mdrnn", "mdrnn")
+        summary = train_mdrnn.run(_stage_config(
+            train_mdrnn, saved, latents=",".join(e["latents"] for e in enc["data"]), out=str(out / "mdrnn"),
+            vae=str(out / "vae"), init=str((prev / "mdrnn").resolve()), steps=cfg.mdrnn_steps or saved.get("steps"),
+            device=cfg.device, fresh=False))
+        return {"id": summary["id"], "val_loss": summary["metrics"].get("val/mdrnn/loss"),
+                "loss": summary["metrics"].get("mdrnn/loss")}
+
+    mdn = rnd.stage("mdrnn", rounds, mdrnn_stage,
+                    lambda s: f"M {s['id'][:8]} refit on {len(enc['data'])} latents files, warm-started; "
+                              + ("no validation episodes" if s["val_loss"] is None else
+                                 f"validation loss {s['val_loss']:.4g}"))
+
+    def controller_stage() -> dict[str, Any]:
+        saved = _saved_config(run / "controller", "controller")
+        own = {k: saved[k] for k in CONTROLLER_KEYS if k in saved}
+        overrides = {k: getattr(cfg, k) for k in ("generations", "popsize", "rollouts", "temperature")
+                     if getattr(cfg, k) is not None}
+        summary = train_controller.run(_stage_config(
+            train_controller, {**own, **overrides}, run=str(out), where="dream", device=cfg.device, workers=0,
+            init=str((prev / "controller").resolve()), fresh=False))
+        return {"generation": summary["generation"], "best_fitness": summary["best_fitness"],
+                "id": _saved_id(out / "controller", "controller")}
+
+    ctl = rnd.stage("controller", rounds, controller_stage,
+                    lambda s: f"C {s['id'][:8]} evolved in the dream for {s['generation']} generations from the "
+                              f"last C's mean, best fitness {s['best_fitness']:.2f}")
+
+    def evaluate_stage() -> dict[str, Any]:
+        real = evaluate.run(evaluate.Config(run=str(out), episodes=cfg.eval_episodes, workers=cfg.workers,
+                                            max_steps=cfg.eval_max_steps, env_backend="reference",
+                                            env_batch=cfg.env_batch))
+        dream = evaluate.run(evaluate.Config(run=str(out), where="dream", episodes=cfg.eval_episodes))
+        return {"real": {k: real[k] for k in ("mean", "std", "episodes")},
+                "dream": {k: dream[k] for k in ("mean", "std", "episodes", "temperature")}}
+
+    ev = rnd.stage("evaluate", rounds, evaluate_stage,
+                   lambda s: f"real {s['real']['mean']:.2f} ± {s['real']['std']:.2f} ({s['real']['episodes']} "
+                             f"reference episodes), dream {s['dream']['mean']:.2f}")
+    episodes, frames = _frames(enc["data"])
+    seconds = {name: rnd.record["stages"][name]["seconds"] for name in rnd.record["stages"]}
+    return {"round": r, "real_episodes": episodes, "real_frames": frames, "mdrnn_val_loss": mdn["val_loss"],
+            "vae_recon_ratio": vae["ratio"], "vae_refit": vae["refit"], "dream_score": ev["dream"]["mean"],
+            "real_mean": ev["real"]["mean"], "real_std": ev["real"]["std"], "real_n": ev["real"]["episodes"],
+            **{f"seconds_{name}": s for name, s in seconds.items()}, "mdrnn_id": mdn["id"], "controller_id": ctl["id"]}
+
+
+def _saved_id(path: Path, kind: str) -> str:
+    from worldmodels.checkpoint import load_checkpoint
+
+    return str(load_checkpoint(path, kind=kind)["id"])
+
+
+def write_rows(root: Path, rows: list[dict[str, Any]]) -> None:
+    """rounds.csv and rounds.json, rewritten whole (atomically) after every round."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(root / "rounds.csv", buf.getvalue())
+    atomic_write_text(root / "rounds.json", json.dumps(rows, indent=2) + "\n")
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Run (or continue) rounds 1..``cfg.rounds``; returns the rows of rounds.csv and its path."""
+    _check(cfg)
+    run_dir = Path(cfg.run).resolve()
+    for part in ("vae", "mdrnn", "controller"):
+        if not (run_dir / part / "checkpoint.pt").is_file():
+            raise WorldModelsError(f"{run_dir} has no {part}/checkpoint.pt; run the pipeline (or its stages) first")
+    root = run_dir / "iterate"
+    root.mkdir(exist_ok=True)
+    with exclusive_lock(root / "config.yaml", "iterate"):
+        _check_config(cfg, root / "config.yaml")
+        original = original_data(run_dir)
+        prev, data, rows = run_dir, original, []
+        for r in range(1, cfg.rounds + 1):
+            rnd = Round(root, r)
+            if rnd.finished:
+                _say(r, cfg.rounds, "all stages", "finished before, kept")
+            else:
+                rnd.record["row"] = run_round(cfg, run_dir, rnd, prev, data, original)
+                rnd.save()
+            rows.append(rnd.record["row"])
+            write_rows(root, rows)
+            prev, data = rnd.dir, rnd.record["stages"]["encode"]["data"]
+    return {"rows": rows, "path": str(root / "rounds.csv")}
