@@ -1,4 +1,5 @@
-"""The study stage: the smoke preset end to end (table, CSV, figure), resume without recomputation, summaries."""
+"""The study stage: the smoke preset end to end (table, CSV, figure), resume without recomputation, summaries,
+the random baseline, bootstrap intervals, paired differences and the reading."""
 
 from __future__ import annotations
 
@@ -31,24 +32,39 @@ def smoke(tmp_path_factory, one_thread):
 
 def test_smoke_study_writes_every_condition_and_level_set(smoke):
     conditions = study.default_conditions()
-    assert conditions == ["offline", "dream", "dream+random_swing", "dream+deepdream", "dream+value_diversification",
-                          "dream+all"]
+    assert conditions == ["random", "offline", "dream", "dream+random_swing", "dream+deepdream",
+                          "dream+value_diversification", "dream+all"]
     lines = (smoke / "results.md").read_text().splitlines()
-    assert lines[0] == "| game | condition | seeds | train levels | test levels | gap (train - test) |"
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:] if line.startswith("| coinrun")]
-    assert [r[1] for r in rows] == conditions
+    assert lines[0] == "# Study results" and "## coinrun (sparse reward)" in lines
+    header = lines.index(study.MD_HEADER)
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[header + 2:header + 2 + len(conditions)]]
+    assert [r[0] for r in rows] == conditions
     csv_rows = [line.split(",") for line in (smoke / "results.csv").read_text().splitlines()[1:]]
     assert sorted((r[2], r[3]) for r in csv_rows) == sorted((c, lv) for c in conditions for lv in ("train", "test"))
+    cells = {c: json.loads((smoke / "cells" / f"coinrun__seed0__{c}.json").read_text()) for c in conditions}
     for r, cond in zip(rows, conditions):
-        cell = json.loads((smoke / "cells" / f"coinrun__seed0__{cond}.json").read_text())
-        train, test = cell["train"]["mean"], cell["test"]["mean"]
-        assert r[3] == f"{train:.2f} ± 0.00" and r[4] == f"{test:.2f} ± 0.00" and r[5] == f"{train - test:.2f} ± 0.00"
-        assert cell["train"]["episodes"] == cell["test"]["episodes"] == 2
+        train, test = cells[cond]["train"]["mean"], cells[cond]["test"]["mean"]
+        # One seed: every interval is the value itself; the paired columns are blank for dream itself.
+        assert r[2] == f"{train:.2f} [{train:.2f}, {train:.2f}]" and r[3] == f"{test:.2f} [{test:.2f}, {test:.2f}]"
+        diffs = [cells[cond][lv]["mean"] - cells["dream"][lv]["mean"] for lv in ("train", "test")]
+        assert r[5:] == (["", ""] if cond == "dream" else [f"{d:+.2f} [{d:+.2f}, {d:+.2f}]" for d in diffs])
+        assert cells[cond]["train"]["episodes"] == cells[cond]["test"]["episodes"] == 2
+    reading = lines[lines.index("Reading:") + 1:]
+    assert reading[0].startswith("- dream vs random on training levels: dream - random = ")
+    assert all("1 paired seed, too few for an interval; no claim" in line for line in reading)
+    summary = json.loads((smoke / "results_summary.json").read_text())
+    assert [r["condition"] for r in summary["rows"]] == conditions and summary["reading"]["coinrun"] == [
+        line[2:] for line in reading]
+    assert (smoke / "results_summary.csv").read_text().splitlines()[0].startswith("game,condition,seeds,train_mean,")
     assert (smoke / "results.png").stat().st_size > 1000
-    # Each condition trained its own controller; the offline one says so, the augmented ones record their settings.
+    # The random baseline trained nothing; each other condition trained its own controller; the offline one says
+    # so, the augmented ones record their settings.
+    assert cells["random"]["train"]["controller_id"] is None and cells["random"]["config"] == {
+        "world": cells["dream"]["config"]["world"], "evaluate": cells["dream"]["config"]["evaluate"]}
+    assert not (smoke / "coinrun" / "seed0" / "random").exists()
     ckpts = {c: torch.load(smoke / "coinrun" / "seed0" / c / "controller" / "checkpoint.pt", weights_only=False)
-             for c in conditions}
-    assert len({c["id"] for c in ckpts.values()}) == len(conditions)
+             for c in conditions if c != "random"}
+    assert len({c["id"] for c in ckpts.values()}) == len(conditions) - 1
     assert ckpts["offline"]["config"]["where"] == "offline"
     assert [a["name"] for a in ckpts["dream+all"]["identity"]["augment"]] == ["random_swing", "deepdream",
                                                                             "value_diversification"]
@@ -69,7 +85,7 @@ def test_rerun_recomputes_nothing_and_a_lost_cell_only_itself(smoke, monkeypatch
     monkeypatch.setattr(train_controller, "evolve", forbidden)
     monkeypatch.setattr(evaluate, "run", forbidden)
     summary = study.run(study.Config(**{**_smoke_config(), "out": str(smoke)}))
-    assert summary["computed"] == 0 and summary["cells"] == 6
+    assert summary["computed"] == 0 and summary["cells"] == 7
     assert {p: p.read_text() for p in cells} == before
 
     # A cell whose record is lost is the only one redone (the world is kept, its controller resumes).
@@ -160,7 +176,7 @@ def test_a_changed_config_is_refused_unless_fresh_cells_and_an_unchanged_rerun_c
         (dict(train_controller={**base["train_controller"], "generations": 3}),
          "coinrun__seed0__offline.json was made with train_controller.generations=2, not 3"),
         (dict(evaluate={**base["evaluate"], "episodes": 3}),
-         "coinrun__seed0__offline.json was made with evaluate.episodes=2, not 3"),
+         "coinrun__seed0__random.json was made with evaluate.episodes=2, not 3"),
         # Only the cells using deepdream depend on its options: the first of them is named.
         (dict(augment={**base["augment"], "deepdream": {**base["augment"]["deepdream"], "strength": 0.25}}),
          "coinrun__seed0__dream+deepdream.json was made with augment.deepdream.strength=0.5, not 0.25"),
@@ -204,10 +220,111 @@ def test_dream_dropout_condition_trains_in_a_dream_ensemble_and_records_its_rate
     assert (both.dream_dropout, both.augment) == (0.2, ["random_swing"])
     for cond in study.default_conditions():
         assert "dream_dropout" not in study.cell_config(cfg, cond)
-        if cond != "offline":
+        if cond not in ("offline", "random"):
             assert study.controller_cfg(cfg, tmp_path / "run", 1, cond).dream_dropout == 0.0
     with pytest.raises(WorldModelsError, match=r"study.dream_dropout must be in \[0, 1\)"):
         study.run(study.Config(out=str(tmp_path), conditions=["dream-dropout"], dream_dropout=1.0))
     with pytest.raises(WorldModelsError, match="unknown study condition 'dream-dropout\\+magic'"):
         study.run(study.Config(out=str(tmp_path), conditions=["dream-dropout+magic"]))
     assert not (tmp_path / "coinrun").exists()
+
+
+def test_random_baseline_plays_the_controllers_episodes(smoke):
+    """The random condition plays exactly the episodes (eval seeds, levels, count, max_steps) every controller of
+    that seed plays in evaluate, so it is a fair, paired baseline."""
+    import csv
+
+    cfg = study.Config(**{**_smoke_config(), "out": str(smoke)})
+    for levels in ("train", "test"):
+        with open(smoke / "coinrun" / "seed0" / "dream" / f"eval-{levels}" / "returns.csv") as f:
+            played = [(int(r["seed"]), int(r["level"])) for r in csv.DictReader(f)]
+        episodes = study.random_episodes(cfg, "coinrun", 0, levels)
+        assert [(s, lv) for s, lv, _, _ in episodes] == played
+        assert all(length <= cfg.evaluate["max_steps"] for *_, length in episodes)
+        assert all((lv >= 100_000) == (levels == "test") for _, lv, _, _ in episodes)
+
+
+def test_random_alone_builds_no_world_and_other_conditions_stay_refused(tmp_path, one_thread):
+    cfg = study.Config(out=str(tmp_path), games=["bigfish"], seeds=[0, 1], conditions=["random"],
+                       evaluate={"episodes": 2, "max_steps": 5, "workers": 0})
+    summary = study.run(cfg)
+    assert summary["computed"] == 2 and not (tmp_path / "bigfish").exists()
+    record = json.loads((tmp_path / "cells" / "bigfish__seed1__random.json").read_text())
+    for levels in ("train", "test"):
+        assert set(record[levels]) == {"mean", "std", "episodes", "mean_length", "controller_id"}
+        assert record[levels]["episodes"] == 2 and record[levels]["mean_length"] <= 5
+    assert record["config"] == study.cell_config(cfg, "random")
+    assert (tmp_path / "results.md").read_text().count("no dream condition") == 1
+    for bad in ("random+deepdream", "dream+random"):
+        with pytest.raises(WorldModelsError, match="unknown study condition"):
+            study.run(study.Config(out=str(tmp_path), conditions=["random", bad]))
+
+
+def test_bootstrap_ci():
+    assert study.bootstrap_ci([2.0] * 5) == (2.0, 2.0)
+    assert study.bootstrap_ci([3.5]) == (3.5, 3.5)
+    values = np.random.default_rng(1).normal(1.0, 2.0, 20)
+    low, high = study.bootstrap_ci(values)
+    assert values.min() < low < values.mean() < high < values.max()
+    assert study.bootstrap_ci(values, seed=7) == study.bootstrap_ci(values, seed=7) != (low, high)
+    narrow = study.bootstrap_ci(values, level=0.5)
+    assert low < narrow[0] < narrow[1] < high
+    with pytest.raises(ValueError):
+        study.bootstrap_ci([])
+
+
+def _cell(game, seed, condition, train, test):
+    return {"game": game, "seed": seed, "condition": condition, "train": {"mean": train, "std": 0.0, "episodes": 5},
+            "test": {"mean": test, "std": 0.0, "episodes": 5}}
+
+
+def test_paired_differences_pair_by_seed(tmp_path):
+    """offline lacks seed 1 and dream seed 3: offline's differences use seeds 0 and 2 only, each against dream's
+    same seed."""
+    cells = [_cell("maze", s, "dream", tr, te) for s, tr, te in ((0, 1.0, 0.5), (1, 9.0, 9.0), (2, 3.0, 1.0))]
+    cells += [_cell("maze", s, "offline", tr, te) for s, tr, te in ((0, 2.0, 1.5), (2, 5.0, 2.0), (3, 7.0, 7.0))]
+    diff = study.paired_difference(cells, "maze", "offline", "test")
+    assert diff["seeds"] == 2 and diff["mean"] == 1.0 and diff["low"] == diff["high"] == 1.0
+    assert study.paired_difference(cells, "maze", "offline", "train")["mean"] == 1.5
+    assert study.paired_difference(cells, "chaser", "offline", "test") is None
+    rows = study.summarise(cells, ["maze"], ["dream", "offline"])
+    assert [r["condition"] for r in rows] == ["dream", "offline"] and rows[0]["test_vs_dream_mean"] is None
+    assert rows[1]["seeds"] == 3 and rows[1]["test_vs_dream_seeds"] == 2 and rows[1]["test_vs_dream_mean"] == 1.0
+    study.write_results(tmp_path, cells, ["maze"], ["dream", "offline"])
+    md = (tmp_path / "results.md").read_text()
+    assert "| +1.50 [+1.00, +2.00] (2 seeds) | +1.00 [+1.00, +1.00] (2 seeds) |" in md
+    assert "| dream | 3 | 4.33 [" in md and "no random baseline paired with dream" in md
+
+
+def _row(condition, train=None, test=None):
+    """A summary row with only what reading() reads: the paired (n, mean, low, high) per level set."""
+    row = {"game": "coinrun", "condition": condition}
+    for levels, diff in (("train", train), ("test", test)):
+        for stat, value in zip(("seeds", "mean", "low", "high"), diff or (None,) * 4):
+            row[f"{levels}_vs_dream_{stat}"] = value
+    return row
+
+
+def test_reading_names_a_direction_only_when_the_interval_excludes_zero():
+    rows = [_row("random", train=(3, -1.0, -1.5, -0.5), test=(3, -0.8, -1.2, -0.4)), _row("dream"),
+            _row("offline", train=(3, 0.2, -0.1, 0.5), test=(3, 0.1, -0.2, 0.4)),
+            _row("dream+all", test=(3, 0.5, 0.2, 0.8)), _row("dream+deepdream", test=(3, -0.5, -0.8, -0.2)),
+            _row("dream+random_swing", test=(1, 0.9, 0.9, 0.9)), _row("dream-dropout")]
+    assert study.reading(rows) == [
+        "dream beats random on training levels: dream - random = +1.00 [+0.50, +1.50] over 3 seeds; the world model "
+        "is good enough to test generalisation",
+        "random is worse than dream on test levels: random - dream = -0.80 [-1.20, -0.40] over 3 seeds",
+        "offline vs dream on test levels: within noise, offline - dream = +0.10 [-0.20, +0.40] over 3 seeds",
+        "dream+all beats dream on test levels: dream+all - dream = +0.50 [+0.20, +0.80] over 3 seeds",
+        "dream+deepdream is worse than dream on test levels: dream+deepdream - dream = -0.50 [-0.80, -0.20] over 3 "
+        "seeds",
+        "dream+random_swing vs dream on test levels: dream+random_swing - dream = +0.90 on 1 paired seed, too few for "
+        "an interval; no claim",
+        "dream-dropout: no seed shared with dream; no claim"]
+    straddles = study.reading([_row("random", train=(3, -0.2, -0.6, 0.3), test=(3, 0.0, -0.1, 0.1)), _row("dream")])
+    assert straddles[0] == ("dream vs random on training levels: within noise, dream - random = +0.20 [-0.30, +0.60] "
+                            "over 3 seeds; until dream beats random, the study cannot show generalisation")
+    below = study.reading([_row("random", train=(2, 0.4, 0.1, 0.7)), _row("dream")])[0]
+    assert below.startswith("dream is worse than random on training levels: dream - random = -0.40 [-0.70, -0.10]")
+    assert study.reading([_row("offline", test=(3, 1.0, 0.5, 1.5))]) == [
+        "no dream condition: nothing is paired with it, so nothing can be read"]

@@ -72,10 +72,13 @@ class World:
                 **self.controller_spec()}
 
     def dream_factory(self, temperature: float, max_steps: int, seed: int, augmentations: Sequence[Any] = (),
-                      dropout: float = 0.0, models: Sequence[Any] = ()):
+                      dropout: float = 0.0, models: Sequence[Any] = (), streams: int | None = None):
         """``batch -> DreamEnv`` of that many members (built once per batch size, per factory), with
         ``augmentations`` (:mod:`worldmodels.augment`) applied inside every step of its dreams, and a dream
-        ensemble when asked: a ``dropout`` mask per member's episode, or one of M and ``models`` per episode."""
+        ensemble when asked: a ``dropout`` mask per member's episode, or one of M and ``models`` per episode.
+        ``streams`` = E: member b draws from random stream b % E, so every block of E members (one candidate's
+        rollouts) gets the same E episodes' draws, i.e. common random numbers across candidates (default: a
+        stream per member)."""
         from worldmodels.dream import DreamEnv
 
         initial = self.initial_latents()
@@ -86,7 +89,8 @@ class World:
             if batch not in dreams:
                 dreams[batch] = DreamEnv(self.vae, self.mdrnn, initial, temperature, batch, self.device, max_steps,
                                          reward=reward, obs_mode=self.obs_mode, seed=seed,
-                                         augmentations=augmentations, dropout=dropout, models=models)
+                                         augmentations=augmentations, dropout=dropout, models=models,
+                                         stream_ids=None if streams is None else torch.arange(batch) % streams)
             return dreams[batch]
 
         return make

@@ -27,6 +27,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "dream": ("worldmodels.stages.dream", "record a dream of M decoded by V (GIF/PNG)"),
     "train-controller": ("worldmodels.stages.train_controller", "evolve the controller (C) with CMA-ES"),
     "evaluate": ("worldmodels.stages.evaluate", "run C with V and M in the real env and score it"),
+    "fidelity": ("worldmodels.stages.fidelity", "how well M's dream ranks controllers: dream vs real returns "
+                                                "(rank correlation), M's reward and done heads on real episodes"),
     "iterate": ("worldmodels.stages.iterate", "iterative training: collect with C, refit M (and V), evolve C "
                                               "in the dream, score; repeat"),
     "study": ("worldmodels.stages.study", "the ProcGen dream-like imagination study"),

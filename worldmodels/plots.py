@@ -144,3 +144,29 @@ def frame_rows(rows: Sequence[tuple[str, np.ndarray]], path: str | os.PathLike, 
     if title:
         ax.set_title(title, fontsize=9)
     return save_figure(fig, path)
+
+
+def fidelity_scatter(panels: Sequence[tuple[str, np.ndarray, np.ndarray, Sequence[str]]], path: str | os.PathLike,
+                     highlight: str = "mean") -> Path:
+    """Dream vs real mean return, a point per controller and a panel per dream setting: each panel is
+    (title, dream (C,), real (C,), controller names). The controller named ``highlight`` (the run's C) is red;
+    the dashed line is dream = real, so points below it are controllers the dream overrates."""
+    cols = min(len(panels), 3)
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(4.2 * cols, 3.8 * rows), layout="constrained")  # no title over the labels above
+    for k, (title, dream, real, names) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        dream, real = np.asarray(dream, dtype=float), np.asarray(real, dtype=float)
+        mark = np.array([name == highlight for name in names])
+        ax.scatter(dream[~mark], real[~mark], s=18, color="tab:blue", label="controllers")
+        if mark.any():
+            ax.scatter(dream[mark], real[mark], s=45, color="tab:red", label="the run's C")
+        lo, hi = min(dream.min(), real.min()), max(dream.max(), real.max())
+        ax.plot([lo, hi], [lo, hi], "--", color="gray", linewidth=1, label="dream = real")
+        ax.set_xlabel("dream return")
+        ax.set_ylabel("real return")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        if k == 0:
+            ax.legend(fontsize=7, loc="best")
+    return save_figure(fig, path)
