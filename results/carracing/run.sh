@@ -47,6 +47,7 @@ fi
 # step's tail (train-controller itself resumes at the last finished generation).
 controller() {  # controller NAME GENERATIONS OPTIONS...
   local name=$1 total=$2 run=$DATA/$1; shift 2
+  [ "$total" -gt 0 ] || return 0
   mkdir -p "$run"
   for part in vae mdrnn; do [ -e "$run/$part" ] || ln -s "../$part" "$run/$part"; done
   local g=0
