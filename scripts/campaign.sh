@@ -1,32 +1,43 @@
 #!/usr/bin/env bash
-# Run a results/<name>/run.sh campaign from a frozen copy of the code (a git worktree at /work/campaign by
-# default), so that editing the package in this checkout cannot change or break a campaign mid-run.
-# data/ is shared with this checkout; the campaign's results/<name>/ files land in the worktree, and
-# `scripts/campaign.sh sync NAME` copies them back here to commit.
-#   scripts/campaign.sh start NAME     (results/NAME/run.sh or results/NAME.sh, in the background; log in
-#                                       data/NAME/campaign.log)
-#   scripts/campaign.sh sync NAME
+# Run a campaign (results/NAME/run.sh, or results/NAME.sh such as results/queue.sh) in the background from a
+# frozen copy of the package (a git worktree, /work/campaign by default, brought to this checkout's commit at
+# each start), so that editing the package here cannot change or break a campaign mid-run. data/ and every
+# results/<folder>/ of the worktree are links to this checkout's, so results land here, ready to commit; the
+# scripts in results/ and the package are the frozen ones. Never edit a running campaign's run.sh in place
+# (bash reads a script as it goes): replace it with mv.
+#   scripts/campaign.sh start NAME      (log in data/NAME/campaign.log; refuses while a campaign runs)
+#   scripts/campaign.sh status
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 TREE=${CAMPAIGN_TREE:-/work/campaign}
-cmd=$1 name=$2
-case $cmd in
+PIDFILE=$ROOT/data/.campaign.pid
+running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+case ${1:-} in
   start)
-    if [ ! -d "$TREE" ]; then  # data/ is tracked (its README), so the worktree's copy is replaced by a link
-      git -C "$ROOT" worktree add --detach "$TREE" HEAD
-      rm -rf "$TREE/data" && ln -s "$ROOT/data" "$TREE/data"
+    name=${2:?usage: $0 start NAME}
+    if running; then
+      echo "a campaign is running (pid $(cat "$PIDFILE"): $(ps -o args= -p "$(cat "$PIDFILE")")); not starting another" >&2
+      exit 1
     fi
+    head=$(git -C "$ROOT" rev-parse HEAD)
+    if [ ! -d "$TREE" ]; then
+      git -C "$ROOT" worktree add --detach "$TREE" "$head"
+    else
+      git -C "$TREE" checkout -q --force --detach "$head"
+    fi
+    for dir in data "$ROOT"/results/*/; do  # the worktree's copies become links to this checkout's folders
+      rel=${dir#"$ROOT"/}; rel=${rel%/}
+      rm -rf "${TREE:?}/$rel" && ln -s "$ROOT/$rel" "$TREE/$rel"
+    done
+    script=results/$name/run.sh
+    [ -f "$TREE/$script" ] || script=results/$name.sh
+    [ -f "$TREE/$script" ] || { echo "no results/$name/run.sh or results/$name.sh" >&2; exit 2; }
     mkdir -p "$ROOT/data/$name"
     cd "$TREE"
-    script=results/$name/run.sh
-    [ -f "$script" ] || script=results/$name.sh
-    [ -f "$script" ] || { echo "no results/$name/run.sh or results/$name.sh in $TREE" >&2; exit 2; }
     WM_VENV="$ROOT/.venv" PYTHONPATH="$TREE" setsid nohup bash "$script" >> "$ROOT/data/$name/campaign.log" 2>&1 &
-    echo "started $script from $TREE (log: data/$name/campaign.log)";;
-  sync)  # NAME: one results folder, or "all"
-    for dir in $([ "$name" = all ] && ls -d "$TREE"/results/*/ || echo "$TREE/results/$name/"); do
-      rsync -a --exclude '*.pyc' --exclude __pycache__ "$dir" "$ROOT/results/$(basename "$dir")/"
-      echo "copied $dir -> results/$(basename "$dir")/"
-    done;;
-  *) echo "usage: $0 start|sync NAME" >&2; exit 2;;
+    echo $! > "$PIDFILE"
+    echo "started $script at ${head:0:7} from $TREE (pid $!, log data/$name/campaign.log)";;
+  status)
+    if running; then echo "running: pid $(cat "$PIDFILE"): $(ps -o args= -p "$(cat "$PIDFILE")")"; else echo "no campaign running"; fi;;
+  *) echo "usage: $0 start NAME | status" >&2; exit 2;;
 esac
