@@ -47,22 +47,62 @@ def random_policy(rollouts: str, out: str) -> None:
         w.writerows(rows)
 
 
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def first(*paths: Path) -> Path | None:
+    return next((p for p in paths if p.exists()), None)
+
+
+def identical(a: Path, b: Path) -> float:
+    """Fraction of the seeds both files played where the two controllers' episodes ended alike (same return
+    and length): two policies that play every real episode the same way are one policy."""
+    x = {r["seed"]: (r["return"], r["length"]) for r in rows(a)}
+    y = {r["seed"]: (r["return"], r["length"]) for r in rows(b)}
+    common = x.keys() & y.keys()
+    return sum(x[k] == y[k] for k in common) / max(1, len(common))
+
+
 def doom(folder: str) -> str:
     root = Path(folder)
-    lines = ["| τ | dream score (ours) | real score (ours) | real > 750 | dream score (paper) | real score (paper) |",
-             "|---|---:|---:|---:|---:|---:|"]
+    cells = []
     for cell in sorted(root.glob("tau-*"), key=lambda p: float(p.name[4:])):
-        if not (cell / "returns.csv").exists():
-            continue
         tau = cell.name[4:]
-        dream, real = returns(cell / "dream_returns.csv"), returns(cell / "returns.csv")
+        real = first(cell / "eval-test" / "returns.csv", cell / "returns.csv")
+        dream = first(cell / f"eval-dream-{float(tau):g}" / "returns.csv", cell / "dream_returns.csv")
+        if real is not None and dream is not None:
+            cells.append((tau, real, dream, cell))
+    lines = ["| τ | dream score (ours) | real score (ours) | real > 750 | top action | same real episodes as | "
+             "dream score (paper) | real score (paper) |", "|---|---:|---:|---:|---:|---|---:|---:|"]
+    for tau, real_path, dream_path, cell in cells:
+        dream, real = returns(dream_path), returns(real_path)
         paper = PAPER_DOOM.get(tau, ("not in the paper", "not in the paper"))
-        lines.append(f"| {tau} | {fmt(dream)} | {fmt(real)} | {(real > 750).mean():.0%} | {paper[0]} | {paper[1]} |")
+        top = [float(r["top_action"]) for r in rows(real_path) if r.get("top_action")]
+        top_s = f"{np.mean(top):.0%}" if top else "—"
+        same = sorted(((identical(real_path, other), t) for t, other, _, _ in cells if t != tau), reverse=True)
+        same_s = f"τ {same[0][1]}: {same[0][0]:.0%}" if same and same[0][0] > 0 else "none"
+        lines.append(f"| {tau} | {fmt(dream)} | {fmt(real)} | {(real > 750).mean():.0%} | {top_s} | {same_s} | "
+                     f"{paper[0]} | {paper[1]} |")
     if (root / "random_policy.csv").exists():
         rand = returns(root / "random_policy.csv")
-        lines.append(f"| random policy | — | {fmt(rand)} | {(rand > 750).mean():.0%} | — | {PAPER_DOOM['random'][1]} |")
+        lines.append(f"| random policy | — | {fmt(rand)} | {(rand > 750).mean():.0%} | — | — | — | "
+                     f"{PAPER_DOOM['random'][1]} |")
     lines += ["", "Mean ± std over 100 episodes (std with ddof=0, as the paper's). Real episodes play env seeds never "
-              "used in collection or training; dream episodes use a dream seed no training dream used."]
+              "used in collection or training; dream episodes use a dream seed no training dream used. Top action: "
+              "the share of a real episode's steps on its most common action, averaged over episodes (1.0 = a "
+              "constant action). Same real episodes as: the other τ whose controller ended the most of the same "
+              "seeds with the same return and length."]
+    halves = [(tau, returns(cell / "float32_returns.csv"), returns(real)) for tau, real, _, cell in cells
+              if (cell / "float32_returns.csv").exists()]
+    if halves:
+        lines += ["", "Shipped float16 V and M (the scores above) against the same controller with the float32 "
+                  "V and M, 100 real episodes each:", "", "| τ | float16 | float32 | difference | its standard error |",
+                  "|---|---:|---:|---:|---:|"]
+        for tau, f32, f16 in halves:
+            se = np.sqrt(f16.var() / len(f16) + f32.var() / len(f32))
+            lines.append(f"| {tau} | {fmt(f16)} | {fmt(f32)} | {f16.mean() - f32.mean():+.0f} | {se:.0f} |")
     return "\n".join(lines)
 
 

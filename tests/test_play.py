@@ -198,3 +198,20 @@ def test_a_stalled_rollout_is_credited_the_return_of_its_full_episode(world):
     assert compared >= 2
     with pytest.raises(WorldModelsError, match="stall-steps"):
         tc.run(stage_cfg(world.run_dir, where="dream", stall_steps=40))
+
+
+def test_top_action_is_the_share_of_steps_on_the_most_common_action(tmp_path):
+    """Doom (discrete): a controller with zero weights always takes the middle action (1.0); a random one
+    mixes actions (< 1.0); continuous CarRacing has no top action."""
+    from worldmodels.agent import load_world
+
+    world = load_world(make_tiny_run(tmp_path, env="doom-takecover"), "zh")
+    agent = _agent(world)
+    params = np.stack([np.zeros(world.n_params), np.random.default_rng(0).normal(0, 3, world.n_params)])
+    seeds = [episode_seed(0, i, "eval") for i in range(2)]
+    results = agent.play(make_batch("doom-takecover"), params, seeds, max_steps=40)
+    assert results[0]["top_action"] == 1.0
+    assert 0.34 <= results[1]["top_action"] < 1.0
+    counts_from_trace = agent.play(make_batch("doom-takecover"), params[1:], seeds[1:], max_steps=40, record=[True])[0]
+    _, n = np.unique(counts_from_trace["actions"], return_counts=True)
+    assert counts_from_trace["top_action"] == pytest.approx(n.max() / len(counts_from_trace["actions"]))

@@ -69,7 +69,8 @@ class BatchAgent:
              record: Sequence[bool] = (), stall_steps: int | None = None, noise: float = 0.0) -> list[dict[str, Any]]:
         """Play one episode per member: ``params`` (B, N) on env seeds ``seeds`` (B,).
 
-        Returns per member ``return``, ``length``, ``level``, ``stalled`` and ``frames`` (uint8
+        Returns per member ``return``, ``length``, ``level``, ``stalled``, ``top_action`` (discrete actions:
+        the fraction of its steps on its most common action, a policy diagnostic; else None) and ``frames`` (uint8
         (T + 1, 64, 64, 3) for members with ``record[i]``, else None), and for recorded members what a
         rollouts file stores of each step: ``actions`` (T, ...) as sent to the env, ``rewards`` (T,),
         ``terminated`` and ``truncated`` (T,) (exactly one of them set, at the last step; else None).
@@ -97,6 +98,7 @@ class BatchAgent:
         returns, lengths = np.zeros(n), np.zeros(n, dtype=np.int64)
         since_gain, stretch = np.zeros(n, dtype=np.int64), np.zeros(n)  # steps and reward since a reward > 0
         stalled = np.zeros(n, dtype=bool)
+        counts = np.zeros((n, self.action_map.n_actions if self.action_map.discrete else 0), dtype=np.int64)
         record = list(record) + [False] * (n - len(record))
         frames = {i: [obs[i]] for i in range(n) if record[i]}
         steps: dict[int, list[tuple]] = {i: [] for i in range(n) if record[i]}  # (action, reward, term, trunc)
@@ -112,6 +114,8 @@ class BatchAgent:
                 _, state = self.mdrnn.step(z, self.action_map.model_input(action), state)
             env_actions = [self.action_map.env_action(action[i]) for i in live]
             obs, reward, terminated, truncated = envs.step(env_actions, live)
+            if counts.shape[1]:
+                np.add.at(counts, (live, np.asarray(env_actions)), 1)
             returns[live] += reward
             lengths[live] += 1
             t[ids] += 1
@@ -142,7 +146,9 @@ class BatchAgent:
                 trace = {"actions": np.asarray(a), "rewards": np.asarray(r, np.float32),
                          "terminated": np.asarray(term), "truncated": np.asarray(trunc)}
             results.append({"return": float(returns[i]), "length": int(lengths[i]), "level": int(levels[i]),
-                            "stalled": bool(stalled[i]), "frames": np.stack(frames[i]) if record[i] else None,
+                            "stalled": bool(stalled[i]),
+                            "top_action": float(counts[i].max() / lengths[i]) if counts.shape[1] and lengths[i] else None,
+                            "frames": np.stack(frames[i]) if record[i] else None,
                             **trace})
         return results
 

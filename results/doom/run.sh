@@ -17,12 +17,13 @@ mkdir -p "$DATA" "$MODELS"
 wm() { worldmodels "$@" --preset "$PRESET" --env "$ENV"; }
 timed() { local name=$1 t0=$SECONDS; shift; "$@"; printf '%s\t%d\n' "$name" $((SECONDS - t0)) >> "$HERE/timings.tsv"; }
 restore() { [ -f "$MODELS/$1/checkpoint.pt" ] && [ ! -f "$DATA/$1/checkpoint.pt" ] && mkdir -p "$DATA/$1" && cp "$MODELS/$1/checkpoint.pt" "$DATA/$1/"; true; }
+is_half() { python -c "import sys, torch; sys.exit(torch.load('$1', weights_only=False).get('stored_as') != 'float16')"; }
 
 restore vae
 if [ ! -f "$MODELS/vae/checkpoint.pt" ]; then
   timed collect-v wm collect --episodes 1500 --seed 0 --out "$DATA/rollouts-v.h5"
   timed train-vae wm train-vae --data "$DATA/rollouts-v.h5" --out "$DATA/vae"
-  python $HERE/../ship.py slim "$DATA/vae" "$MODELS/vae"
+  python $HERE/../ship.py slim "$DATA/vae" "$MODELS/vae" --half
 fi
 restore mdrnn
 if [ ! -f "$MODELS/mdrnn/checkpoint.pt" ]; then
@@ -30,27 +31,34 @@ if [ ! -f "$MODELS/mdrnn/checkpoint.pt" ]; then
   timed encode wm encode --data "$DATA/rollouts.h5" --vae "$DATA/vae" --out "$DATA/latents.h5"
   timed train-mdrnn wm train-mdrnn --latents "$DATA/latents.h5" --out "$DATA/mdrnn"
   python $HERE/../ship.py starts "$DATA/latents.h5" "$MODELS/starts.h5"
-  python $HERE/../ship.py slim "$DATA/mdrnn" "$MODELS/mdrnn"
+  python $HERE/../ship.py slim "$DATA/mdrnn" "$MODELS/mdrnn" --half
   python $HERE/../tables.py done-head "$DATA" > "$HERE/done_head.txt"
 fi
+for part in vae mdrnn; do  # earlier runs of this script shipped float32: ship float16 from the full checkpoints
+  if [ -f "$DATA/$part/checkpoint.pt" ] && ! is_half "$DATA/$part/checkpoint.pt" && ! is_half "$MODELS/$part/checkpoint.pt"; then
+    python $HERE/../ship.py slim "$DATA/$part" "$MODELS/$part" --half
+  fi
+done
+# Each temperature: C evolved in the dream (data/doom/tau-<t>, full V and M); then results/doom/tau-<t> becomes a
+# run folder of its own (the slim C beside links to the shipped float16 V and M) and is scored there, on 100 real
+# episodes and 100 dreams, so `worldmodels evaluate --run results/doom/tau-<t>` reproduces its returns.csv. The
+# same C with the float32 V and M is scored too (float32_returns.csv): what float16 shipping moved.
 for tau in ${TAUS:-1.15 1.30 1.00 0.50 0.10}; do
-  run=$DATA/tau-$tau
-  mkdir -p "$run" "$HERE/tau-$tau"
+  run=$DATA/tau-$tau out=$HERE/tau-$tau
+  d=$(python -c "print(f'{float(\"$tau\"):g}')")
+  mkdir -p "$run" "$out"
   for part in vae mdrnn; do [ -e "$run/$part" ] || ln -s "../$part" "$run/$part"; done
   timed "train-controller tau=$tau" wm train-controller --run "$run" --latents "$MODELS/starts.h5" --temperature "$tau"
-  timed "evaluate-dream tau=$tau" wm evaluate --run "$run" --where dream --episodes 100
-  timed "evaluate-real tau=$tau" wm evaluate --run "$run" --episodes 100
-  # $HERE/tau-$tau is itself a run folder: the slim C beside links to the shipped V and M, and its real
-  # evaluation, so `worldmodels evaluate --run results/doom/tau-$tau` reproduces eval-test/returns.csv.
-  python $HERE/../ship.py slim "$run/controller" "$HERE/tau-$tau/controller"
-  for part in vae mdrnn; do [ -e "$HERE/tau-$tau/$part" ] || ln -s "../models/$part" "$HERE/tau-$tau/$part"; done
-  mkdir -p "$HERE/tau-$tau/eval-test"
-  cp "$run"/eval-test/{returns.csv,summary.json} "$HERE/tau-$tau/eval-test/"
-  cp "$run"/controller/{metrics.jsonl,learning_curve.png,config.yaml} "$HERE/tau-$tau/"
-  cp "$run"/eval-test/{returns.csv,summary.json} "$HERE/tau-$tau/"
-  d=$(python -c "print(f'{float(\"$tau\"):g}')")
-  cp "$run/eval-dream-$d/returns.csv" "$HERE/tau-$tau/dream_returns.csv"
-  cp "$run/eval-dream-$d/summary.json" "$HERE/tau-$tau/dream_summary.json"
+  python $HERE/../ship.py slim "$run/controller" "$out/controller"
+  for part in vae mdrnn; do [ -e "$out/$part" ] || ln -s "../models/$part" "$out/$part"; done
+  cp "$run"/controller/{metrics.jsonl,learning_curve.png,config.yaml} "$out/"
+  timed "evaluate-real tau=$tau" wm evaluate --run "$out" --episodes 100
+  timed "evaluate-dream tau=$tau" wm evaluate --run "$out" --where dream --episodes 100 --latents "$MODELS/starts.h5"
+  rm -f "$out/eval-test/episode.gif" "$out/eval-dream-$d/episode.gif"  # MBs each; evaluate --run remakes them
+  if ! is_half "$DATA/vae/checkpoint.pt" && ! is_half "$DATA/mdrnn/checkpoint.pt"; then  # not restored from float16
+    timed "evaluate-real-float32 tau=$tau" wm evaluate --run "$run" --episodes 100 --no-gif
+    cp "$run/eval-test/returns.csv" "$out/float32_returns.csv"
+  fi
 done
 [ -f "$HERE/random_policy.csv" ] || timed random-policy wm collect --policy random --episodes 100 --seed 1 --out "$DATA/random.h5"
 [ -f "$HERE/random_policy.csv" ] || python $HERE/../tables.py random-policy "$DATA/random.h5" "$HERE/random_policy.csv"

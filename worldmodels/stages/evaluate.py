@@ -36,7 +36,8 @@ from worldmodels.config import option
 from worldmodels.errors import WorldModelsError
 from worldmodels.utils import atomic_write_text
 
-CSV_COLUMNS = ("episode", "seed", "level", "return", "length", "env_backend")
+# top_action: the fraction of the episode's steps on its most common action (discrete actions; empty otherwise).
+CSV_COLUMNS = ("episode", "seed", "level", "return", "length", "env_backend", "top_action")
 GIF_MAX_FRAMES = 400
 
 
@@ -54,6 +55,8 @@ class Config:
         "auto", "which controller: best = best candidate of any generation, mean = CMA-ES mean now, "
                 "auto = the mean solution with the best periodic score (best if none was scored)")
     gif: bool = option(True, "record episode 0 as episode.gif")
+    latents: Optional[str] = option(None, "--where dream: latents file of the dream's first frames (default: the one "
+                                          "C was trained with, else M's), e.g. a shipped model's starts.h5")
     env_backend: Literal["reference", "fast", "auto"] = option(
         "reference", "real env: reference (gymnasium/vizdoom/procgen, what results are reported on), fast "
                      "(envpool, CarRacing), or auto (fast where available)")
@@ -90,7 +93,8 @@ def _read_progress(path: Path, key: dict[str, Any]) -> dict[int, tuple]:
             row = tuple(json.loads(line))
         except json.JSONDecodeError:  # a torn last line from a killed run
             continue
-        done[int(row[0])] = row
+        if len(row) == len(CSV_COLUMNS):  # rows of an older version are played again
+            done[int(row[0])] = row
     return done
 
 
@@ -118,7 +122,7 @@ def run(cfg: Config) -> dict[str, Any]:
     identity, train_cfg = state["identity"], state["config"]
     # Real episodes run V and M on CPU in the workers; a dream runs batched on the best device.
     device = pick_device("auto") if cfg.where == "dream" else "cpu"
-    world = load_world(run_dir, identity["obs_mode"], device, latents=train_cfg.get("latents"))
+    world = load_world(run_dir, identity["obs_mode"], device, latents=cfg.latents or train_cfg.get("latents"))
     for key, now in (("vae_id", world.vae_id), ("mdrnn_id", world.mdrnn_id), ("input_dim", world.input_dim)):
         if identity.get(key) != now:
             raise WorldModelsError(f"{run_dir}: the controller was evolved with a different {key.split('_')[0]} "
@@ -157,7 +161,8 @@ def run(cfg: Config) -> dict[str, Any]:
             for i, result in zip(task_episodes[j], results):
                 if result["frames"] is not None:
                     _write_gif(result["frames"], out_dir / "episode.gif")
-                done[i] = (i, seeds[i], result["level"], result["return"], result["length"], backend)
+                done[i] = (i, seeds[i], result["level"], result["return"], result["length"], backend,
+                           result["top_action"])
                 log.write(json.dumps(done[i]) + "\n")
             log.flush()
             bar.update(len(results))
@@ -168,7 +173,9 @@ def run(cfg: Config) -> dict[str, Any]:
                "env_kwargs": spec["env_kwargs"], "episodes": len(rows),
                "mean": float(returns.mean()), "std": float(returns.std()), "min": float(returns.min()),
                "max": float(returns.max()), "median": float(np.median(returns)),
-               "mean_length": float(np.mean([r[4] for r in rows])), "seed": cfg.seed, "params": cfg.params,
+               "mean_length": float(np.mean([r[4] for r in rows])),
+               "top_action": float(np.mean([r[6] for r in rows])) if rows[0][6] is not None else None,
+               "seed": cfg.seed, "params": cfg.params,
                "controller": label, "controller_id": state["id"], "generation": state["generation"],
                "vae_id": world.vae_id, "mdrnn_id": world.mdrnn_id, "obs_mode": identity["obs_mode"],
                "trained_where": train_cfg.get("where"), "temperature": train_cfg.get("temperature")}
@@ -215,7 +222,7 @@ def _evaluate_in_dream(cfg: Config, run_dir: Path, world: Any, state: dict[str, 
     seed = dream_seed(cfg.seed, 0, DREAM_EVAL_PURPOSE)
     returns = rollout_dream(dream, ctrl, world.action_map, seed)
     lengths = dream.lengths.cpu().numpy()
-    rows = [(i, seed, -1, float(returns[i]), int(lengths[i]), "dream") for i in range(cfg.episodes)]
+    rows = [(i, seed, -1, float(returns[i]), int(lengths[i]), "dream", None) for i in range(cfg.episodes)]
     out_dir = run_dir / f"eval-dream-{tau:g}"
     summary = {"env": world.env, "env_backend": "dream", "where": "dream", "temperature": tau, "max_steps": int(max_steps),
                "episodes": cfg.episodes, "mean": float(returns.mean()), "std": float(returns.std()),
