@@ -125,6 +125,24 @@ def test_rerun_does_no_new_work_and_a_changed_setting_is_refused(iterated, capsy
     assert state() == before
 
 
+def test_rounds_refuse_a_base_controller_trained_further(base_run, tmp_path, capsys):
+    """Round 1 was collected by the run's C: continuing that C's training (same id, more generations) and then
+    iterating again would mix two iterations, so it is refused with one line."""
+    from worldmodels.stages import train_controller as tc
+    from worldmodels.stages.iterate import _check_base
+
+    run = _copy(base_run, tmp_path)
+    (run / "iterate").mkdir()
+    _check_base(run, run / "iterate")  # what a first iterate records
+    _check_base(run, run / "iterate")  # unchanged: accepted
+    saved = load_checkpoint(run / "controller")["config"]
+    tc.run(tc.Config(**{**saved, "run": str(run), "generations": saved["generations"] + 1, "workers": 0}))
+    capsys.readouterr()
+    assert cli.main(["iterate", *ARGS, "--run", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "controller changed since its rounds began" in err
+
+
 def test_collected_actions_are_cs_without_noise_and_differ_with_it(base_run, tmp_path):
     from worldmodels.agent import load_world
     from worldmodels.models.controller import BatchedController, controller_input

@@ -293,6 +293,25 @@ def _check_config(cfg: Config, path: Path) -> None:
     cfgmod.save(cfg, path)
 
 
+def _check_base(run_dir: Path, root: Path) -> None:
+    """Refuse to continue rounds built on another V, M or C than the run holds now: round 1 was collected by the
+    run's C and refits its M, so a retrained or further-trained one would mix two iterations."""
+    from worldmodels.checkpoint import load_checkpoint
+
+    now = {}
+    for part in ("vae", "mdrnn", "controller"):
+        state = load_checkpoint(run_dir / part, kind=part)
+        now[part] = [state["id"]] + [state[k] for k in ("epoch", "step", "generation") if k in state]
+    path = root / "base.json"
+    if not path.is_file():
+        atomic_write_text(path, json.dumps(now) + "\n")
+        return
+    changed = [part for part, mark in json.loads(path.read_text()).items() if now.get(part) != mark]
+    if changed:
+        raise WorldModelsError(f"{run_dir}'s {' and '.join(changed)} changed since its rounds began ({path} records "
+                               f"the ones they started from); move {root} away to iterate from the new ones")
+
+
 def _frames(entries: list[dict[str, Any]]) -> tuple[int, int]:
     """Real episodes and frames in these data entries (counted in their latents files)."""
     from worldmodels.data import open_latents
@@ -426,6 +445,7 @@ def run(cfg: Config) -> dict[str, Any]:
     root.mkdir(exist_ok=True)
     with exclusive_lock(root / "config.yaml", "iterate"):
         _check_config(cfg, root / "config.yaml")
+        _check_base(run_dir, root)
         original = original_data(run_dir)
         prev, data, rows = run_dir, original, []
         for r in range(1, cfg.rounds + 1):
