@@ -44,11 +44,28 @@ def starts(latents: str, out: str) -> None:
         data = {k: np.asarray(f.take(k, first)) for k in ("mu", "logvar", "action", "reward")}
         attrs = {k: v for k, v in f.attrs.items() if k not in ("schema", "schema_version", "worldmodels_version",
                                                                   "json_attrs")}
-    with EpisodeWriter(out, LATENTS, attrs, fresh=True) as w:
+    tmp = Path(out).with_suffix(".unpacked.h5")
+    with EpisodeWriter(tmp, LATENTS, attrs, fresh=True) as w:
         for i in range(len(first)):
             w.append({"mu": data["mu"][i:i + 1], "logvar": data["logvar"][i:i + 1], "action": data["action"][i:i + 1],
                       "reward": data["reward"][i:i + 1], "terminated": np.zeros(1, bool),
                       "truncated": np.ones(1, bool)}, seed=int(eps["seed"][i]), level=int(eps["level"][i]))
+    repack(tmp, out)
+    tmp.unlink()
+
+
+def repack(src: Path, dst: str) -> None:
+    """A compact, gzip-compressed copy of an episode file: a writer that appended one-frame episodes leaves
+    half the file as free space (14 MB for 10,000 Doom starts, 5 MB repacked)."""
+    import h5py
+
+    from worldmodels.utils import atomic_path
+
+    with h5py.File(src, "r") as f, atomic_path(dst) as tmp, h5py.File(tmp, "w") as g:
+        g.attrs.update(f.attrs)
+        for name, d in f.items():
+            g.create_dataset(name, data=d[...], chunks=d.chunks, maxshape=d.maxshape, compression="gzip")
+            g[name].attrs.update(d.attrs)
 
 
 if __name__ == "__main__":
