@@ -63,3 +63,23 @@ def test_half_shipping_loads_float32_models_with_rounded_weights(tmp_path):
         for (name, a), b in zip(full.state_dict().items(), half.state_dict().values()):
             assert b.dtype == torch.float32, name
             torch.testing.assert_close(b, a.half().float(), rtol=0, atol=0)
+
+
+def test_starts_file_holds_every_episodes_first_frame(tmp_path):
+    """results/ship.py starts: a valid latents file of one-frame episodes, the source's first frames, repacked."""
+    import importlib.util
+
+    from test_controller import make_tiny_run
+    from worldmodels.data import open_latents
+
+    spec = importlib.util.spec_from_file_location("ship", RESULTS / "ship.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    make_tiny_run(tmp_path)
+    src = tmp_path / "latents.h5"
+    ship.starts(str(src), str(tmp_path / "starts.h5"))
+    with open_latents(src) as a, open_latents(tmp_path / "starts.h5") as b:
+        assert b.n_episodes == b.n_frames == a.n_episodes and b.attrs["env"] == a.attrs["env"]
+        np.testing.assert_array_equal(b.read("mu", 0, b.n_frames), a.take("mu", np.asarray(a.episodes["start"])))
+        np.testing.assert_array_equal(b.episodes["seed"], a.episodes["seed"])
+    assert not (tmp_path / "starts.unpacked.h5").exists()
