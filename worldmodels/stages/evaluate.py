@@ -77,25 +77,30 @@ def controller_params(state: dict[str, Any], which: str) -> tuple[np.ndarray, st
     return np.asarray(state["best"]["params"]), f"best candidate (fitness {state['best']['fitness']:.2f})"
 
 
-def _read_progress(path: Path, key: dict[str, Any]) -> dict[int, tuple]:
-    """Episodes an interrupted evaluation of the same controller and settings already finished."""
+def progress_rows(path: Path, key: dict[str, Any]) -> list[Any]:
+    """The rows of a progress file (JSON lines after a ``{"key": key}`` header) whose header is ``key``;
+    none for a missing file or another key. A torn last line from a killed run is skipped."""
     if not path.exists():
-        return {}
+        return []
     lines = path.read_text().splitlines()
     try:
         if json.loads(lines[0]) != {"key": key}:
-            return {}
+            return []
     except (IndexError, json.JSONDecodeError):
-        return {}
-    done = {}
+        return []
+    rows = []
     for line in lines[1:]:
         try:
-            row = tuple(json.loads(line))
-        except json.JSONDecodeError:  # a torn last line from a killed run
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
             continue
-        if len(row) == len(CSV_COLUMNS):  # rows of an older version are played again
-            done[int(row[0])] = row
-    return done
+    return rows
+
+
+def _read_progress(path: Path, key: dict[str, Any]) -> dict[int, tuple]:
+    """Episodes an interrupted evaluation of the same controller and settings already finished."""
+    # rows of an older version (other columns) are played again
+    return {int(row[0]): tuple(row) for row in progress_rows(path, key) if len(row) == len(CSV_COLUMNS)}
 
 
 def _write_gif(frames: np.ndarray, path: Path) -> None:

@@ -200,22 +200,9 @@ def candidates(cfg: Config, mean: np.ndarray, world: Any) -> list[Candidate]:
 # ------------------------------------------------------------------------------------------------ real episodes
 def _read_real(path: Path, key: dict[str, Any]) -> dict[tuple[str, str, int], dict[str, Any]]:
     """Real episodes a run with the same env settings already played, by (controller, digest, episode)."""
-    if not path.exists():
-        return {}
-    lines = path.read_text().splitlines()
-    try:
-        if json.loads(lines[0]) != {"key": key}:
-            return {}
-    except (IndexError, json.JSONDecodeError):
-        return {}
-    done = {}
-    for line in lines[1:]:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a torn last line from a killed run
-            continue
-        done[(row["controller"], row["digest"], row["episode"])] = row
-    return done
+    from worldmodels.stages.evaluate import progress_rows
+
+    return {(row["controller"], row["digest"], row["episode"]): row for row in progress_rows(path, key)}
 
 
 def play_real(cfg: Config, world: Any, cands: list[Candidate], seeds: list[int], max_steps: int, backend: str,
