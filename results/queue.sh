@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Every campaign, in the order they share this 2-core machine; each is resumable, so rerunning this continues
 # where the last session stopped (scripts/campaign.sh start queue runs it in the background from a frozen copy of
-# the code). CarRacing's real-env C is the long one: it first grows to 60 generations (scored on 100 tracks
-# there, a point of its learning curve), the dream and ProcGen campaigns run, then it grows to 200.
+# the code). CarRacing's world (data, V, M, the random baseline) comes first, as the dream campaign builds on it;
+# its real-env C is the long one: it grows to 60 generations (scored on 100 tracks there, a point of its
+# learning curve) after the dream campaign, then the ProcGen study runs, then C grows to 200.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { echo "[queue] $(date -u +%FT%TZ) $*"; env "$@"; }
 step bash results/doom/run.sh
-step GENERATIONS=60 GENERATIONS_Z=0 bash results/carracing/run.sh
+step GENERATIONS=0 GENERATIONS_Z=0 bash results/carracing/run.sh
 step bash results/carracing-dream/run.sh
+step GENERATIONS=60 GENERATIONS_Z=0 bash results/carracing/run.sh
 step bash results/procgen-study/run.sh
 step GENERATIONS=200 GENERATIONS_Z=100 bash results/carracing/run.sh
 echo "[queue] $(date -u +%FT%TZ) every campaign is done"
