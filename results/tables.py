@@ -1,7 +1,7 @@
 """Build the results tables of README.md from the raw per-episode files committed under results/.
 
     python results/tables.py random-policy ROLLOUTS.h5 OUT.csv   per-episode returns of a collected file
-    python results/tables.py doom results/doom-cpu                the Doom temperature table (markdown)
+    python results/tables.py doom results/doom                    the Doom temperature table (markdown)
     python results/tables.py carracing results/carracing-cpu      the CarRacing table (markdown)
     python results/tables.py done-head DATA_DIR                  how often M's done head fires at real deaths
     python results/tables.py cost results/doom [CORES]           wall-clock per stage and core-hours (timings.tsv)
