@@ -1,10 +1,12 @@
 """Models that results ship: slim checkpoints (weights, id, config; no optimizer) and dream start latents.
 
-    python results/ship.py slim SRC_STAGE_DIR DST_STAGE_DIR [--half]   # vae/, mdrnn/ or controller/ checkpoint
+    python results/ship.py slim SRC_STAGE_DIR DST_STAGE_DIR [--half]   # vae/, mdrnn/ or controller/, with its record
     python results/ship.py starts LATENTS_H5 OUT_H5           # every episode's first frame, as one-frame episodes
 
 A slim checkpoint keeps the training run's id, so files and controllers made from the full one still match
-it, and evaluates the same; it cannot be resumed (no optimizer or CMA-ES state). --half stores V's and M's
+it, and evaluates the same; it cannot be resumed (no optimizer or CMA-ES state). The stage's record goes with
+it (config.yaml, metrics.jsonl and the figures it drew: V's reconstructions and traversal, M's dream beside
+reality, C's learning curve), so `worldmodels report` on a shipped run folder shows them. --half stores V's and M's
 weights as float16 (half the bytes); they load into the usual float32 models, so a shipped folder's
 evaluation is made with, and reproduced from, the rounded weights (results/<name>/README says how far that
 moved the scores). The starts file is a valid latents file whose episodes are
@@ -12,6 +14,7 @@ the first frames of LATENTS_H5's: what the dream needs to start its episodes (Wo
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from worldmodels.checkpoint import load_checkpoint, save_checkpoint
 # What only a resumed training needs: the optimizer, RNG snapshots, CMA-ES's state (its covariance is
 # N x N floats: 9.5 MB for Doom's 1,088-parameter C).
 DROP = ("optimizer", "rng", "es", "np_rng")
+RECORD = ("config.yaml", "metrics.jsonl", "*.png", "*.gif")
 
 
 def slim(src: str, dst: str, half: bool = False) -> None:
@@ -33,6 +37,9 @@ def slim(src: str, dst: str, half: bool = False) -> None:
         keep["model"] = {k: v.half() if v.is_floating_point() else v for k, v in keep["model"].items()}
         keep["stored_as"] = "float16"
     save_checkpoint(Path(dst), state["kind"], keep)
+    for pattern in RECORD:
+        for path in Path(src).glob(pattern):
+            shutil.copyfile(path, Path(dst) / path.name)
 
 
 def starts(latents: str, out: str) -> None:

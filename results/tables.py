@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-PAPER_DOOM = {"0.10": ("2086 ± 140", "193 ± 58"), "0.50": ("2060 ± 277", "196 ± 50"),
-              "1.00": ("1145 ± 690", "868 ± 511"), "1.15": ("918 ± 546", "1092 ± 556"),
-              "1.30": ("732 ± 269", "753 ± 139"), "random": ("—", "210 ± 108")}
+from worldmodels.stages.report import PAPER_DOOM as PAPER_DOOM_REAL, PAPER_DOOM_DREAM
+
+PAPER_DOOM = {f"{tau:.2f}": (PAPER_DOOM_DREAM[tau], real) for tau, real in PAPER_DOOM_REAL.items()}
+PAPER_DOOM["random"] = ("—", "210 ± 108")
 PAPER_CARRACING = {"full (z, h), C in the real env": "906 ± 21", "V only (z), C in the real env": "632 ± 251",
                    "full (z, h), C in the dream": "—"}
 

@@ -83,6 +83,13 @@ def test_paper_score_per_env(env: str, temperature: float | None, expected: str)
     assert expected in report.paper_score(env, temperature)
 
 
+def test_paper_dream_score_only_where_the_paper_has_one() -> None:
+    assert "918 ± 546" in report.paper_dream_score("doom-takecover", 1.15, 1.15)
+    assert "2086 ± 140" in report.paper_dream_score("doom-takecover", 0.1, 0.1)
+    for env, trained, dreamed in (("doom-takecover", 1.15, 0.1), ("doom-takecover", 2.0, 2.0), ("carracing", 1.15, 1.15)):
+        assert report.paper_dream_score(env, trained, dreamed).startswith("none")
+
+
 def test_report_says_where_the_run_falls_against_its_presets_spread(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
     import yaml
 

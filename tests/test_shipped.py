@@ -41,6 +41,27 @@ def test_shipped_model_loads_matches_and_plays(run):
     assert (run / "eval-test" / "returns.csv").is_file() and (run / "eval-test" / "summary.json").is_file()
 
 
+RECORD = {"vae": ("config.yaml", "metrics.jsonl", "reconstructions.png"),
+          "mdrnn": ("config.yaml", "metrics.jsonl", "dream_vs_real.png"),
+          "controller": ("config.yaml", "metrics.jsonl", "learning_curve.png")}
+
+
+@pytest.mark.parametrize("run", SHIPPED, ids=[str(p.relative_to(RESULTS)) for p in SHIPPED])
+def test_shipped_model_carries_its_record_and_report(run):
+    """Each stage's config, metrics and figures ship with it, and the folder's committed report.md shows them:
+    every link it holds resolves, and no V, M or C figure is listed as missing."""
+    import re
+
+    for part, names in RECORD.items():
+        for name in names:
+            assert (run / part / name).is_file(), f"{run / part / name} (ship with results/ship.py slim)"
+    text = (run / "report.md").read_text()
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert any(link.endswith("dream_vs_real.gif") for link in links)
+    assert all((run / link).is_file() for link in links), [link for link in links if not (run / link).is_file()]
+    assert not re.search(r"missing: `(vae|mdrnn|controller)/", text)
+
+
 def test_half_shipping_loads_float32_models_with_rounded_weights(tmp_path):
     """results/ship.py slim --half: V and M stored as float16 load into float32 models whose weights are the
     originals rounded to float16, with the training run's id kept."""
@@ -55,10 +76,13 @@ def test_half_shipping_loads_float32_models_with_rounded_weights(tmp_path):
     ship = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ship)
     run = make_tiny_run(tmp_path)
+    for part in ("vae", "mdrnn"):  # a stage's record, which ships with it
+        (run / part / "config.yaml").write_text(f"{part}: 1\n")
     for part, load in (("vae", load_vae), ("mdrnn", load_mdrnn)):
         ship.slim(str(run / part), str(tmp_path / "half" / part), half=True)
         full, half = load(run / part), load(tmp_path / "half" / part)
         assert half.checkpoint_id == full.checkpoint_id
+        assert (tmp_path / "half" / part / "config.yaml").read_text() == (run / part / "config.yaml").read_text()
         assert (tmp_path / "half" / part / "checkpoint.pt").stat().st_size < (run / part / "checkpoint.pt").stat().st_size
         for (name, a), b in zip(full.state_dict().items(), half.state_dict().values()):
             assert b.dtype == torch.float32, name

@@ -75,7 +75,6 @@ mkdir -p "$OUT"
 python $HERE/../ship.py slim "$LAST/vae" "$OUT/vae" --half
 python $HERE/../ship.py slim "$LAST/mdrnn" "$OUT/mdrnn" --half
 python $HERE/../ship.py slim "$LAST/controller" "$OUT/controller"
-cp "$LAST"/controller/{metrics.jsonl,learning_curve.png,config.yaml} "$OUT/"
 timed "evaluate final (float16 V and M)" wm evaluate --run "$OUT"
 timed "evaluate final (float32 V and M)" wm evaluate --run "$LAST"
 cp "$LAST"/eval-test/returns.csv "$HERE/final_float32_returns.csv"

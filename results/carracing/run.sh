@@ -23,7 +23,6 @@ ship() {  # ship NAME: the slim C and its learning curve into $HERE/NAME, a run 
   mkdir -p "$out"
   python $HERE/../ship.py slim "$run/controller" "$out/controller"
   for part in vae mdrnn; do [ -e "$out/$part" ] || ln -s "../models/$part" "$out/$part"; done
-  cp "$run"/controller/{metrics.jsonl,learning_curve.png,config.yaml} "$out/"
 }
 
 # The same seed for both files: the V file is the first 500 episodes of the M file (same tracks, same driving).

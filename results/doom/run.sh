@@ -54,7 +54,6 @@ for tau in ${TAUS:-1.15 1.30 1.00 0.50 0.10}; do
   timed "train-controller tau=$tau" wm train-controller --run "$run" --latents "$MODELS/starts.h5" --temperature "$tau"
   python $HERE/../ship.py slim "$run/controller" "$out/controller"
   for part in vae mdrnn; do [ -e "$out/$part" ] || ln -s "../models/$part" "$out/$part"; done
-  cp "$run"/controller/{metrics.jsonl,learning_curve.png,config.yaml} "$out/"
   timed "evaluate-real tau=$tau" wm evaluate --run "$out" --episodes 100
   timed "evaluate-dream tau=$tau" wm evaluate --run "$out" --where dream --episodes 100 --latents "$MODELS/starts.h5"
   rm -f "$out/eval-test/episode.gif" "$out/eval-dream-$d/episode.gif"  # MBs each; evaluate --run remakes them

@@ -56,9 +56,11 @@ FIGURES = [
     ("controller/learning_curve.png", "C: CMA-ES fitness per generation"),
 ]
 
-# Ha & Schmidhuber (2018), real-env scores; Doom's depends on the dream temperature C was trained at.
+# Ha & Schmidhuber (2018), real-env scores; Doom's depends on the dream temperature C was trained at, and the
+# paper also scored each Doom controller in its own dream.
 PAPER_CARRACING = "906 ± 21 (full model, z and h; 100 random tracks)"
 PAPER_DOOM = {0.10: "193 ± 58", 0.50: "196 ± 50", 1.00: "868 ± 511", 1.15: "1092 ± 556", 1.30: "753 ± 139"}
+PAPER_DOOM_DREAM = {0.10: "2086 ± 140", 0.50: "2060 ± 277", 1.00: "1145 ± 690", 1.15: "918 ± 546", 1.30: "732 ± 269"}
 NO_PAPER_PROCGEN = "none: the World Models paper has no ProcGen result"
 
 
@@ -75,6 +77,16 @@ def paper_score(env: str, temperature: float | None) -> str:
     if family == "procgen":
         return NO_PAPER_PROCGEN
     return "none known"
+
+
+def paper_dream_score(env: str, trained: float | None, dreamed: float | None) -> str:
+    """The paper's score of a controller in a dream: it has one only for Doom, a C dreamed at the τ it was
+    trained at."""
+    if env.split(":", 1)[0].split("-", 1)[0] == "doom" and trained is not None and dreamed is not None:
+        tau = round(float(trained), 2)
+        if tau == round(float(dreamed), 2) and tau in PAPER_DOOM_DREAM:
+            return f"{PAPER_DOOM_DREAM[tau]} in the dream (C trained and dreamed at τ {tau:g})"
+    return "none: the paper has no dream score for this"
 
 
 def _fmt(value: Any) -> str:
@@ -194,8 +206,8 @@ def build_report(run_dir: Path, out: Path) -> tuple[str, dict[str, Any]]:
     """The report's markdown and a summary (present/missing stages, evaluations, figures)."""
     link_base = out.parent
 
-    def link(path: Path) -> str:
-        return Path(os.path.relpath(path, link_base)).as_posix()
+    def link(path: Path) -> str:  # resolved: a shipped run folder's vae/ and mdrnn/ are links to models/
+        return Path(os.path.relpath(path.resolve(), link_base.resolve())).as_posix()
 
     present = {stage: any(run_dir.glob(proof)) for stage, proof, _ in STAGES}
     missing = [s for s, ok in present.items() if not ok]
@@ -214,7 +226,7 @@ def build_report(run_dir: Path, out: Path) -> tuple[str, dict[str, Any]]:
         lines += ["", "Missing (not run yet, or removed): " + ", ".join(missing) + "."]
 
     # --- results
-    lines += ["", "## Evaluation in the real environment", ""]
+    lines += ["", "## Evaluation", ""]
     if evals:
         rows = []
         for name, s in evals:
@@ -222,6 +234,8 @@ def build_report(run_dir: Path, out: Path) -> tuple[str, dict[str, Any]]:
                          str(s.get("episodes", "?")),
                          f"{s['mean']:.2f} ± {s['std']:.2f}", f"{s.get('min', float('nan')):.2f} .. "
                          f"{s.get('max', float('nan')):.2f}", str(s.get("controller", "")),
+                         paper_dream_score(str(s.get("env", env)), s.get("trained_temperature"), s.get("temperature"))
+                         if s.get("where") == "dream" else
                          paper_score(str(s.get("env", env)), s.get("temperature", c_cfg.get("temperature")))])
         lines += _table(["evaluation", "env", "env backend", "episodes", "return, mean ± std", "min .. max", "controller",
                          "paper (Ha & Schmidhuber 2018)"], rows)
@@ -260,7 +274,8 @@ def build_report(run_dir: Path, out: Path) -> tuple[str, dict[str, Any]]:
     curve = run_dir / "controller" / "learning_curve.png"
     if not curve.exists() and read_metrics(run_dir / "controller" / "metrics.jsonl"):
         plots.learning_curve(read_metrics(run_dir / "controller" / "metrics.jsonl"), curve, f"{env}: CMA-ES")
-    gifs = [(Path(name) / "episode.gif", f"C playing the real game ({name}, episode 0)") for name, _ in evals]
+    gifs = [(Path(name) / "episode.gif", f"C playing {'in the dream' if s.get('where') == 'dream' else 'the real game'}"
+             f" ({name}, episode 0)") for name, s in evals]
     for rel, caption in [(Path(p), c) for p, c in FIGURES] + gifs:
         path = run_dir / rel
         if path.is_file():
