@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The ProcGen study (issue 15): worldmodels study with results/procgen-study/study.yaml, one game at a time (a
 # finished game's tables land here before the next starts), then the whole table. The study resumes per world and
-# per cell (cells/*.json); rerun this script to continue. Wall-clock per game goes to timings.tsv.
+# per cell (cells/*.json); rerun this script to continue. Wall-clock per game goes to timings.tsv. The seed-0
+# world of one sparse and one dense game (V and M in float16, with their records, and the first frames' latents a
+# dream starts from) ships in worlds/<game>/, for notebook 04's pictures of augmented dreams (~10 MB a game).
 #   bash results/procgen-study/run.sh            (GAMES="coinrun jumper maze bigfish" by default)
 set -euo pipefail
 HERE=results/procgen-study
@@ -14,9 +16,18 @@ keep() {  # the small result files of the study folder, and the cell records (ea
   cp "$OUT"/results{.csv,.md,.png,_summary.csv,_summary.json} "$HERE/" 2>/dev/null || true
   cp "$OUT"/cells/*.json "$HERE/cells/"
 }
+ship_world() {  # ship_world GAME: its seed-0 world, once
+  local world=$OUT/$1/seed0 out=$HERE/worlds/$1
+  [ -f "$world/world.json" ] && [ ! -f "$out/starts.h5" ] || return 0
+  mkdir -p "$out"
+  python $HERE/../ship.py slim "$world/vae" "$out/vae" --half
+  python $HERE/../ship.py slim "$world/mdrnn" "$out/mdrnn" --half
+  python $HERE/../ship.py starts "$world/latents.h5" "$out/starts.h5"
+}
 for game in ${GAMES:-coinrun jumper maze bigfish}; do
   timed "study $game" worldmodels study --config $HERE/study.yaml --out "$OUT" --games "$game"
   keep
+  case $game in coinrun|bigfish) ship_world "$game";; esac
 done
 worldmodels study --config $HERE/study.yaml --out "$OUT"  # every cell is done: rebuilds the whole table
 keep
