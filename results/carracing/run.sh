@@ -49,6 +49,11 @@ controller() {  # controller NAME GENERATIONS OPTIONS...
   [ "$total" -gt 0 ] || return 0
   mkdir -p "$run"
   for part in vae mdrnn; do [ -e "$run/$part" ] || ln -s "../$part" "$run/$part"; done
+  # A search in progress across machines: the full checkpoint (CMA-ES state, ~8 MB) committed at a session's
+  # end as $HERE/NAME/resume/checkpoint.pt continues exactly on a fresh machine.
+  if [ ! -f "$run/controller/checkpoint.pt" ] && [ -f "$HERE/$name/resume/checkpoint.pt" ]; then
+    mkdir -p "$run/controller" && cp "$HERE/$name/resume/checkpoint.pt" "$run/controller/"
+  fi
   local g=0
   while [ $g -lt "$total" ]; do
     g=$((g + ${GENS_STEP:-10})); [ $g -gt "$total" ] && g=$total
