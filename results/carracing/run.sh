@@ -52,7 +52,7 @@ controller() {  # controller NAME GENERATIONS OPTIONS...
   # A search in progress across machines: the full checkpoint (CMA-ES state, ~8 MB) committed at a session's
   # end as $HERE/NAME/resume/checkpoint.pt continues exactly on a fresh machine.
   if [ ! -f "$run/controller/checkpoint.pt" ] && [ -f "$HERE/$name/resume/checkpoint.pt" ]; then
-    mkdir -p "$run/controller" && cp "$HERE/$name/resume/checkpoint.pt" "$run/controller/"
+    mkdir -p "$run/controller" && cp "$HERE/$name/resume/checkpoint.pt" "$HERE/$name/controller/metrics.jsonl" "$run/controller/"
   fi
   local g=0
   while [ $g -lt "$total" ]; do
