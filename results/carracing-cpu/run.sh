@@ -21,4 +21,4 @@ controller() {  # controller NAME TRAIN-CONTROLLER-OPTIONS...: evolve, evaluate,
 controller real-zh --where real --obs-mode zh
 controller dream-zh --where dream --obs-mode zh --popsize 32 --rollouts 8 --generations 60 --max-steps 500 --eval-episodes 32
 controller real-z --where real --obs-mode z
-python "$HERE/../tables.py" carracing "$HERE" > "$HERE/results.md"
+python "results/tables.py" carracing "$HERE" > "$HERE/results.md"

@@ -32,7 +32,7 @@ if [ -f "$HERE/models/mdrnn/checkpoint.pt" ] && [ ! -f "$DATA/mdrnn/checkpoint.p
 fi
 if [ ! -f "$HERE/models/mdrnn/checkpoint.pt" ]; then
   timed train-mdrnn wm train-mdrnn --latents "$CAR/latents.h5" --out "$DATA/mdrnn"
-  python $HERE/../ship.py slim "$DATA/mdrnn" "$HERE/models/mdrnn"
+  python results/ship.py slim "$DATA/mdrnn" "$HERE/models/mdrnn"
 fi
 link_world() { mkdir -p "$1"; [ -e "$1/vae" ] || ln -s "$(realpath "$CAR/vae")" "$1/vae"
                [ -e "$1/mdrnn" ] || ln -s "$(realpath "$DATA/mdrnn")" "$1/mdrnn"; }
@@ -72,9 +72,9 @@ cp "$RUN"/iterate/rounds.{csv,json} "$HERE/"
 LAST=$(ls -d "$RUN"/iterate/round-* | sort -t- -k2 -n | tail -1)
 OUT=$HERE/final
 mkdir -p "$OUT"
-python $HERE/../ship.py slim "$LAST/vae" "$OUT/vae" --half
-python $HERE/../ship.py slim "$LAST/mdrnn" "$OUT/mdrnn" --half
-python $HERE/../ship.py slim "$LAST/controller" "$OUT/controller"
+python results/ship.py slim "$LAST/vae" "$OUT/vae" --half
+python results/ship.py slim "$LAST/mdrnn" "$OUT/mdrnn" --half
+python results/ship.py slim "$LAST/controller" "$OUT/controller"
 timed "evaluate final (float16 V and M)" wm evaluate --run "$OUT"
 timed "evaluate final (float32 V and M)" wm evaluate --run "$LAST"
 cp "$LAST"/eval-test/returns.csv "$HERE/final_float32_returns.csv"

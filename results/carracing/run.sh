@@ -21,7 +21,7 @@ restore() { [ -f "$MODELS/$1/checkpoint.pt" ] && [ ! -f "$DATA/$1/checkpoint.pt"
 ship() {  # ship NAME: the slim C and its learning curve into $HERE/NAME, a run folder beside links to V and M
   local run=$DATA/$1 out=$HERE/$1
   mkdir -p "$out"
-  python $HERE/../ship.py slim "$run/controller" "$out/controller"
+  python results/ship.py slim "$run/controller" "$out/controller"
   for part in vae mdrnn; do [ -e "$out/$part" ] || ln -s "../models/$part" "$out/$part"; done
 }
 
@@ -30,17 +30,17 @@ restore vae
 if [ ! -f "$MODELS/vae/checkpoint.pt" ]; then
   timed collect-v wm collect --episodes 500 --seed 0 --out "$DATA/rollouts-v.h5"
   timed train-vae wm train-vae --data "$DATA/rollouts-v.h5" --out "$DATA/vae"
-  python $HERE/../ship.py slim "$DATA/vae" "$MODELS/vae"
+  python results/ship.py slim "$DATA/vae" "$MODELS/vae"
 fi
 restore mdrnn
 if [ ! -f "$MODELS/mdrnn/checkpoint.pt" ]; then
   timed collect wm collect --episodes 2000 --seed 0 --out "$DATA/rollouts.h5"
   timed encode wm encode --data "$DATA/rollouts.h5" --vae "$DATA/vae" --out "$DATA/latents.h5"
   timed train-mdrnn wm train-mdrnn --latents "$DATA/latents.h5" --out "$DATA/mdrnn"
-  python $HERE/../ship.py slim "$DATA/mdrnn" "$MODELS/mdrnn"
+  python results/ship.py slim "$DATA/mdrnn" "$MODELS/mdrnn"
 fi
 [ -f "$HERE/random_policy.csv" ] || timed random-policy wm collect --policy brownian --episodes 100 --seed 1 --env-backend reference --out "$DATA/random.h5"
-[ -f "$HERE/random_policy.csv" ] || python $HERE/../tables.py random-policy "$DATA/random.h5" "$HERE/random_policy.csv"
+[ -f "$HERE/random_policy.csv" ] || python results/tables.py random-policy "$DATA/random.h5" "$HERE/random_policy.csv"
 
 # C grows GENS_STEP generations at a time and is shipped after each step, so a session's stop loses at most one
 # step's tail (train-controller itself resumes at the last finished generation).
@@ -66,4 +66,4 @@ controller() {  # controller NAME GENERATIONS OPTIONS...
 }
 controller real-zh "${GENERATIONS:-200}" --obs-mode zh
 controller real-z "${GENERATIONS_Z:-100}" --obs-mode z
-python $HERE/../tables.py carracing "$HERE" > "$HERE/results.md"
+python results/tables.py carracing "$HERE" > "$HERE/results.md"

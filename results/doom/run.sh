@@ -23,20 +23,20 @@ restore vae
 if [ ! -f "$MODELS/vae/checkpoint.pt" ]; then
   timed collect-v wm collect --episodes 1500 --seed 0 --out "$DATA/rollouts-v.h5"
   timed train-vae wm train-vae --data "$DATA/rollouts-v.h5" --out "$DATA/vae"
-  python $HERE/../ship.py slim "$DATA/vae" "$MODELS/vae" --half
+  python results/ship.py slim "$DATA/vae" "$MODELS/vae" --half
 fi
 restore mdrnn
 if [ ! -f "$MODELS/mdrnn/checkpoint.pt" ]; then
   timed collect wm collect --episodes 10000 --seed 0 --out "$DATA/rollouts.h5"
   timed encode wm encode --data "$DATA/rollouts.h5" --vae "$DATA/vae" --out "$DATA/latents.h5"
   timed train-mdrnn wm train-mdrnn --latents "$DATA/latents.h5" --out "$DATA/mdrnn"
-  python $HERE/../ship.py starts "$DATA/latents.h5" "$MODELS/starts.h5"
-  python $HERE/../ship.py slim "$DATA/mdrnn" "$MODELS/mdrnn" --half
-  python $HERE/../tables.py done-head "$DATA" > "$HERE/done_head.txt"
+  python results/ship.py starts "$DATA/latents.h5" "$MODELS/starts.h5"
+  python results/ship.py slim "$DATA/mdrnn" "$MODELS/mdrnn" --half
+  python results/tables.py done-head "$DATA" > "$HERE/done_head.txt"
 fi
 for part in vae mdrnn; do  # earlier runs of this script shipped float32: ship float16 from the full checkpoints
   if [ -f "$DATA/$part/checkpoint.pt" ] && ! is_half "$DATA/$part/checkpoint.pt" && ! is_half "$MODELS/$part/checkpoint.pt"; then
-    python $HERE/../ship.py slim "$DATA/$part" "$MODELS/$part" --half
+    python results/ship.py slim "$DATA/$part" "$MODELS/$part" --half
   fi
 done
 # Each temperature: C evolved in the dream (data/doom/tau-<t>, full V and M); then results/doom/tau-<t> becomes a
@@ -52,7 +52,7 @@ for tau in ${TAUS:-1.15 1.30 1.00 0.50 0.10}; do
   mkdir -p "$run" "$out"
   for part in vae mdrnn; do [ -e "$run/$part" ] || ln -s "../$part" "$run/$part"; done
   timed "train-controller tau=$tau" wm train-controller --run "$run" --latents "$MODELS/starts.h5" --temperature "$tau"
-  python $HERE/../ship.py slim "$run/controller" "$out/controller"
+  python results/ship.py slim "$run/controller" "$out/controller"
   for part in vae mdrnn; do [ -e "$out/$part" ] || ln -s "../models/$part" "$out/$part"; done
   timed "evaluate-real tau=$tau" wm evaluate --run "$out" --episodes 100
   timed "evaluate-dream tau=$tau" wm evaluate --run "$out" --where dream --episodes 100 --latents "$MODELS/starts.h5"
@@ -63,5 +63,5 @@ for tau in ${TAUS:-1.15 1.30 1.00 0.50 0.10}; do
   fi
 done
 [ -f "$HERE/random_policy.csv" ] || timed random-policy wm collect --policy random --episodes 100 --seed 1 --out "$DATA/random.h5"
-[ -f "$HERE/random_policy.csv" ] || python $HERE/../tables.py random-policy "$DATA/random.h5" "$HERE/random_policy.csv"
-python $HERE/../tables.py doom "$HERE" > "$HERE/results.md"
+[ -f "$HERE/random_policy.csv" ] || python results/tables.py random-policy "$DATA/random.h5" "$HERE/random_policy.csv"
+python results/tables.py doom "$HERE" > "$HERE/results.md"

@@ -20,9 +20,9 @@ ship_world() {  # ship_world GAME: its seed-0 world, once
   local world=$OUT/$1/seed0 out=$HERE/worlds/$1
   [ -f "$world/world.json" ] && [ ! -f "$out/starts.h5" ] || return 0
   mkdir -p "$out"
-  python $HERE/../ship.py slim "$world/vae" "$out/vae" --half
-  python $HERE/../ship.py slim "$world/mdrnn" "$out/mdrnn" --half
-  python $HERE/../ship.py starts "$world/latents.h5" "$out/starts.h5"
+  python results/ship.py slim "$world/vae" "$out/vae" --half
+  python results/ship.py slim "$world/mdrnn" "$out/mdrnn" --half
+  python results/ship.py starts "$world/latents.h5" "$out/starts.h5"
 }
 for game in ${GAMES:-coinrun jumper maze bigfish}; do
   timed "study $game" worldmodels study --config $HERE/study.yaml --out "$OUT" --games "$game"
