@@ -117,4 +117,3 @@ def test_real_env_cmaes_beats_the_random_policy(small_run):
         random_returns = [f.read("reward", int(s), int(min(e, s + 250))).sum() for s, e in zip(f.episodes["start"], ends)]
     random_mean = sum(random_returns) / len(random_returns)
     assert summary["mean"] > random_mean + 30, (summary["mean"], random_mean)
-

@@ -8,7 +8,7 @@
 # analyse.py compares them, and C of RUN is scored on 100 tracks of each backend. Writes fidelity.md/json here.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
-cd "results/.."
+cd "$HERE/../.."
 source scripts/venv.sh
 DATA=${DATA:-data/env-fidelity}
 RUN=${1:-runs/carracing-default}

@@ -64,9 +64,14 @@ PAPER_DOOM_DREAM = {0.10: "2086 ± 140", 0.50: "2060 ± 277", 1.00: "1145 ± 690
 NO_PAPER_PROCGEN = "none: the World Models paper has no ProcGen result"
 
 
+def _family(env: str) -> str:
+    """"carracing", "doom", "procgen", ... of an env name such as "doom-takecover" or "procgen:coinrun"."""
+    return env.split(":", 1)[0].split("-", 1)[0]
+
+
 def paper_score(env: str, temperature: float | None) -> str:
     """The paper's real-env score to compare a run of ``env`` with (C trained at dream ``temperature``)."""
-    family = env.split(":", 1)[0].split("-", 1)[0]
+    family = _family(env)
     if family == "carracing":
         return PAPER_CARRACING
     if family == "doom":
@@ -82,7 +87,7 @@ def paper_score(env: str, temperature: float | None) -> str:
 def paper_dream_score(env: str, trained: float | None, dreamed: float | None) -> str:
     """The paper's score of a controller in a dream: it has one only for Doom, a C dreamed at the τ it was
     trained at."""
-    if env.split(":", 1)[0].split("-", 1)[0] == "doom" and trained is not None and dreamed is not None:
+    if _family(env) == "doom" and trained is not None and dreamed is not None:
         tau = round(float(trained), 2)
         if tau == round(float(dreamed), 2) and tau in PAPER_DOOM_DREAM:
             return f"{PAPER_DOOM_DREAM[tau]} in the dream (C trained and dreamed at τ {tau:g})"
