@@ -31,7 +31,7 @@ if [ -f "$HERE/models/mdrnn/checkpoint.pt" ] && [ ! -f "$DATA/mdrnn/checkpoint.p
   mkdir -p "$DATA/mdrnn" && cp "$HERE/models/mdrnn/checkpoint.pt" "$DATA/mdrnn/"
 fi
 if [ ! -f "$HERE/models/mdrnn/checkpoint.pt" ]; then
-  timed train-mdrnn wm train-mdrnn --latents "$CAR/latents.h5" --out "$DATA/mdrnn"
+  timed train-mdrnn wm train-mdrnn --latents "$CAR/latents.h5" --out "$DATA/mdrnn" --vae "$CAR/vae"
   python results/ship.py slim "$DATA/mdrnn" "$HERE/models/mdrnn"
 fi
 link_world() { mkdir -p "$1"; [ -e "$1/vae" ] || ln -s "$(realpath "$CAR/vae")" "$1/vae"
