@@ -208,13 +208,17 @@ def test_init_options_refuse_mismatched_shapes(base_run, tmp_path):
 
 def test_vae_refit_fine_tunes_v_and_reencodes_every_file(base_run, tmp_path):
     run = _copy(base_run, tmp_path)
-    _iterate(run, "--rounds", "1", "--vae-refit-ratio", "0.001")
+    _iterate(run, "--rounds", "1", "--vae-refit-ratio", "0.001", "--vae-frames", "64")
     row = _rows(run)[0]
     assert row["vae_refit"] == "True"
     folder = run / "iterate" / "round-1"
     v = load_checkpoint(folder / "vae")
     assert not (folder / "vae").is_symlink() and v["init"]["id"] == load_checkpoint(base_run / "vae")["id"]
-    assert len(v["data"]["files"]) == 2  # fine-tuned on the original frames and the round's
+    base_v = load_checkpoint(base_run / "vae")["data"]["files"]
+    # fine-tuned on the base V's own frames and the round's, 64 frames (whole chunks) an epoch
+    assert [f["path"] for f in v["data"]["files"]] == [f["path"] for f in base_v] + [
+        str((folder / "rollouts.h5").resolve())]
+    assert v["config"]["epoch_frames"] == 64
     m = load_checkpoint(folder / "mdrnn")
     files = [f["path"] for f in m["data"]["files"]]
     assert files == [str((folder / "latents" / "original.h5").resolve()), str((folder / "latents.h5").resolve())]

@@ -169,6 +169,25 @@ def test_stream_covers_each_training_frame_once_and_shuffles(rollouts):
     assert np.array_equal(frame_ids(np.concatenate([b.numpy() for b in in_order])), expected)
 
 
+def test_capped_epoch_reads_a_new_random_part_of_the_frames_each_epoch(rollouts):
+    ranges = [(0, 40), (95, 125), (185, 230)]
+    everything = set(np.concatenate([np.arange(a, b) for a, b in ranges]).tolist())
+    stream = train_vae.FrameStream(str(rollouts), ranges, batch_size=8, buffer_frames=16, shuffle=True,
+                                   block_frames=10, epoch_frames=30)
+    assert len(stream) == 4  # 30 of the 115 frames, in batches of 8
+    seen = []
+    for epoch in range(3):
+        stream.set_epoch(epoch)
+        ids = frame_ids(np.concatenate([b.numpy() for b in stream]))
+        assert 30 <= len(ids) < 40 and len(set(ids.tolist())) == len(ids)  # whole chunks, up to the cap
+        assert set(ids.tolist()) <= everything
+        seen.append(frozenset(ids.tolist()))
+    assert len(set(seen)) == 3  # each epoch draws other chunks
+    whole = train_vae.FrameStream(str(rollouts), ranges, batch_size=8, buffer_frames=16, shuffle=True,
+                                  block_frames=10, epoch_frames=1000)
+    assert len(frame_ids(np.concatenate([b.numpy() for b in whole]))) == 115  # a cap above the data: all of it
+
+
 def test_validation_split_is_by_whole_episodes():
     for n, frac in ((2, 0.5), (10, 0.2), (33, 0.05), (5, 0.0)):
         train, val = train_vae.split_episodes(n, frac, seed=1)

@@ -11,7 +11,9 @@ learned from (the original data). Round r = 1..--rounds writes R/iterate/round-<
                 attrs record the round, the policy (controller+noise), the controller's id and the noise
   vae           the current V: a link to the last one; or, when V's reconstruction error on this round's
                 frames exceeds --vae-refit-ratio times its error on the original frames, V fine-tuned from
-                the last one on every rollouts file so far, which are then all re-encoded into latents/
+                the last one on the base V's own training frames and every round's (--vae-frames a epoch,
+                drawn afresh, bounds its cost on large data); every rollouts file so far is then re-encoded
+                into latents/
   latents.h5    this round's episodes encoded with that V
   mdrnn/        M trained on every latents file so far (train-mdrnn --init: warm-started from the last M)
   controller/   C evolved in that M's dream with the run's controller settings (train-controller --init:
@@ -79,7 +81,9 @@ class Config:
     mdrnn_steps: Optional[int] = option(None, "M's gradient steps per round, from the last M (default: the run's M's)")
     vae_refit_ratio: float = option(1.25, "fine-tune V when its reconstruction error on a round's frames exceeds "
                                           "this many times its error on the original frames")
-    vae_epochs: Optional[int] = option(None, "epochs of a V refit over all frames so far (default: the run's V's)")
+    vae_epochs: Optional[int] = option(None, "epochs of a V refit (default: the run's V's)")
+    vae_frames: int = option(0, "frames per epoch of a V refit, drawn afresh each epoch (0: all of them: V's own "
+                                "training frames and every round's)")
     vae_check_frames: int = option(1000, "frames drawn from each side to measure V's reconstruction error")
     eval_episodes: int = option(20, "episodes scoring each round's C, in the reference env and in the dream")
     eval_max_steps: Optional[int] = option(None, "step limit of the real scoring episodes (default: the env's own)")
@@ -103,6 +107,8 @@ def _check(cfg: Config) -> None:
     if cfg.rounds >= 2**32 // ROUND_STRIDE or cfg.episodes > ROUND_STRIDE:
         raise WorldModelsError(f"at most {2**32 // ROUND_STRIDE - 1} rounds of at most {ROUND_STRIDE} episodes each "
                                "(each round has a block of collection seeds of its own)")
+    if cfg.vae_frames < 0:
+        raise WorldModelsError(f"vae_frames must be 0 (every frame) or positive, got {cfg.vae_frames}")
     if cfg.noise < 0 or cfg.vae_refit_ratio <= 0:
         raise WorldModelsError(f"noise must be >= 0 and vae_refit_ratio > 0, got {cfg.noise}, {cfg.vae_refit_ratio}")
 
@@ -344,11 +350,20 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
             return {**check, "refit": False}
         if (out / "vae").is_symlink():
             (out / "vae").unlink()
-        paths = [e["rollouts"] for e in data] + [str(rollouts.resolve())]
-        saved = _saved_config(run / "vae", "vae")
+        from worldmodels.checkpoint import load_checkpoint
+
+        base = load_checkpoint(run / "vae", kind="vae")
+        saved = dict(base.get("config") or {})
+        # V keeps what it learned from its own training frames (the run's data where those are gone) and learns
+        # every round's.
+        own = [str(f["path"]) for f in (base.get("data") or {}).get("files") or []]
+        if not own or not all(Path(p).is_file() for p in own):
+            own = [e["rollouts"] for e in original]
+        paths = own + [e["rollouts"] for e in data if e["name"].startswith("round-")] + [str(rollouts.resolve())]
         summary = train_vae.run(_stage_config(
             train_vae, saved, data=",".join(paths), out=str(out / "vae"), init=str((prev / "vae").resolve()),
-            epochs=cfg.vae_epochs or saved.get("epochs", 10), device=cfg.device, fresh=False))
+            epochs=cfg.vae_epochs or saved.get("epochs", 10), epoch_frames=cfg.vae_frames, device=cfg.device,
+            fresh=False))
         return {**check, "refit": True, "vae_id": summary["id"]}
 
     vae = rnd.stage("vae", rounds, vae_stage,

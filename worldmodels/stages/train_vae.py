@@ -44,6 +44,8 @@ class Config:
     z_dim: int = cfgmod.option(32, "latent size (paper: 32 CarRacing, 64 Doom)")
     epochs: int = cfgmod.option(10, "total epochs over the training frames (may grow on resume)")
     batch_size: int = cfgmod.option(100, "frames per step")
+    epoch_frames: int = cfgmod.option(0, "frames per epoch (0: every training frame); a shorter epoch reads a new "
+                                         "random draw of chunks each time, which bounds a fine-tune on large data")
     lr: float = cfgmod.option(1e-4, "Adam learning rate")
     kl_tolerance: float = cfgmod.option(0.5, "KL floor per latent dimension, in nats")
     val_fraction: float = cfgmod.option(0.05, "fraction of episodes held out for validation")
@@ -78,9 +80,10 @@ class FrameStream(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, path: str, ranges: list[tuple[int, int]], batch_size: int, buffer_frames: int,
-                 shuffle: bool, seed: int = 0, block_frames: int = OBS_CHUNK_FRAMES):
+                 shuffle: bool, seed: int = 0, block_frames: int = OBS_CHUNK_FRAMES, epoch_frames: int = 0):
         super().__init__()
         self.path, self.batch_size, self.shuffle, self.seed = str(path), batch_size, shuffle, seed
+        self.epoch_frames = epoch_frames
         self.buffer_frames = max(buffer_frames, batch_size)
         self.epoch = 0
         starts = [0]  # each file's first global frame; chunks are aligned within their file
@@ -100,7 +103,12 @@ class FrameStream(torch.utils.data.IterableDataset):
         self.max_block = max((hi - lo for lo, hi, _ in self.blocks), default=0)
 
     def __len__(self) -> int:  # batches per epoch with one reader (each worker may end on a short batch)
-        return math.ceil(self.n_frames / self.batch_size)
+        return math.ceil(self.frames_per_epoch / self.batch_size)
+
+    @property
+    def frames_per_epoch(self) -> int:
+        """About this many: a capped epoch ends at the first whole chunk that reaches the cap."""
+        return min(self.n_frames, self.epoch_frames) if self.epoch_frames > 0 else self.n_frames
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -112,6 +120,9 @@ class FrameStream(torch.utils.data.IterableDataset):
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(order)
         rng = np.random.default_rng([self.seed, self.epoch, worker, 1])
+        if self.epoch_frames > 0:  # the shuffled order's first chunks, up to the cap
+            sizes = np.array([sum(b - a for a, b in self.blocks[i][2]) for i in order])
+            order = order[:int(np.searchsorted(np.cumsum(sizes), self.epoch_frames)) + 1]
         mine = [self.blocks[i] for i in order[worker::n_workers]]
         with EpisodeFiles(split_paths(self.path), ROLLOUTS) as src:
             blocks = (_read_block(src, lo, hi, pieces) for lo, hi, pieces in mine)
@@ -299,6 +310,8 @@ def run(cfg: Config) -> dict[str, Any]:
     for key in ("epochs", "batch_size", "z_dim"):
         if getattr(cfg, key) < 1:
             raise WorldModelsError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+    if cfg.epoch_frames < 0:
+        raise WorldModelsError(f"epoch_frames must be 0 (every frame) or positive, got {cfg.epoch_frames}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out / CHECKPOINT_NAME, "train-vae"):
@@ -337,7 +350,8 @@ def _train(cfg: Config, out: Path) -> dict[str, Any]:
     n_episodes = sum(counts)
     train_eps, val_eps = split_files(counts, first_episodes, cfg.val_fraction, cfg.seed)
     ranges = [(int(e["start"]), int(e["start"] + e["length"])) for e in episodes]
-    train = FrameStream(data_path, [ranges[i] for i in train_eps], cfg.batch_size, cfg.shuffle_buffer, True, cfg.seed)
+    train = FrameStream(data_path, [ranges[i] for i in train_eps], cfg.batch_size, cfg.shuffle_buffer, True, cfg.seed,
+                        epoch_frames=cfg.epoch_frames)
     val = FrameStream(data_path, [ranges[i] for i in val_eps], cfg.batch_size, 0, False)
     with EpisodeFiles(paths, ROLLOUTS) as src:  # the same frames in every epoch's picture
         frames = np.stack([src.read("obs", i, i + 1)[0]
@@ -361,7 +375,8 @@ def _train(cfg: Config, out: Path) -> dict[str, Any]:
         init = {"path": str(checkpoint_file(cfg.init).resolve()), "id": load_init(model, cfg.init)}
     n_train = train.n_frames
     tqdm.write(f"train-vae: {n_train} training frames ({len(train_eps)} episodes), {val.n_frames} validation "
-               f"frames ({len(val_eps)} episodes), device {device}, epochs {start + 1}..{cfg.epochs}")
+               f"frames ({len(val_eps)} episodes), device {device}, epochs {start + 1}..{cfg.epochs}"
+               + (f" of ~{train.frames_per_epoch} frames" if train.frames_per_epoch < n_train else ""))
     stats: dict[str, float] = dict(state.get("metrics", {})) if state else {}
     with MetricsLogger(out / "metrics.jsonl", step_key="epoch", resume_from=start + 1 if start else None,
                        tensorboard=cfg.tensorboard) as log:
