@@ -369,7 +369,8 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
     vae = rnd.stage("vae", rounds, vae_stage,
                     lambda s: ("V's error ratio unknown (the original rollouts are gone); V kept" if s["ratio"] is None
                                else f"V's error on the new frames is {s['ratio']:.3f}x its error on the original "
-                                    f"frames; V " + ("refit on all frames" if s["refit"] else "kept")))
+                                    "frames; V " + ("refit on its own frames and the rounds'" if s["refit"]
+                                                    else "kept")))
 
     def encode_stage() -> dict[str, Any]:
         todo = [(rollouts, latents)]
