@@ -144,3 +144,7 @@ def test_dream_evaluation_plays_members_like_separate_dreams(trained_run, capsys
     assert cold["temperature"] == 0.1 and [r["return"] for r in cold_rows] != [r["return"] for r in rows]
     assert cli.main(["evaluate", "--run", str(trained_run), "--where", "dream", "--temperature", "-1"]) == 1
     assert "temperature must be positive" in capsys.readouterr().err
+    on_cpu = ev.run(ev.Config(run=str(trained_run), where="dream", episodes=6, device="cpu"))
+    assert on_cpu["mean"] == first["mean"]
+    assert cli.main(["evaluate", "--run", str(trained_run), "--where", "dream", "--device", "tpu:7"]) == 1
+    assert "unknown device 'tpu:7'" in capsys.readouterr().err

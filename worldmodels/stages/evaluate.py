@@ -46,6 +46,8 @@ class Config:
     run: str = option("runs/default", "run folder with vae/, mdrnn/ and controller/")
     where: Literal["real", "dream"] = option("real", "play the real env, or M's dream (one batched dream)")
     temperature: Optional[float] = option(None, "--where dream: dream temperature (default: C's training one)")
+    device: str = option("auto", "--where dream: the dream's device: auto (cuda if available), cpu, cuda, cuda:1, ... "
+                                 "(real episodes run V, M and C on CPU in their workers)")
     episodes: int = option(100, "real-env episodes to play")
     workers: int = option(-1, "worker processes (-1: one per CPU core, 0: inline)")
     levels: Literal["train", "test"] = option("test", "ProcGen levels: test = never seen in collection")
@@ -125,8 +127,8 @@ def run(cfg: Config) -> dict[str, Any]:
     run_dir = Path(cfg.run)
     state = load_checkpoint(run_dir / "controller", kind="controller")
     identity, train_cfg = state["identity"], state["config"]
-    # Real episodes run V and M on CPU in the workers; a dream runs batched on the best device.
-    device = pick_device("auto") if cfg.where == "dream" else "cpu"
+    # Real episodes run V and M on CPU in the workers; a dream runs batched on --device.
+    device = pick_device(cfg.device) if cfg.where == "dream" else "cpu"
     world = load_world(run_dir, identity["obs_mode"], device, latents=cfg.latents or train_cfg.get("latents"))
     for key, now in (("vae_id", world.vae_id), ("mdrnn_id", world.mdrnn_id), ("input_dim", world.input_dim)):
         if identity.get(key) != now:
