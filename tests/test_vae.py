@@ -174,12 +174,13 @@ def test_capped_epoch_reads_a_new_random_part_of_the_frames_each_epoch(rollouts)
     everything = set(np.concatenate([np.arange(a, b) for a, b in ranges]).tolist())
     stream = train_vae.FrameStream(str(rollouts), ranges, batch_size=8, buffer_frames=16, shuffle=True,
                                    block_frames=10, epoch_frames=30)
-    assert len(stream) == 4  # 30 of the 115 frames, in batches of 8
     seen = []
     for epoch in range(3):
         stream.set_epoch(epoch)
-        ids = frame_ids(np.concatenate([b.numpy() for b in stream]))
+        batches = list(stream)
+        ids = frame_ids(np.concatenate([b.numpy() for b in batches]))
         assert 30 <= len(ids) < 40 and len(set(ids.tolist())) == len(ids)  # whole chunks, up to the cap
+        assert stream.frames_per_epoch == len(ids) and len(stream) == len(batches) == -(-len(ids) // 8)
         assert set(ids.tolist()) <= everything
         seen.append(frozenset(ids.tolist()))
     assert len(set(seen)) == 3  # each epoch draws other chunks

@@ -102,27 +102,32 @@ class FrameStream(torch.utils.data.IterableDataset):
         self.n_frames = sum(b - a for _, _, p in self.blocks for a, b in p)
         self.max_block = max((hi - lo for lo, hi, _ in self.blocks), default=0)
 
-    def __len__(self) -> int:  # batches per epoch with one reader (each worker may end on a short batch)
+    def __len__(self) -> int:  # batches this epoch with one reader (each worker may end on a short batch)
         return math.ceil(self.frames_per_epoch / self.batch_size)
 
     @property
     def frames_per_epoch(self) -> int:
-        """About this many: a capped epoch ends at the first whole chunk that reaches the cap."""
-        return min(self.n_frames, self.epoch_frames) if self.epoch_frames > 0 else self.n_frames
+        """Frames the current epoch reads: all, or (capped) its shuffled chunks up to the one reaching the cap."""
+        return sum(b - a for i in self._order() for a, b in self.blocks[i][2])
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        info = torch.utils.data.get_worker_info()
-        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+    def _order(self) -> np.ndarray:
+        """The blocks this epoch reads, in reading order."""
         order = np.arange(len(self.blocks))
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(order)
-        rng = np.random.default_rng([self.seed, self.epoch, worker, 1])
         if self.epoch_frames > 0:  # the shuffled order's first chunks, up to the cap
             sizes = np.array([sum(b - a for a, b in self.blocks[i][2]) for i in order])
             order = order[:int(np.searchsorted(np.cumsum(sizes), self.epoch_frames)) + 1]
+        return order
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        info = torch.utils.data.get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        order = self._order()
+        rng = np.random.default_rng([self.seed, self.epoch, worker, 1])
         mine = [self.blocks[i] for i in order[worker::n_workers]]
         with EpisodeFiles(split_paths(self.path), ROLLOUTS) as src:
             blocks = (_read_block(src, lo, hi, pieces) for lo, hi, pieces in mine)
