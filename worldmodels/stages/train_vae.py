@@ -99,7 +99,8 @@ class FrameStream(torch.utils.data.IterableDataset):
                 for lo in range(a - (a - base) % block_frames, b, block_frames) if a < b else ():
                     by_chunk.setdefault(lo, []).append((max(a, lo), min(b, lo + block_frames)))
         self.blocks = [(p[0][0], p[-1][1], p) for _, p in sorted(by_chunk.items())]
-        self.n_frames = sum(b - a for _, _, p in self.blocks for a, b in p)
+        self.block_sizes = np.array([sum(b - a for a, b in p) for _, _, p in self.blocks], dtype=np.int64)
+        self.n_frames = int(self.block_sizes.sum())
         self.max_block = max((hi - lo for lo, hi, _ in self.blocks), default=0)
 
     def __len__(self) -> int:  # batches this epoch with one reader (each worker may end on a short batch)
@@ -108,7 +109,7 @@ class FrameStream(torch.utils.data.IterableDataset):
     @property
     def frames_per_epoch(self) -> int:
         """Frames the current epoch reads: all, or (capped) its shuffled chunks up to the one reaching the cap."""
-        return sum(b - a for i in self._order() for a, b in self.blocks[i][2])
+        return int(self.block_sizes[self._order()].sum())
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -119,8 +120,7 @@ class FrameStream(torch.utils.data.IterableDataset):
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(order)
         if self.epoch_frames > 0:  # the shuffled order's first chunks, up to the cap
-            sizes = np.array([sum(b - a for a, b in self.blocks[i][2]) for i in order])
-            order = order[:int(np.searchsorted(np.cumsum(sizes), self.epoch_frames)) + 1]
+            order = order[:int(np.searchsorted(np.cumsum(self.block_sizes[order]), self.epoch_frames)) + 1]
         return order
 
     def __iter__(self) -> Iterator[torch.Tensor]:
@@ -378,10 +378,10 @@ def _train(cfg: Config, out: Path) -> dict[str, Any]:
         set_rng_states(state["rng"])
     elif cfg.init:
         init = {"path": str(checkpoint_file(cfg.init).resolve()), "id": load_init(model, cfg.init)}
-    n_train = train.n_frames
+    n_train, per_epoch = train.n_frames, train.frames_per_epoch
     tqdm.write(f"train-vae: {n_train} training frames ({len(train_eps)} episodes), {val.n_frames} validation "
                f"frames ({len(val_eps)} episodes), device {device}, epochs {start + 1}..{cfg.epochs}"
-               + (f" of ~{train.frames_per_epoch} frames" if train.frames_per_epoch < n_train else ""))
+               + (f" of ~{per_epoch} frames" if per_epoch < n_train else ""))
     stats: dict[str, float] = dict(state.get("metrics", {})) if state else {}
     with MetricsLogger(out / "metrics.jsonl", step_key="epoch", resume_from=start + 1 if start else None,
                        tensorboard=cfg.tensorboard) as log:
