@@ -125,6 +125,20 @@ def test_rerun_does_no_new_work_and_a_changed_setting_is_refused(iterated, capsy
     assert state() == before
 
 
+def test_a_later_round_may_search_longer(iterated, tmp_path):
+    """--generations may change on a rerun: the rounds already evolved keep theirs, the next ones use the new
+    count, and rounds.csv says how many generations each round's C had."""
+    run = _copy(iterated, tmp_path)
+    before = _rows(run)
+    done = int(before[0]["generations"])
+    assert [int(r["generations"]) for r in before] == [done, done]
+    _iterate(run, "--rounds", "3", "--generations", str(done + 2))
+    rows = _rows(run)
+    assert [int(r["generations"]) for r in rows] == [done, done, done + 2]
+    assert load_checkpoint(run / "iterate" / "round-3" / "controller")["generation"] == done + 2
+    assert [r["controller_id"] for r in rows[:2]] == [r["controller_id"] for r in before]
+
+
 def test_rounds_refuse_a_base_controller_trained_further(base_run, tmp_path, capsys):
     """Round 1 was collected by the run's C: continuing that C's training (same id, more generations) and then
     iterating again would mix two iterations, so it is refused with one line."""

@@ -56,14 +56,15 @@ POLICY = "controller+noise"
 # Round r collects episodes r * ROUND_STRIDE + i of the original collection's seed: never an index that
 # collection (fewer than 2**24 episodes) or another round uses.
 ROUND_STRIDE = 2**24
-# Settings a rerun may change: how many rounds, and where the work runs.
-CONTINUATION_SAFE = ("run", "rounds", "workers", "device")
+# Settings a rerun may change: how many rounds, where the work runs, and how long the rounds whose C is not yet
+# evolved search (C still climbing at a round's end is worth more generations; each round records its own).
+CONTINUATION_SAFE = ("run", "rounds", "workers", "device", "generations")
 # The run's controller settings each round's C is evolved with (unless overridden here).
 CONTROLLER_KEYS = ("temperature", "popsize", "rollouts", "sigma0", "generations", "max_steps", "eval_every",
                    "eval_episodes", "seed", "obs_mode", "augment", "augment_options", "dream_dropout")
-COLUMNS = ("round", "real_episodes", "real_frames", "mdrnn_val_loss", "vae_recon_ratio", "vae_refit", "dream_score",
-           "real_mean", "real_std", "real_n", "seconds_collect", "seconds_vae", "seconds_encode", "seconds_mdrnn",
-           "seconds_controller", "seconds_evaluate", "mdrnn_id", "controller_id")
+COLUMNS = ("round", "real_episodes", "real_frames", "mdrnn_val_loss", "vae_recon_ratio", "vae_refit", "generations",
+           "dream_score", "real_mean", "real_std", "real_n", "seconds_collect", "seconds_vae", "seconds_encode",
+           "seconds_mdrnn", "seconds_controller", "seconds_evaluate", "mdrnn_id", "controller_id")
 
 
 @dataclasses.dataclass
@@ -295,7 +296,7 @@ def _check_config(cfg: Config, path: Path) -> None:
         if changed:
             raise WorldModelsError(f"{path.parent} was made with " + "; ".join(
                 f"{k}={saved.get(k)!r}, not {new[k]!r}" for k in changed)
-                + "; rerun with the same settings (only --rounds, --workers and --device may change)")
+                + "; rerun with the same settings (only --rounds, --generations, --workers and --device may change)")
     cfgmod.save(cfg, path)
 
 
@@ -429,7 +430,8 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
     episodes, frames = _frames(enc["data"])
     seconds = {name: rnd.record["stages"][name]["seconds"] for name in rnd.record["stages"]}
     return {"round": r, "real_episodes": episodes, "real_frames": frames, "mdrnn_val_loss": mdn["val_loss"],
-            "vae_recon_ratio": vae["ratio"], "vae_refit": vae["refit"], "dream_score": ev["dream"]["mean"],
+            "vae_recon_ratio": vae["ratio"], "vae_refit": vae["refit"], "generations": ctl["generation"],
+            "dream_score": ev["dream"]["mean"],
             "real_mean": ev["real"]["mean"], "real_std": ev["real"]["std"], "real_n": ev["real"]["episodes"],
             **{f"seconds_{name}": s for name, s in seconds.items()}, "mdrnn_id": mdn["id"], "controller_id": ctl["id"]}
 
@@ -471,7 +473,8 @@ def run(cfg: Config) -> dict[str, Any]:
             else:
                 rnd.record["row"] = run_round(cfg, run_dir, rnd, prev, data, original)
                 rnd.save()
-            rows.append(rnd.record["row"])
+            # rounds finished before rows had a generations column: their controller stage has it
+            rows.append({"generations": rnd.record["stages"]["controller"]["generation"], **rnd.record["row"]})
             write_rows(root, rows)
             prev, data = rnd.dir, rnd.record["stages"]["encode"]["data"]
     return {"rows": rows, "path": str(root / "rounds.csv")}
