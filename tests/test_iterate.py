@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -125,16 +126,19 @@ def test_rerun_does_no_new_work_and_a_changed_setting_is_refused(iterated, capsy
     assert state() == before
 
 
-def test_a_later_round_may_search_longer(iterated, tmp_path):
-    """--generations may change on a rerun: the rounds already evolved keep theirs, the next ones use the new
-    count, and rounds.csv says how many generations each round's C had."""
+def test_a_later_round_may_search_longer_and_refit_v_at_another_ratio(iterated, tmp_path):
+    """--generations and --vae-refit-ratio may change on a rerun: the finished rounds keep theirs, the next ones
+    use the new values, and each round records them (rounds.csv: C's generations; round.json: the ratio)."""
     run = _copy(iterated, tmp_path)
     before = _rows(run)
     done = int(before[0]["generations"])
     assert [int(r["generations"]) for r in before] == [done, done]
-    _iterate(run, "--rounds", "3", "--generations", str(done + 2))
+    _iterate(run, "--rounds", "3", "--generations", str(done + 2), "--vae-refit-ratio", "0.001")
     rows = _rows(run)
     assert [int(r["generations"]) for r in rows] == [done, done, done + 2]
+    assert [r["vae_refit"] for r in rows] == ["False", "False", "True"]
+    record = json.loads((run / "iterate" / "round-3" / "round.json").read_text())
+    assert record["stages"]["vae"]["refit_ratio"] == 0.001
     assert load_checkpoint(run / "iterate" / "round-3" / "controller")["generation"] == done + 2
     assert [r["controller_id"] for r in rows[:2]] == [r["controller_id"] for r in before]
 

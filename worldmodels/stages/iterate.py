@@ -56,9 +56,10 @@ POLICY = "controller+noise"
 # Round r collects episodes r * ROUND_STRIDE + i of the original collection's seed: never an index that
 # collection (fewer than 2**24 episodes) or another round uses.
 ROUND_STRIDE = 2**24
-# Settings a rerun may change: how many rounds, where the work runs, and how long the rounds whose C is not yet
-# evolved search (C still climbing at a round's end is worth more generations; each round records its own).
-CONTINUATION_SAFE = ("run", "rounds", "workers", "device", "generations")
+# Settings a rerun may change: how many rounds, where the work runs, and for the rounds not yet at that stage how
+# long C searches (C still climbing at a round's end is worth more generations) and when V is refit (a refit moves
+# V's latents under C and M: a user may stop refitting); each round records its own.
+CONTINUATION_SAFE = ("run", "rounds", "workers", "device", "generations", "vae_refit_ratio")
 # The run's controller settings each round's C is evolved with (unless overridden here).
 CONTROLLER_KEYS = ("temperature", "popsize", "rollouts", "sigma0", "generations", "max_steps", "eval_every",
                    "eval_episodes", "seed", "obs_mode", "augment", "augment_options", "dream_dropout")
@@ -296,7 +297,8 @@ def _check_config(cfg: Config, path: Path) -> None:
         if changed:
             raise WorldModelsError(f"{path.parent} was made with " + "; ".join(
                 f"{k}={saved.get(k)!r}, not {new[k]!r}" for k in changed)
-                + "; rerun with the same settings (only --rounds, --generations, --workers and --device may change)")
+                + "; rerun with the same settings (only --rounds, --generations, --vae-refit-ratio, --workers and "
+                  "--device may change)")
     cfgmod.save(cfg, path)
 
 
@@ -346,7 +348,11 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
     def vae_stage() -> dict[str, Any]:
         check = vae_ratio(cfg, prev / "vae", rollouts, original)
         refit = check["ratio"] is not None and check["ratio"] > cfg.vae_refit_ratio
+        check["refit_ratio"] = cfg.vae_refit_ratio
         if not refit:
+            if (out / "vae").exists() and not (out / "vae").is_symlink():
+                raise WorldModelsError(f"{out / 'vae'} holds a V refit begun with a lower --vae-refit-ratio; move "
+                                       "it away to keep the last V in this round, or rerun with the lower ratio")
             link(prev / "vae", out / "vae")
             return {**check, "refit": False}
         if (out / "vae").is_symlink():
@@ -370,8 +376,8 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
     vae = rnd.stage("vae", rounds, vae_stage,
                     lambda s: ("V's error ratio unknown (the original rollouts are gone); V kept" if s["ratio"] is None
                                else f"V's error on the new frames is {s['ratio']:.3f}x its error on the original "
-                                    "frames; V " + ("refit on its own frames and the rounds'" if s["refit"]
-                                                    else "kept")))
+                                    f"frames (refit above {s.get('refit_ratio', cfg.vae_refit_ratio):g}x); V "
+                                    + ("refit on its own frames and the rounds'" if s["refit"] else "kept")))
 
     def encode_stage() -> dict[str, Any]:
         todo = [(rollouts, latents)]
