@@ -3,6 +3,7 @@
     python results/tables.py random-policy ROLLOUTS.h5 OUT.csv   per-episode returns of a collected file
     python results/tables.py doom results/doom                    the Doom temperature table (markdown)
     python results/tables.py carracing results/carracing-cpu      the CarRacing table (markdown)
+    python results/tables.py carracing-dream results/carracing-dream   rounds of iterate, the final C, the anchors
     python results/tables.py done-head DATA_DIR                  how often M's done head fires at real deaths
     python results/tables.py cost results/doom [CORES]           wall-clock per stage and core-hours (timings.tsv)
 
@@ -124,6 +125,35 @@ def carracing(folder: str) -> str:
     return "\n".join(lines)
 
 
+# Public CarRacing results with C trained only in the dream (../shared/REFERENCE.md, "Other anchors").
+ANCHORS_DREAM = (("Dropout's Dream Land (a fixed-N CarRacing, mostly expert data)", "788.6", "128"),
+                 ("world-models-jax (heuristic-driver and on-policy failure data)", "843", "1 (apparently)"))
+
+
+def carracing_dream(folder: str) -> str:
+    """The rounds of `worldmodels iterate` (rounds.csv) and the final C on 100 reference tracks (float16 V and M
+    as shipped, and float32), beside the brownian random policy of results/carracing and the public anchors."""
+    root = Path(folder)
+    lines = ["| round | real frames (M's data) | V refit | C generations | dream | real (20 reference tracks) |",
+             "|---|---:|---|---:|---:|---:|"]
+    for r in rows(root / "rounds.csv"):
+        lines.append(f"| {r['round']} | {int(r['real_frames']):,} | {'yes' if r['vae_refit'] == 'True' else 'no'} | "
+                     f"{r.get('generations') or '?'} | {float(r['dream_score']):.0f} | "
+                     f"{float(r['real_mean']):.0f} ± {float(r['real_std']):.0f} |")
+    lines += ["", "| controller | episodes | real score | standard error |", "|---|---:|---:|---:|"]
+    finals = (("final C, shipped float16 V and M", root / "final" / "eval-test" / "returns.csv"),
+              ("final C, float32 V and M", root / "final_float32_returns.csv"),
+              ("brownian random policy", root.parent / "carracing" / "random_policy.csv"))
+    for name, path in finals:
+        if path.exists():
+            r = returns(path)
+            lines.append(f"| {name} | {len(r)} | {fmt(r)} | {r.std() / np.sqrt(len(r)):.0f} |")
+    lines += [f"| {name} | {n} | {score} | — |" for name, score, n in ANCHORS_DREAM]
+    lines += ["", "Real scores on the reference env (gymnasium CarRacing-v3), mean ± std over unseen tracks; the "
+              "anchors' envs and data differ (see ../shared/REFERENCE.md)."]
+    return "\n".join(lines)
+
+
 def done_head(data: str) -> str:
     """M, teacher-forced on its held-out validation episodes from their first frame, against their real
     deaths: the dream ends an episode only where the done logit is > 0, so a missed death is a hit the
@@ -168,7 +198,7 @@ def cost(folder: str, cores: int = 2) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("random-policy", "doom", "carracing", "done-head", "cost"):
+    if not argv or argv[0] not in ("random-policy", "doom", "carracing", "carracing-dream", "done-head", "cost"):
         print(__doc__, file=sys.stderr)
         return 2
     if argv[0] == "random-policy":
@@ -178,7 +208,7 @@ def main(argv: list[str]) -> int:
     elif argv[0] == "cost":
         print(cost(argv[1], *(int(a) for a in argv[2:3])))
     else:
-        print({"doom": doom, "carracing": carracing}[argv[0]](argv[1]))
+        print({"doom": doom, "carracing": carracing, "carracing-dream": carracing_dream}[argv[0]](argv[1]))
     return 0
 
 

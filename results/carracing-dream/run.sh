@@ -78,3 +78,5 @@ python results/ship.py slim "$LAST/controller" "$OUT/controller"
 timed "evaluate final (float16 V and M)" wm evaluate --run "$OUT"
 timed "evaluate final (float32 V and M)" wm evaluate --run "$LAST"
 cp "$LAST"/eval-test/returns.csv "$HERE/final_float32_returns.csv"
+worldmodels report --run "$OUT"  # final/report.md: the shipped models' figures and the evaluation
+python results/tables.py carracing-dream "$HERE" > "$HERE/results.md"
