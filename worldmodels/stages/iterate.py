@@ -376,7 +376,7 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
     vae = rnd.stage("vae", rounds, vae_stage,
                     lambda s: ("V's error ratio unknown (the original rollouts are gone); V kept" if s["ratio"] is None
                                else f"V's error on the new frames is {s['ratio']:.3f}x its error on the original "
-                                    f"frames (refit above {s.get('refit_ratio', cfg.vae_refit_ratio):g}x); V "
+                                    f"frames (refit above {s['refit_ratio']:g}x); V "
                                     + ("refit on its own frames and the rounds'" if s["refit"] else "kept")))
 
     def encode_stage() -> dict[str, Any]:
@@ -436,8 +436,7 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
     episodes, frames = _frames(enc["data"])
     seconds = {name: rnd.record["stages"][name]["seconds"] for name in rnd.record["stages"]}
     return {"round": r, "real_episodes": episodes, "real_frames": frames, "mdrnn_val_loss": mdn["val_loss"],
-            "vae_recon_ratio": vae["ratio"], "vae_refit": vae["refit"], "generations": ctl["generation"],
-            "dream_score": ev["dream"]["mean"],
+            "vae_recon_ratio": vae["ratio"], "vae_refit": vae["refit"], "dream_score": ev["dream"]["mean"],
             "real_mean": ev["real"]["mean"], "real_std": ev["real"]["std"], "real_n": ev["real"]["episodes"],
             **{f"seconds_{name}": s for name, s in seconds.items()}, "mdrnn_id": mdn["id"], "controller_id": ctl["id"]}
 
@@ -479,8 +478,8 @@ def run(cfg: Config) -> dict[str, Any]:
             else:
                 rnd.record["row"] = run_round(cfg, run_dir, rnd, prev, data, original)
                 rnd.save()
-            # rounds finished before rows had a generations column: their controller stage has it
-            rows.append({"generations": rnd.record["stages"]["controller"]["generation"], **rnd.record["row"]})
+            # C's generations come from its stage's record (it may differ between rounds: --generations)
+            rows.append({**rnd.record["row"], "generations": rnd.record["stages"]["controller"]["generation"]})
             write_rows(root, rows)
             prev, data = rnd.dir, rnd.record["stages"]["encode"]["data"]
     return {"rows": rows, "path": str(root / "rounds.csv")}
