@@ -71,12 +71,21 @@ cp "$RUN"/iterate/rounds.{csv,json} "$HERE/"
 # C with the float32 V and M is scored too, which measures what float16 shipping moved.
 LAST=$(ls -d "$RUN"/iterate/round-* | sort -t- -k2 -n | tail -1)
 OUT=$HERE/final
-mkdir -p "$OUT"
-python results/ship.py slim "$LAST/vae" "$OUT/vae" --half
-python results/ship.py slim "$LAST/mdrnn" "$OUT/mdrnn" --half
-python results/ship.py slim "$LAST/controller" "$OUT/controller"
-timed "evaluate final (float16 V and M)" wm evaluate --run "$OUT"
-timed "evaluate final (float32 V and M)" wm evaluate --run "$LAST"
+scored() {  # scored SUMMARY CONTROLLER_DIR: that summary.json is of that controller, over the 100 tracks
+  python -c 'import json, sys; from worldmodels.checkpoint import load_checkpoint as c; s = json.load(open(sys.argv[1]))
+sys.exit(s["controller_id"] != c(sys.argv[2])["id"] or s["episodes"] < 100)' "$@" 2>/dev/null
+}
+# Done once per last round: a finished evaluation is not resumed but played again, so a rerun skips it.
+if ! scored "$OUT/eval-test/summary.json" "$LAST/controller"; then
+  mkdir -p "$OUT"
+  python results/ship.py slim "$LAST/vae" "$OUT/vae" --half
+  python results/ship.py slim "$LAST/mdrnn" "$OUT/mdrnn" --half
+  python results/ship.py slim "$LAST/controller" "$OUT/controller"
+  timed "evaluate final (float16 V and M)" wm evaluate --run "$OUT"
+fi
+if ! scored "$LAST/eval-test/summary.json" "$LAST/controller"; then  # not the round's 20-track score
+  timed "evaluate final (float32 V and M)" wm evaluate --run "$LAST"
+fi
 cp "$LAST"/eval-test/returns.csv "$HERE/final_float32_returns.csv"
 worldmodels report --run "$OUT"  # final/report.md: the shipped models' figures and the evaluation
 python results/tables.py carracing-dream "$HERE" > "$HERE/results.md"
