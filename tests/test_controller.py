@@ -627,6 +627,36 @@ def test_dream_ensemble_run_records_its_settings_and_resumes_only_with_them(tiny
     assert tc.run(stage_cfg(run, generations=2, eval_every=0))["generation"] == 2
 
 
+def test_dream_starts_and_reward_are_recorded_and_resume_only_with_them(tiny_run, tmp_path):
+    """--dream-starts any and --dream-reward nearest reach the fitness dreams (the tiny data's only reward is 0,
+    so every snapped fitness is exactly 0), are in the checkpoint's identity (a resume with others is refused),
+    and a checkpoint from before them resumes with the defaults."""
+    from worldmodels import cli
+    from worldmodels.checkpoint import save_checkpoint
+
+    run = _copy_run(tiny_run, tmp_path)
+    _, cfg = cli.parse_stage_args("train-controller", ["--dream-starts", "any", "--dream-reward", "nearest"])
+    assert (cfg.dream_starts, cfg.dream_reward) == ("any", "nearest")
+    tc.run(stage_cfg(run, generations=1, eval_every=1, fresh=True, dream_starts="any", dream_reward="nearest"))
+    first = read_metrics(run / "controller" / "metrics.jsonl")[0]
+    assert first["cmaes/best"] == first["cmaes/worst"] == first["eval/mean"] == 0.0
+    identity = load_checkpoint(run / "controller")["identity"]
+    assert (identity["dream_starts"], identity["dream_reward"]) == ("any", "nearest")
+    for key, changed in (("dream_starts", dict(dream_starts="first", dream_reward="nearest")),
+                         ("dream_reward", dict(dream_starts="any"))):
+        with pytest.raises(WorldModelsError, match=f"different {key}"):
+            tc.run(stage_cfg(run, generations=2, eval_every=0, **changed))
+    tc.run(stage_cfg(run, generations=1, eval_every=0, fresh=True))
+    assert read_metrics(run / "controller" / "metrics.jsonl")[0]["cmaes/best"] != 0.0  # M's own rewards
+    state = load_checkpoint(run / "controller")
+    for key in ("dream_starts", "dream_reward"):
+        del state["identity"][key]
+    save_checkpoint(run / "controller" / "checkpoint.pt", "controller", state)
+    assert tc.run(stage_cfg(run, generations=2, eval_every=0))["generation"] == 2
+    with pytest.raises(WorldModelsError, match="dream starts must be one of"):
+        tc.run(stage_cfg(run, generations=1, fresh=True, dream_starts="middle"))
+
+
 def test_dream_ensemble_misuse_is_a_clear_error(tiny_run, tmp_path):
     from worldmodels.data import LATENTS, EpisodeWriter, open_latents
     from worldmodels.data.schema import RESERVED_ATTRS

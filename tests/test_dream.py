@@ -448,3 +448,84 @@ def test_dream_ensembles_compose_with_augmentations():
     swing = RandomSwing(probability=1.0, strength=1.0, window=1)
     swung = _run(DreamEnv(*args, seed=1, dropout=0.3, models=[m2], augmentations=[swing]), 6, 2)
     assert torch.equal(swung[:, :Z + H], ensemble[:, :Z + H]) and not torch.equal(swung, ensemble)
+
+
+def test_dream_starts_with_zero_state_are_the_first_frame_dream_and_a_given_state_is_m_s():
+    """(mu, logvar, h=0, c=0) is the plain dream bit for bit; with a start's (h, c) every member begins in that
+    state (each member's start drawn as its first latents are), and the first step follows M from it."""
+    m = make_model(dtype=torch.float64, done_bias=0.0)
+    mu, logvar = initial(dtype=torch.float64)
+    zeros = torch.zeros(len(mu), H, dtype=torch.float64)
+    args = (None, m, 1.1, 6, "cpu", 8)
+    plain = _run(DreamEnv(None, m, (mu, logvar), 1.1, 6, "cpu", 8, seed=3), 10, restart_at=4)
+    assert torch.equal(_run(DreamEnv(args[0], m, (mu, logvar, zeros, zeros), *args[2:], seed=3), 10, restart_at=4), plain)
+    g = torch.Generator().manual_seed(2)
+    h0, c0 = torch.rand(len(mu), H, generator=g, dtype=torch.float64), torch.randn(len(mu), H, generator=g, dtype=torch.float64)
+    env = DreamEnv(None, m, (mu, logvar, h0, c0), 1.1, 6, "cpu", 8, obs_mode="zch", seed=3)
+    obs = env.reset()
+    z, c, h = obs[:, :Z], obs[:, Z:Z + H], obs[:, Z + H:]
+    # each member's start: the row of h0 equal to its h, and the same row's c and (near) mu
+    rows = [int(torch.nonzero((h0 == h[b]).all(1))[0]) for b in range(6)]
+    assert all(torch.equal(c[b], c0[r]) for b, r in enumerate(rows))
+    assert all((z[b] - mu[r]).abs().max() < 6 * math.exp(-1.0) for b, r in enumerate(rows))  # sigma = e^-1
+    a = torch.rand(6, A, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        out, state = m.step(z, a, (h, c))
+    obs, reward, _, _ = env.step(a)
+    assert torch.allclose(obs[:, Z + H:], state[0]) and torch.allclose(reward, out.reward)
+    with pytest.raises(WorldModelsError, match=r"initial \(h, c\)"):
+        DreamEnv(None, m, (mu, logvar, h0[:, :3], c0), 1.1, 6, "cpu", 8)
+
+
+def test_nearest_reward_snaps_m_s_reward_to_the_given_values():
+    """Only the reward changes: each step pays the value nearest M's prediction (0 for finished members), and
+    the returns add up the snapped rewards."""
+    m = make_model(dtype=torch.float64, done_bias=0.0)
+    args = (None, m, initial(dtype=torch.float64), 1.1, 6, "cpu", 8)
+    values = torch.tensor([-0.2, 0.0, 0.1, 10.0], dtype=torch.float64)
+    plain, snapped = DreamEnv(*args, seed=3), DreamEnv(*args, seed=3, reward="nearest", reward_values=[0.1, 10, -0.2, 0, 0])
+    plain.reset(), snapped.reset()
+    total = torch.zeros(6, dtype=torch.float64)
+    for t in range(8):
+        a = torch.rand(6, A, generator=torch.Generator().manual_seed(t), dtype=torch.float64)
+        alive = ~plain.done
+        o1, r1, d1, _ = plain.step(a)
+        o2, r2, d2, _ = snapped.step(a)
+        assert torch.equal(o1, o2) and torch.equal(d1, d2)
+        assert torch.equal(r2, values[(r1.unsqueeze(1) - values).abs().argmin(1)] * alive)
+        total += r2
+    assert torch.equal(snapped.returns, total) and not torch.equal(snapped.returns, plain.returns)
+    with pytest.raises(WorldModelsError, match="reward_values"):
+        DreamEnv(*args, reward="nearest")
+
+
+def test_any_starts_carry_m_s_state_from_the_real_frames_before_them(dream_run):
+    """dream_starts any: every drawn frame's mu and logvar, with the state M reaches teacher-forced on the frames
+    before it in its episode (zero at a first frame), however the episodes are chunked; a drawn subset is rows
+    of the full set; the nearest reward refuses data with a continuum of rewards."""
+    from worldmodels.agent import any_starts, load_world
+    from worldmodels.data import open_latents
+    from worldmodels.stages.train_mdrnn import actions_to_input
+
+    world = load_world(dream_run / "run")
+    with open_latents(dream_run / "latents.h5") as f:
+        n, rows, desc = f.n_frames, f.episodes[:], dict(f.attrs["action_space"])
+        mu, logvar, h, c = any_starts(f, world.mdrnn, limit=10**6, chunk=2)
+        assert torch.equal(mu, torch.from_numpy(f.read("mu", 0, n)))
+        assert torch.equal(logvar, torch.from_numpy(f.read("logvar", 0, n)))
+        with torch.no_grad():
+            for s, length in zip(rows["start"], rows["length"]):
+                x = torch.cat([mu[s:s + length], torch.from_numpy(actions_to_input(f.read("action", s, s + length), desc))], 1)
+                y, (_, c_end) = world.mdrnn.lstm(x[None, :-1])  # y[t]: h after frames 0..t, frame t+1's start
+                assert not h[s].any() and not c[s].any()
+                torch.testing.assert_close(h[s + 1:s + length], y[0], atol=1e-5, rtol=0)
+                torch.testing.assert_close(c[s + length - 1], c_end[0, 0], atol=1e-5, rtol=0)
+        sub = any_starts(f, world.mdrnn, limit=20, chunk=3)
+    assert len(sub[0]) == 20
+    for row in range(20):
+        i = int(torch.nonzero((mu == sub[0][row]).all(1))[0])
+        torch.testing.assert_close(sub[2][row], h[i], atol=1e-6, rtol=0)
+    obs = world.dream_factory(1.0, 10, 0, starts="any")(4).reset(seed=0)
+    assert obs.shape == (4, world.input_dim) and obs[:, world.z_dim:].abs().sum() > 0  # most starts are mid-episode
+    with pytest.raises(WorldModelsError, match="distinct"):
+        world.dream_factory(1.0, 10, 0, reward="nearest")

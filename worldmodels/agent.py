@@ -14,6 +14,11 @@ import torch
 
 from worldmodels.errors import WorldModelsError
 
+DREAM_STARTS = ("first", "any")
+DREAM_REWARDS = ("auto", "predicted", "nearest", "survival")
+ANY_STARTS = 20_000  # dream starts drawn from all frames (dream_starts any): ~40 MB of (h, c) at h 256
+NEAREST_MAX_VALUES = 32  # more distinct rewards than this and snapping to them is not a sparse reward
+
 
 class World:
     """Everything a run's controller needs: V, M, the env it came from and C's shape.
@@ -32,6 +37,7 @@ class World:
         self.env, self.family, self.env_kwargs = env, env_family(env), env_kwargs
         self.action_desc, self.latents_path, self.obs_mode = action_desc, latents_path, obs_mode
         self.missing_latents: Path | None = None  # a recorded latents file that is not on this machine
+        self._starts: dict[str, tuple[torch.Tensor, ...]] = {}  # initial_latents, once per kind
         self.z_dim = int(vae.z_dim)
         self.hidden = int(getattr(mdrnn, "hidden", 0) or mdrnn.lstm.hidden_size)
         self.action_map = make_action_map(self.family, action_desc)
@@ -72,17 +78,24 @@ class World:
                 **self.controller_spec()}
 
     def dream_factory(self, temperature: float, max_steps: int, seed: int, augmentations: Sequence[Any] = (),
-                      dropout: float = 0.0, models: Sequence[Any] = (), streams: int | None = None):
+                      dropout: float = 0.0, models: Sequence[Any] = (), streams: int | None = None,
+                      starts: str = "first", reward: str = "auto"):
         """``batch -> DreamEnv`` of that many members (built once per batch size, per factory), with
         ``augmentations`` (:mod:`worldmodels.augment`) applied inside every step of its dreams, and a dream
         ensemble when asked: a ``dropout`` mask per member's episode, or one of M and ``models`` per episode.
         ``streams`` = E: member b draws from random stream b % E, so every block of E members (one candidate's
         rollouts) gets the same E episodes' draws, i.e. common random numbers across candidates (default: a
-        stream per member)."""
+        stream per member). ``starts`` and ``reward``: where each episode starts and what it pays
+        (:meth:`initial_latents`; ``auto`` is survival for Doom, M's predicted reward otherwise, ``nearest``
+        that prediction snapped to the nearest reward seen in the data)."""
         from worldmodels.dream import DreamEnv
 
-        initial = self.initial_latents()
-        reward = "survival" if self.family == "doom" else "predicted"
+        if reward not in DREAM_REWARDS:
+            raise WorldModelsError(f"dream reward must be one of {', '.join(DREAM_REWARDS)}, got {reward!r}")
+        initial = self.initial_latents(starts)
+        if reward == "auto":
+            reward = "survival" if self.family == "doom" else "predicted"
+        values = self.reward_values() if reward == "nearest" else ()
         dreams: dict[int, Any] = {}
 
         def make(batch: int):
@@ -90,30 +103,54 @@ class World:
                 dreams[batch] = DreamEnv(self.vae, self.mdrnn, initial, temperature, batch, self.device, max_steps,
                                          reward=reward, obs_mode=self.obs_mode, seed=seed,
                                          augmentations=augmentations, dropout=dropout, models=models,
+                                         reward_values=values,
                                          stream_ids=None if streams is None else torch.arange(batch) % streams)
             return dreams[batch]
 
         return make
 
-    def initial_latents(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mu, logvar), each (E, Z): V's posterior of every collected episode's first frame (dream starts)."""
-        from worldmodels.data import open_latents
-
+    def _latents_file(self, what: str) -> Path:
         if self.latents_path is None:
             where = f" ({self.missing_latents} is not here)" if self.missing_latents else ""
-            raise WorldModelsError(f"no latents file for the dream's initial frames{where}; pass --latents")
-        with open_latents(self.latents_path) as f:
-            starts = np.asarray(f.episodes["start"])
-            mu, logvar = f.take("mu", starts), f.take("logvar", starts)
-        return torch.as_tensor(np.asarray(mu)), torch.as_tensor(np.asarray(logvar))
+            raise WorldModelsError(f"no latents file for {what}{where}; pass --latents")
+        return self.latents_path
+
+    def initial_latents(self, starts: str = "first") -> tuple[torch.Tensor, ...]:
+        """The dream's starts. ``first`` (the paper's): (mu, logvar), each (E, Z), V's posterior of every
+        collected episode's first frame, where M starts from h = 0. ``any``: (mu, logvar, h, c) of up to
+        ANY_STARTS frames drawn uniformly (seed 0) from all collected frames, with (h, c) (E, H) the state M
+        reaches teacher-forced (z = mu) on the real frames before each, so a dream can begin anywhere in an
+        episode: near a sparse reward, which a dream from the first frame may never reach."""
+        from worldmodels.data import open_latents
+
+        if starts not in DREAM_STARTS:
+            raise WorldModelsError(f"dream starts must be one of {', '.join(DREAM_STARTS)}, got {starts!r}")
+        if starts not in self._starts:
+            with open_latents(self._latents_file("the dream's initial frames")) as f:
+                if starts == "any":
+                    self._starts[starts] = any_starts(f, self.mdrnn, ANY_STARTS)
+                else:
+                    first = np.asarray(f.episodes["start"])
+                    self._starts[starts] = tuple(torch.as_tensor(np.asarray(f.take(k, first))) for k in ("mu", "logvar"))
+        return self._starts[starts]
+
+    def reward_values(self) -> list[float]:
+        """The distinct rewards of the collected frames (what the ``nearest`` dream reward snaps to)."""
+        from worldmodels.data import open_latents
+
+        with open_latents(self._latents_file("the rewards seen in the data")) as f:
+            values = np.unique(np.asarray(f.read("reward", 0, f.n_frames), dtype=np.float64))
+        if len(values) > NEAREST_MAX_VALUES:
+            raise WorldModelsError(f"the nearest dream reward snaps M's reward to the rewards seen in the data, but "
+                                   f"{self.env} has {len(values)} distinct ones (at most {NEAREST_MAX_VALUES}); use "
+                                   "the predicted reward")
+        return values.tolist()
 
     def real_latents(self, latents: str | Path | None = None) -> torch.Tensor:
         """Every collected frame's mu (N, Z), e.g. the bank of ``random_swing`` with ``source: real``."""
         from worldmodels.data import open_latents
 
-        path = latents or self.latents_path
-        if path is None:
-            raise WorldModelsError("no latents file for the real latents; pass --latents")
+        path = latents or self._latents_file("the real latents")
         with open_latents(path) as f:
             return torch.as_tensor(np.asarray(f.read("mu", 0, f.n_frames)))
 
@@ -124,6 +161,53 @@ class World:
         ctrl = BatchedController(params, self.input_dim, self.action_map.output_dim, self.action_map.bias,
                                  rollouts, device=self.device)
         return rollout_dream(dream, ctrl, self.action_map, seed).reshape(len(params), rollouts)
+
+
+@torch.no_grad()
+def any_starts(src: Any, mdrnn: Any, limit: int, seed: int = 0, chunk: int = 256) -> tuple[torch.Tensor, ...]:
+    """(mu, logvar, h, c) of up to ``limit`` frames of ``src`` (a latents file) drawn uniformly without
+    replacement, in file order; (h, c) is M's state after the frames before it in its episode, teacher-forced
+    with z = mu (an episode's first frame gets h = c = 0). Episodes are run ``chunk`` at a time, each only up
+    to its last drawn frame."""
+    from worldmodels.stages.train_mdrnn import actions_to_input
+
+    rows = src.episodes[:]
+    ep_start, ep_len = rows["start"].astype(np.int64), rows["length"].astype(np.int64)
+    n = int(ep_len.sum())
+    frames = np.sort(np.random.default_rng(seed).choice(n, size=min(limit, n), replace=False))
+    episode = np.searchsorted(ep_start, frames, side="right") - 1  # the episode of each drawn frame
+    offset = frames - ep_start[episode]
+    desc = dict(src.attrs["action_space"])
+    dtype, device = next(mdrnn.parameters()).dtype, next(mdrnn.parameters()).device
+    H = mdrnn.hidden
+    h_out, c_out = torch.zeros(len(frames), H, dtype=dtype), torch.zeros(len(frames), H, dtype=dtype)
+    eps = np.unique(episode)
+    for lo in range(0, len(eps), chunk):
+        group = eps[lo:lo + chunk]
+        need = np.array([offset[episode == e].max() for e in group])  # frames to consume before the last draw
+        T = int(need.max())
+        if T == 0:
+            continue
+        z = torch.zeros(len(group), T, mdrnn.z_dim, dtype=dtype, device=device)
+        a = torch.zeros(len(group), T, mdrnn.action_dim, dtype=dtype, device=device)
+        for j, e in enumerate(group):
+            k = int(need[j])
+            if k:
+                s = int(ep_start[e])
+                z[j, :k] = torch.from_numpy(np.asarray(src.read("mu", s, s + k))).to(dtype)
+                a[j, :k] = torch.from_numpy(actions_to_input(np.asarray(src.read("action", s, s + k)), desc)).to(dtype)
+        slot = {int(e): j for j, e in enumerate(group)}
+        mine = np.flatnonzero(np.isin(episode, group))
+        rows_of = np.array([slot[int(e)] for e in episode[mine]])
+        state = mdrnn.initial_state(len(group))
+        for t in range(1, T + 1):  # state after frames 0..t-1: the start state of frame t
+            _, state = mdrnn.step(z[:, t - 1], a[:, t - 1], state)
+            hit = offset[mine] == t
+            if hit.any():
+                h_out[mine[hit]] = state[0][rows_of[hit]].cpu()
+                c_out[mine[hit]] = state[1][rows_of[hit]].cpu()
+    mu, logvar = (torch.as_tensor(np.asarray(src.take(k, frames))) for k in ("mu", "logvar"))
+    return mu, logvar, h_out, c_out
 
 
 def load_world(run_dir: Path, obs_mode: str = "zh", device: torch.device | str = "cpu",

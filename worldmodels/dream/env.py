@@ -13,6 +13,13 @@ weights M has at the start of its episodes.
 Dream ensembles (docs/mdrnn.md): with ``dropout`` > 0 each member's episode draws a fixed dropout mask
 over the h that enters the head, and with extra ``models`` each draws one of the K Ms; both draws come
 from the member's own stream at its episode's start, so every member dreams with its own M.
+
+Dream starts (docs/mdrnn.md): by default every episode starts at a real first frame with h = 0, as in the
+paper. ``initial_latents`` may also carry M's LSTM state (h, c) per start, so a dream can start at any real
+frame with the state M reached on the real frames before it (:meth:`worldmodels.agent.World.initial_latents`).
+The ``nearest`` reward snaps M's predicted reward to the nearest of ``reward_values`` (the rewards seen in
+the data): in sparse-reward games M's near-zero reward bias, summed over a long dream, otherwise outweighs
+the rare real rewards and is what C learns to maximise.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from worldmodels.errors import WorldModelsError
 from worldmodels.models.mdrnn import MDRNN
 
 OBS_MODES = ("zh", "zch", "z")
-REWARDS = ("predicted", "survival")
+REWARDS = ("predicted", "survival", "nearest")
 
 
 @dataclasses.dataclass
@@ -52,11 +59,13 @@ class DreamEnv:
                  temperature: float = 1.0, batch_size: int = 1, device: torch.device | str = "cpu",
                  max_steps: int = 1000, reward: str = "predicted", obs_mode: str = "zh", seed: int | None = None,
                  augmentations: Sequence[Any] = (), stream_ids: torch.Tensor | Sequence[int] | None = None,
-                 dropout: float = 0.0, models: Sequence[MDRNN] = ()):
-        """``initial_latents`` = (mu, logvar) (N, Z) of real first frames; ``stream_ids`` (B,) picks each
+                 dropout: float = 0.0, models: Sequence[MDRNN] = (), reward_values: Sequence[float] = ()):
+        """``initial_latents`` = (mu, logvar) (N, Z) of real first frames, or (mu, logvar, h, c) with M's
+        state (N, H) at each start (h = c = 0 otherwise); ``stream_ids`` (B,) picks each
         member's random stream (default 0..B-1). ``dropout``: each member's episode reads M's head through
         its own dropout mask of that rate; ``models``: more Ms of M's sizes, each member's episode steps
-        one of the 1 + len(models) drawn uniformly (dream ensembles; 0 and () are the plain dream)."""
+        one of the 1 + len(models) drawn uniformly (dream ensembles; 0 and () are the plain dream);
+        ``reward_values``: the rewards the ``nearest`` reward snaps M's prediction to."""
         if reward not in REWARDS:
             raise WorldModelsError(f"dream reward must be one of {', '.join(REWARDS)}, got {reward!r}")
         if obs_mode not in OBS_MODES:
@@ -76,11 +85,21 @@ class DreamEnv:
         self.vae, self.mdrnn = vae, mdrnn
         self.models, self.dropout = [mdrnn, *models], float(dropout)
         self.dtype = mdrnn.lstm.weight_hh_l0.dtype
-        mu0, logvar0 = (torch.as_tensor(x).to(self.device, self.dtype) for x in initial_latents)
+        if len(initial_latents) not in (2, 4):
+            raise WorldModelsError(f"initial_latents must be (mu, logvar) or (mu, logvar, h, c), got {len(initial_latents)} arrays")
+        mu0, logvar0, *state0 = (torch.as_tensor(x).to(self.device, self.dtype) for x in initial_latents)
         if mu0.ndim != 2 or mu0.shape != logvar0.shape or mu0.shape[1] != mdrnn.z_dim or len(mu0) == 0:
             raise WorldModelsError(f"initial_latents must be (mu, logvar) of shape (N, {mdrnn.z_dim}), "
                                    f"got {tuple(mu0.shape)} and {tuple(logvar0.shape)}")
+        if state0 and any(x.shape != (len(mu0), mdrnn.hidden) for x in state0):
+            raise WorldModelsError(f"initial (h, c) must each have shape ({len(mu0)}, {mdrnn.hidden}), "
+                                   f"got {[tuple(x.shape) for x in state0]}")
         self.initial_mu, self.initial_sigma = mu0, torch.exp(0.5 * logvar0)
+        self.initial_state = tuple(state0) if state0 else None
+        if reward == "nearest" and len(reward_values) == 0:
+            raise WorldModelsError("the nearest dream reward needs reward_values (the rewards seen in the data)")
+        self.reward_values = torch.as_tensor(sorted(set(float(v) for v in reward_values)), device=self.device,
+                                             dtype=self.dtype)
         self.temperature, self.batch_size, self.max_steps = float(temperature), batch_size, max_steps
         self.reward_mode, self.obs_mode = reward, obs_mode
         self.augmentations = list(augmentations)
@@ -182,7 +201,7 @@ class DreamEnv:
         return gates_w, gates_b, head_w, head_b
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
-        """Start B new episodes from real first frames; a seed restarts the random streams."""
+        """Start B new episodes from real frames (``initial_latents``); a seed restarts the random streams."""
         if seed is not None:
             self.seed = int(seed)
             self._keys = rng.stream_keys(self.seed, self._stream_ids)
@@ -211,7 +230,7 @@ class DreamEnv:
         return obs
 
     def _restart(self, mask: torch.Tensor) -> torch.Tensor:
-        """New episodes (first latents, zero state, return and length) for the members where ``mask`` is true."""
+        """New episodes (a start's latents and state, zero return and length) for the members where ``mask`` is true."""
         mask = mask.to(self.device)
         self._episodes += mask
         self._ep_keys = rng.episode_keys(self._keys, self._episodes)
@@ -225,8 +244,13 @@ class DreamEnv:
         A, Z = self.mdrnn.action_dim, self.mdrnn.z_dim
         keep = ~mask.unsqueeze(1)
         self._xh[:, A:A + Z] = torch.where(keep, self.z, z0)
-        self._xh[:, A + Z:] *= keep
-        self._c *= keep
+        if self.initial_state is None:
+            self._xh[:, A + Z:] *= keep
+            self._c *= keep
+        else:
+            h0, c0 = self.initial_state
+            self._xh[:, A + Z:] = torch.where(keep, self._xh[:, A + Z:], h0[pick])
+            self._c.copy_(torch.where(keep, self._c, c0[pick]))
         self.returns *= ~mask
         self.lengths *= ~mask
         self.done &= ~mask
@@ -314,7 +338,12 @@ class DreamEnv:
         z.lerp_(z_next, keep_col)
         h.lerp_(h_new, keep_col)
         c.lerp_(c_new, keep_col)
-        reward = out[:, 3 * ZK] if self.reward_mode == "predicted" else self._survival
+        if self.reward_mode == "survival":
+            reward = self._survival
+        else:
+            reward = out[:, 3 * ZK]
+            if self.reward_mode == "nearest":
+                reward = self.reward_values[(reward.unsqueeze(1) - self.reward_values).abs().argmin(1)]
         reward = reward * keep
         self.returns += reward
         self.lengths += alive

@@ -63,6 +63,13 @@ class Config:
                                                    "value_diversification (comma-separated; default none)")
     augment_options: dict = option(factory=dict, help="per-augmentation options, e.g. "
                                                       "{random_swing: {probability: 0.5, strength: 0.3}}")
+    dream_starts: Literal["first", "any"] = option(
+        "first", "where a dream episode starts: a real first frame with h = 0 (the paper's), or any real frame "
+                 "with M's state from the real frames before it (sparse rewards: dreams begin near them)")
+    dream_reward: Literal["auto", "predicted", "nearest", "survival"] = option(
+        "auto", "what a dream step pays: M's predicted reward, that snapped to the nearest reward seen in the data "
+                "(sparse rewards: M's small bias cannot add up), or 1 (survival); auto: survival for Doom, "
+                "predicted otherwise")
     dream_dropout: float = option(0.0, "fitness dreams: each member's episode reads M's head through its own "
                                        "dropout mask of this rate (a dream ensemble; 0: the plain M)")
     dream_models: list[str] = option(factory=list, help="fitness dreams: more M checkpoint folders (M's sizes, "
@@ -207,7 +214,8 @@ def _save(path: Path, cfg: Config, state: dict[str, Any], es: Any, identity: dic
 
 
 # Identity entries that checkpoints from before them lack, with the value those runs had.
-IDENTITY_DEFAULTS: dict[str, Any] = {"augment": [], "dream_dropout": 0.0, "dream_models": []}
+IDENTITY_DEFAULTS: dict[str, Any] = {"augment": [], "dream_dropout": 0.0, "dream_models": [], "dream_starts": "first",
+                                     "dream_reward": "auto"}
 
 
 def _resume_state(cfg: Config, path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
@@ -343,6 +351,8 @@ def run(cfg: Config) -> dict[str, Any]:
     identity = {"env": world.env, "vae_id": world.vae_id, "mdrnn_id": world.mdrnn_id, **world.controller_spec(),
                 "augment": describe(augs), "dream_dropout": cfg.dream_dropout,
                 "dream_models": [m.checkpoint_id for m in extra]}
+    if cfg.where == "dream":  # older checkpoints, without these, had the defaults (IDENTITY_DEFAULTS)
+        identity.update(dream_starts=cfg.dream_starts, dream_reward=cfg.dream_reward)
     env_backend = resolve_backend(world.env, cfg.env_backend) if cfg.where == "real" or cfg.eval_real else None
     if cfg.where == "real":  # the env the fitness was measured on, as resolved on this machine
         identity["env_backend"] = env_backend
@@ -366,10 +376,11 @@ def run(cfg: Config) -> dict[str, Any]:
     if cfg.where == "dream":
         # Augmentations and dream ensembles perturb the fitness dreams (training); the mean solution is scored
         # in the plain dream of the run's M.
+        kind = {"starts": cfg.dream_starts, "reward": cfg.dream_reward}
         dreams = world.dream_factory(cfg.temperature, max_steps, cfg.seed, augmentations=augs,
-                                     dropout=cfg.dream_dropout, models=extra)
+                                     dropout=cfg.dream_dropout, models=extra, **kind)
         varied = augs or cfg.dream_dropout or extra
-        plain = world.dream_factory(cfg.temperature, max_steps, cfg.seed) if varied else dreams
+        plain = world.dream_factory(cfg.temperature, max_steps, cfg.seed, **kind) if varied else dreams
 
         def fitness(params: np.ndarray, gen: int) -> np.ndarray:
             return world.dream_returns(dreams(len(params) * cfg.rollouts), params, cfg.rollouts,
