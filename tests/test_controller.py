@@ -512,6 +512,58 @@ def test_interrupted_real_run_resumes_to_the_uninterrupted_result(tiny_run, tmp_
     assert all(r["cmaes/best"] != r["cmaes/worst"] for r in records)  # candidates differ: a mix-up would show
 
 
+def test_a_checkpoint_too_slow_to_write_every_generation_is_written_less_often_and_resumes_exactly(
+        tiny_run, tmp_path, monkeypatch):
+    """When writing the checkpoint takes more than CHECKPOINT_OVERHEAD of the time since the last write, the
+    generations in between are not checkpointed (here: only the first and the last); a run killed after such a
+    generation resumes from the last checkpoint, drops the metrics past it, and ends as an uninterrupted run."""
+    import shutil
+
+    runs = {name: tmp_path / name for name in ("straight", "resumed")}
+    for run in runs.values():
+        shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("controller"))
+    monkeypatch.setattr(tc, "CHECKPOINT_OVERHEAD", 1e-12)  # any write is "slow": after the first, only the last
+    saved = []
+    real_save = tc._save
+    monkeypatch.setattr(tc, "_save", lambda path, cfg, state, es, identity: (
+        saved.append(state["generation"]), real_save(path, cfg, state, es, identity)))
+    tc.run(stage_cfg(runs["straight"], generations=4, eval_every=2))
+    assert saved == [1, 4]
+    real_logger = tc.MetricsLogger
+
+    class Interrupting(real_logger):
+        def log(self, step, **values):
+            if step == 3:
+                raise KeyboardInterrupt
+            super().log(step, **values)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tc, "MetricsLogger", Interrupting)
+        with pytest.raises(KeyboardInterrupt):
+            tc.run(stage_cfg(runs["resumed"], generations=4, eval_every=2))
+    assert load_checkpoint(runs["resumed"] / "controller")["generation"] == 1
+    assert [r["generation"] for r in read_metrics(runs["resumed"] / "controller" / "metrics.jsonl")] == [0, 1, 2]
+    tc.run(stage_cfg(runs["resumed"], generations=4, eval_every=2))
+    records = _assert_same_run(runs["straight"] / "controller", runs["resumed"] / "controller")
+    assert [r["generation"] for r in records] == [0, 1, 2, 3]
+
+
+def test_a_slimmed_checkpoint_is_final_and_refused_for_more_generations_in_one_line(tiny_run, tmp_path):
+    from worldmodels.stages.study import slim_controller
+
+    run = _copy_run(tiny_run, tmp_path)
+    tc.run(stage_cfg(run, generations=1, eval_every=0))
+    before = load_checkpoint(run / "controller")
+    slim_controller(run / "controller")
+    after = load_checkpoint(run / "controller")
+    assert "es" not in after and "np_rng" not in after and after["id"] == before["id"]
+    assert np.array_equal(after["mean"], before["mean"])
+    assert tc.run(stage_cfg(run, generations=1, eval_every=0))["generation"] == 1  # finished: nothing to do
+    assert load_checkpoint(run / "controller")["id"] == before["id"]
+    with pytest.raises(WorldModelsError, match="without its CMA-ES state"):
+        tc.run(stage_cfg(run, generations=2, eval_every=0))
+
+
 def test_augment_and_backend_misuse_are_clear_errors(tiny_run):
     for where in ("real", "offline"):
         with pytest.raises(WorldModelsError, match=f"needs --where dream, not {where}"):

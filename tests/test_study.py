@@ -70,6 +70,9 @@ def test_smoke_study_writes_every_condition_and_level_set(smoke):
                                                                             "value_diversification"]
     assert ckpts["dream"]["identity"]["augment"] == []
     assert ckpts["dream+deepdream"]["identity"]["augment"][0]["steps"] == 2  # the preset's options reached it
+    # finished cells keep C, not its CMA-ES state (hundreds of MB at ProcGen's sizes); their ids are the records'
+    assert not any("es" in c or "np_rng" in c for c in ckpts.values())
+    assert all(ckpts[c]["id"] == cells[c]["train"]["controller_id"] for c in ckpts)
 
 
 def test_rerun_recomputes_nothing_and_a_lost_cell_only_itself(smoke, monkeypatch):

@@ -259,6 +259,19 @@ def run_cell(cfg: Config, world_dir: Path, game: str, seed: int, condition: str)
     return record
 
 
+def slim_controller(folder: Path) -> None:
+    """Drop a finished cell's CMA-ES state from its controller checkpoint (2 N^2 doubles: 390 MB for a ProcGen
+    C; 140 cells would fill a disk); C's parameters, id and records stay, so its evaluations remain valid.
+    Called once the cell's record is written: a finished cell is never trained again."""
+    from worldmodels.checkpoint import load_checkpoint, save_checkpoint
+
+    if not (folder / "checkpoint.pt").is_file():
+        return
+    state = load_checkpoint(folder, kind="controller")
+    if "es" in state:
+        save_checkpoint(folder / "checkpoint.pt", "controller", {k: v for k, v in state.items() if k not in ("es", "np_rng")})
+
+
 def _random_batch(space: dict[str, Any], max_steps: int | None, seeds: list[int]) -> list[tuple[int, float, int]]:
     """(level, return, length) of one random-policy episode per seed, on this worker's envs; the frames stay here."""
     from worldmodels.stages.collect import _collect_batch
@@ -556,6 +569,8 @@ def run(cfg: Config) -> dict[str, Any]:
             record = (random_cell(cfg, game, seed) if condition == "random"
                       else run_cell(cfg, build_world(cfg, game, seed), game, seed, condition))
             atomic_write_text(out / "cells" / f"{game}__seed{seed}__{condition}.json", json.dumps(record, indent=1) + "\n")
+            if condition != "random":
+                slim_controller(out / game / f"seed{seed}" / condition / "controller")
             computed += 1
             bar.update()
     records = [c for c in read_cells(out) if (c["game"], c["seed"], c["condition"]) in set(cells)]
