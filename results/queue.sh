@@ -3,7 +3,8 @@
 # where the last session stopped (scripts/campaign.sh start queue runs it in the background from a frozen copy of
 # the code). CarRacing's world (data, V, M, the random baseline) comes first, as the dream campaign builds on it;
 # its real-env C is the long one: it grows to 60 generations (scored on 100 tracks there, a point of its
-# learning curve) after the dream campaign, then to 200. The ProcGen study is its own campaign beside this one
+# learning curve) after the dream campaign (8 rounds: its real score still rose each round where V was kept),
+# then to 200. The ProcGen study is its own campaign beside this one
 # (OMP_NUM_THREADS=1 scripts/campaign.sh start procgen-study): each then gets about one core.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -8,7 +8,7 @@
 #  4. iterate: ROUNDS rounds of 200 on-policy episodes, M refit, C continued in the new dream;
 #  5. the last round's C on 100 reference-env tracks, shipped as results/carracing-dream/final (V, M, C).
 # Every stage resumes when rerun; wall-clock per stage goes to timings.tsv.
-#   bash results/carracing-dream/run.sh   (ROUNDS=6, GENERATIONS=100)
+#   bash results/carracing-dream/run.sh   (ROUNDS=8, GENERATIONS=100)
 set -euo pipefail
 HERE=results/carracing-dream
 cd "$(dirname "$0")/../.."
@@ -63,7 +63,7 @@ if [ "$TAU" != "1.15" ] || [ "$DROP" != "0.1" ]; then  # C evolved afresh with t
 fi
 
 # 4. Iterative training.
-timed iterate wm iterate --run "$RUN" --rounds "${ROUNDS:-6}"
+timed iterate wm iterate --run "$RUN" --rounds "${ROUNDS:-8}"
 cp "$RUN"/iterate/rounds.{csv,json} "$HERE/"
 
 # 5. The last round's C, shipped with its V and M in float16 as results/carracing-dream/final, scored there on
