@@ -3,8 +3,9 @@
 # the fast backend at the paper's population, the full model (z, h) and the V-only ablation (z), each scored on
 # 100 reference-env tracks. A campaign over several sessions: every stage resumes when rerun; V, M (slim
 # checkpoints) land in results/carracing/models/ as they finish, so a later session on a fresh machine skips
-# them; each controller is shipped into results/carracing/<name>/ (a run folder: slim C, links to the shipped
-# V and M, eval-test/) after every GENS_STEP generations, with its learning curve, and scored at the end.
+# them; each controller's record (config, metrics, learning curve) lands in results/carracing/<name>/controller/
+# after every GENS_STEP generations, and once scored, the C itself (a run folder: slim C, links to the shipped V
+# and M, eval-test/, report.md), so every shipped C carries its evaluation (tests/test_shipped.py).
 #   bash results/carracing/run.sh   (DATA=data/carracing; GENERATIONS=200 for the full model, GENERATIONS_Z=100)
 set -euo pipefail
 HERE=results/carracing
@@ -18,11 +19,17 @@ mkdir -p "$DATA" "$MODELS"
 wm() { worldmodels "$@" --preset "$PRESET" --env "$ENV"; }
 timed() { local name=$1 t0=$SECONDS; shift; "$@"; printf '%s\t%d\n' "$name" $((SECONDS - t0)) >> "$HERE/timings.tsv"; }
 restore() { [ -f "$MODELS/$1/checkpoint.pt" ] && [ ! -f "$DATA/$1/checkpoint.pt" ] && mkdir -p "$DATA/$1" && cp "$MODELS/$1/checkpoint.pt" "$DATA/$1/"; true; }
-ship() {  # ship NAME: the slim C and its learning curve into $HERE/NAME, a run folder beside links to V and M
+progress() {  # progress NAME: the search's record so far (no C: a C ships only with its evaluation)
+  mkdir -p "$HERE/$1/controller"
+  cp "$DATA/$1"/controller/{config.yaml,metrics.jsonl,learning_curve.png} "$HERE/$1/controller/" 2>/dev/null || true
+}
+ship() {  # ship NAME: the slim C, its record, evaluation and report into $HERE/NAME, a run folder beside links to V and M
   local run=$DATA/$1 out=$HERE/$1
-  mkdir -p "$out"
+  mkdir -p "$out/eval-test"
   python results/ship.py slim "$run/controller" "$out/controller"
   for part in vae mdrnn; do [ -e "$out/$part" ] || ln -s "../models/$part" "$out/$part"; done
+  cp "$run"/eval-test/{returns.csv,summary.json} "$out/eval-test/"
+  worldmodels report --run "$out"
 }
 
 # The same seed for both files: the V file is the first 500 episodes of the M file (same tracks, same driving).
@@ -58,11 +65,10 @@ controller() {  # controller NAME GENERATIONS OPTIONS...
   while [ $g -lt "$total" ]; do
     g=$((g + ${GENS_STEP:-10})); [ $g -gt "$total" ] && g=$total
     timed "train-controller $name to $g" wm train-controller --run "$run" --generations $g "$@"
-    ship "$name"
+    progress "$name"
   done
   timed "evaluate $name" wm evaluate --run "$run"  # resumes; scores again only a controller that changed
-  mkdir -p "$HERE/$name/eval-test"
-  cp "$run"/eval-test/{returns.csv,summary.json} "$HERE/$name/eval-test/"
+  ship "$name"
 }
 controller real-zh "${GENERATIONS:-200}" --obs-mode zh
 controller real-z "${GENERATIONS_Z:-100}" --obs-mode z
