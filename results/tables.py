@@ -4,6 +4,7 @@
     python results/tables.py doom results/doom                    the Doom temperature table (markdown)
     python results/tables.py carracing results/carracing-cpu      the CarRacing table (markdown)
     python results/tables.py carracing-dream results/carracing-dream   rounds of iterate, the final C, the anchors
+    python results/tables.py procgen-study STUDY_OUT DEST        the study's tables from every finished cell so far
     python results/tables.py done-head DATA_DIR                  how often M's done head fires at real deaths
     python results/tables.py cost results/doom [CORES]           wall-clock per stage and core-hours (timings.tsv)
 
@@ -197,12 +198,38 @@ def cost(folder: str, cores: int = 2) -> str:
     return "\n".join(lines + ["", f"On {cores} CPU cores, every stage using all of them (timings.tsv)."])
 
 
+def procgen_study(out: str, dest: str) -> None:
+    """The study's tables (results.md, .csv, _summary.*, .png) in DEST from every finished cell under OUT, whatever
+    games and seeds are done so far (``worldmodels study`` writes them only for the games it was asked), and the
+    cell records in DEST/cells/. Games and conditions in the order of DEST/study.yaml (else OUT/config.yaml)."""
+    import shutil
+
+    import yaml
+
+    from worldmodels.stages import study
+
+    design = Path(dest) / "study.yaml" if (Path(dest) / "study.yaml").is_file() else Path(out) / "config.yaml"
+    cfg = yaml.safe_load(design.read_text()) or {}
+    cfg = cfg.get("study", cfg)
+    cells = study.read_cells(Path(out))
+    done = {c["game"] for c in cells}
+    games = [g for g in cfg.get("games", []) if g in done] + sorted(done - set(cfg.get("games", [])))
+    if games:
+        study.write_results(Path(dest), cells, games, cfg.get("conditions") or study.default_conditions())
+    (Path(dest) / "cells").mkdir(parents=True, exist_ok=True)
+    for record in (Path(out) / "cells").glob("*.json"):
+        shutil.copyfile(record, Path(dest) / "cells" / record.name)
+
+
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("random-policy", "doom", "carracing", "carracing-dream", "done-head", "cost"):
+    if not argv or argv[0] not in ("random-policy", "doom", "carracing", "carracing-dream", "done-head", "cost",
+                                   "procgen-study"):
         print(__doc__, file=sys.stderr)
         return 2
     if argv[0] == "random-policy":
         random_policy(*argv[1:3])
+    elif argv[0] == "procgen-study":
+        procgen_study(*argv[1:3])
     elif argv[0] == "done-head":
         print(done_head(argv[1]))
     elif argv[0] == "cost":

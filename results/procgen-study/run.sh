@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The ProcGen study (issue 15): worldmodels study with results/procgen-study/study.yaml, one game at a time (a
-# finished game's tables land here before the next starts), then the whole table. The study resumes per world and
+# finished game's tables land here before the next starts; `python results/tables.py procgen-study
+# data/procgen-study results/procgen-study` brings them up to date mid-game), then the whole table. The study resumes per world and
 # per cell (cells/*.json); rerun this script to continue. Wall-clock per game goes to timings.tsv. The seed-0
 # world of one sparse and one dense game (V and M in float16, with their records, and the first frames' latents a
 # dream starts from) ships in worlds/<game>/, for notebook 04's pictures of augmented dreams (~10 MB a game).
@@ -11,10 +12,8 @@ cd "$(dirname "$0")/../.."
 source scripts/venv.sh
 OUT=${OUT:-data/procgen-study}
 timed() { local name=$1 t0=$SECONDS; shift; "$@"; printf '%s\t%d\n' "$name" $((SECONDS - t0)) >> "$HERE/timings.tsv"; }
-keep() {  # the small result files of the study folder, and the cell records (each cell's config and scores)
-  mkdir -p "$HERE/cells"
-  cp "$OUT"/results{.csv,.md,.png,_summary.csv,_summary.json} "$HERE/" 2>/dev/null || true
-  cp "$OUT"/cells/*.json "$HERE/cells/"
+keep() {  # the tables of every finished cell so far (all games), and the cell records (each cell's config and scores)
+  python results/tables.py procgen-study "$OUT" "$HERE"
 }
 ship_world() {  # ship_world GAME: its seed-0 world, once
   local world=$OUT/$1/seed0 out=$HERE/worlds/$1
