@@ -127,6 +127,7 @@ def test_inline_episodes_run_on_one_torch_thread_and_restore_it(trained_run, mon
 def test_dream_evaluation_plays_members_like_separate_dreams(trained_run, capsys):
     first = ev.run(ev.Config(run=str(trained_run), where="dream", episodes=6))
     assert first["temperature"] == 1.15 and first["max_steps"] == 8  # C's training settings by default
+    assert (first["dream_starts"], first["dream_reward"]) == ("first", "auto")
     out = trained_run / "eval-dream-1.15"
     rows = read_rows(out / "returns.csv")
     returns = np.array([float(r["return"]) for r in rows])
@@ -148,3 +149,20 @@ def test_dream_evaluation_plays_members_like_separate_dreams(trained_run, capsys
     assert on_cpu["mean"] == first["mean"]
     assert cli.main(["evaluate", "--run", str(trained_run), "--where", "dream", "--device", "tpu:7"]) == 1
     assert "unknown device 'tpu:7'" in capsys.readouterr().err
+
+
+
+def test_dream_evaluation_uses_the_dream_c_was_trained_in(trained_run, tmp_path):
+    """A C trained with --dream-starts any is scored in dreams that start at drawn real frames, with M's state."""
+    import shutil
+
+    from worldmodels.checkpoint import load_checkpoint, save_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval-*"))
+    plain = ev.run(ev.Config(run=str(run), where="dream", episodes=6))
+    state = load_checkpoint(run / "controller")
+    state["config"]["dream_starts"] = "any"
+    save_checkpoint(run / "controller" / "checkpoint.pt", "controller", state)
+    anywhere = ev.run(ev.Config(run=str(run), where="dream", episodes=6))
+    assert anywhere["dream_starts"] == "any" and anywhere["mean"] != plain["mean"]

@@ -223,7 +223,9 @@ def _evaluate_in_dream(cfg: Config, run_dir: Path, world: Any, state: dict[str, 
     if tau <= 0:
         raise WorldModelsError(f"temperature must be positive, got {tau}")
     max_steps = cfg.max_steps or train_cfg.get("max_steps") or DEFAULT_MAX_STEPS.get(world.family, 1000)
-    dream = world.dream_factory(tau, max_steps, cfg.seed)(cfg.episodes)
+    # the dream C was trained in: its starts and reward (checkpoints from before these options: the defaults)
+    kind = {"starts": train_cfg.get("dream_starts") or "first", "reward": train_cfg.get("dream_reward") or "auto"}
+    dream = world.dream_factory(tau, max_steps, cfg.seed, **kind)(cfg.episodes)
     ctrl = BatchedController(params[None], world.input_dim, world.action_map.output_dim, world.action_map.bias,
                              cfg.episodes, device=world.device)
     seed = dream_seed(cfg.seed, 0, DREAM_EVAL_PURPOSE)
@@ -237,7 +239,8 @@ def _evaluate_in_dream(cfg: Config, run_dir: Path, world: Any, state: dict[str, 
                "mean_length": float(lengths.mean()), "seed": cfg.seed, "dream_seed": seed, "params": cfg.params,
                "controller": label, "controller_id": state["id"], "generation": state["generation"],
                "vae_id": world.vae_id, "mdrnn_id": world.mdrnn_id, "obs_mode": state["identity"]["obs_mode"],
-               "trained_where": train_cfg.get("where"), "trained_temperature": train_cfg.get("temperature")}
+               "trained_where": train_cfg.get("where"), "trained_temperature": train_cfg.get("temperature"),
+               "dream_starts": kind["starts"], "dream_reward": kind["reward"]}
     _write_results(out_dir, rows, summary)
     print(f"evaluate: {world.env} in the dream at tau {tau:g}, {cfg.episodes} episodes: "
           f"{summary['mean']:.2f} ± {summary['std']:.2f}  -> {out_dir}")
