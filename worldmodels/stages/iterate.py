@@ -62,7 +62,8 @@ ROUND_STRIDE = 2**24
 CONTINUATION_SAFE = ("run", "rounds", "workers", "device", "generations", "vae_refit_ratio")
 # The run's controller settings each round's C is evolved with (unless overridden here).
 CONTROLLER_KEYS = ("temperature", "popsize", "rollouts", "sigma0", "generations", "max_steps", "eval_every",
-                   "eval_episodes", "seed", "obs_mode", "augment", "augment_options", "dream_dropout")
+                   "eval_episodes", "seed", "obs_mode", "augment", "augment_options", "dream_dropout", "dream_starts",
+                   "dream_reward")
 COLUMNS = ("round", "real_episodes", "real_frames", "mdrnn_val_loss", "vae_recon_ratio", "vae_refit", "generations",
            "dream_score", "real_mean", "real_std", "real_n", "seconds_collect", "seconds_vae", "seconds_encode",
            "seconds_mdrnn", "seconds_controller", "seconds_evaluate", "mdrnn_id", "controller_id")
