@@ -5,6 +5,7 @@
     python results/tables.py carracing results/carracing-cpu      the CarRacing table (markdown)
     python results/tables.py carracing-dream results/carracing-dream   rounds of iterate, the final C, the anchors
     python results/tables.py procgen-study STUDY_OUT DEST        the study's tables from every finished cell so far
+                                                                 (in DEST), and README's compact table
     python results/tables.py done-head DATA_DIR                  how often M's done head fires at real deaths
     python results/tables.py cost results/doom [CORES]           wall-clock per stage and core-hours (timings.tsv)
 
@@ -221,6 +222,26 @@ def procgen_study(out: str, dest: str) -> None:
         shutil.copyfile(record, Path(dest) / "cells" / record.name)
 
 
+def procgen_readme(dest: str) -> str:
+    """README's compact study table from DEST/results_summary.json: per game and condition, seeds, the mean over
+    seeds [95 % bootstrap interval over seeds] on training and test levels, and the paired test-level difference
+    against the plain dream [its interval]."""
+    import json
+
+    def span(row: dict, key: str) -> str:
+        return f"{row[key + '_mean']:.2f} [{row[key + '_low']:.2f}, {row[key + '_high']:.2f}]"
+
+    summary = json.loads((Path(dest) / "results_summary.json").read_text())
+    lines = ["| game | condition | seeds | training levels | test levels | test: vs dream (paired) |",
+             "|---|---|---:|---:|---:|---:|"]
+    for row in summary["rows"]:
+        paired = "" if row["test_vs_dream_mean"] is None else (
+            f"{row['test_vs_dream_mean']:+.2f} [{row['test_vs_dream_low']:+.2f}, {row['test_vs_dream_high']:+.2f}]")
+        lines.append(f"| {row['game']} | {row['condition']} | {row['seeds']} | {span(row, 'train')} | "
+                     f"{span(row, 'test')} | {paired} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("random-policy", "doom", "carracing", "carracing-dream", "done-head", "cost",
                                    "procgen-study"):
@@ -230,6 +251,7 @@ def main(argv: list[str]) -> int:
         random_policy(*argv[1:3])
     elif argv[0] == "procgen-study":
         procgen_study(*argv[1:3])
+        print(procgen_readme(argv[2]))
     elif argv[0] == "done-head":
         print(done_head(argv[1]))
     elif argv[0] == "cost":
