@@ -20,11 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from worldmodels.checkpoint import load_checkpoint, save_checkpoint
+from worldmodels.checkpoint import load_checkpoint, save_checkpoint, without_resume_state
 
-# What only a resumed training needs: the optimizer, RNG snapshots, CMA-ES's state (its covariance is
-# N x N floats: 9.5 MB for Doom's 1,088-parameter C).
-DROP = ("optimizer", "rng", "es", "np_rng")
 RECORD = ("config.yaml", "metrics.jsonl", "*.png", "*.gif")
 
 
@@ -32,7 +29,7 @@ def slim(src: str, dst: str, half: bool = False) -> None:
     import torch
 
     state = load_checkpoint(src)
-    keep = {k: v for k, v in state.items() if k not in DROP + ("kind", "meta")}
+    keep = {k: v for k, v in without_resume_state(state).items() if k not in ("kind", "meta")}
     if half and "model" in keep:  # V and M; C's few parameters stay as they are
         keep["model"] = {k: v.half() if v.is_floating_point() else v for k, v in keep["model"].items()}
         keep["stored_as"] = "float16"

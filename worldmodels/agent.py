@@ -181,10 +181,12 @@ def any_starts(src: Any, mdrnn: Any, limit: int, seed: int = 0, chunk: int = 256
     dtype, device = next(mdrnn.parameters()).dtype, next(mdrnn.parameters()).device
     H = mdrnn.hidden
     h_out, c_out = torch.zeros(len(frames), H, dtype=dtype), torch.zeros(len(frames), H, dtype=dtype)
+    last = np.zeros(len(ep_start), np.int64)  # per episode: frames to consume before its last drawn frame
+    np.maximum.at(last, episode, offset)
     eps = np.unique(episode)
     for lo in range(0, len(eps), chunk):
         group = eps[lo:lo + chunk]
-        need = np.array([offset[episode == e].max() for e in group])  # frames to consume before the last draw
+        need = last[group]
         T = int(need.max())
         if T == 0:
             continue

@@ -263,13 +263,13 @@ def slim_controller(folder: Path) -> None:
     """Drop a finished cell's CMA-ES state from its controller checkpoint (2 N^2 doubles: 390 MB for a ProcGen
     C; 140 cells would fill a disk); C's parameters, id and records stay, so its evaluations remain valid.
     Called once the cell's record is written: a finished cell is never trained again."""
-    from worldmodels.checkpoint import load_checkpoint, save_checkpoint
+    from worldmodels.checkpoint import load_checkpoint, save_checkpoint, without_resume_state
 
     if not (folder / "checkpoint.pt").is_file():
         return
     state = load_checkpoint(folder, kind="controller")
     if "es" in state:
-        save_checkpoint(folder / "checkpoint.pt", "controller", {k: v for k, v in state.items() if k not in ("es", "np_rng")})
+        save_checkpoint(folder / "checkpoint.pt", "controller", without_resume_state(state))
 
 
 def _random_batch(space: dict[str, Any], max_steps: int | None, seeds: list[int]) -> list[tuple[int, float, int]]:
