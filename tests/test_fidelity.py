@@ -26,6 +26,17 @@ def trained_run(tmp_path_factory):
     return run
 
 
+@pytest.fixture
+def tiny_run_copy(trained_run, tmp_path):
+    import shutil
+
+    shutil.copytree(trained_run.parent, tmp_path / "root", symlinks=True)  # the run and its latents beside it
+    run = tmp_path / "root" / "run"
+    shutil.rmtree(run / "controller")
+    shutil.rmtree(run / "fidelity", ignore_errors=True)
+    return run
+
+
 def fid_cfg(run, **kw):
     base = dict(run=str(run), perturbations=2, scales=[0.1, 0.5], real_episodes=2, dream_episodes=3, max_steps=6,
                 workers=0, device="cpu")
@@ -94,6 +105,50 @@ def test_fidelity_writes_a_row_per_controller_and_setting_on_fresh_train_seeds(t
     assert sum(seen) == 2 and again["reward_head"] == summary["reward_head"]
 
 
+def test_horizons_real_episodes_play_whole_for_a_c_trained_on_pieces_of_episodes():
+    # a C trained on whole-episode dreams: real and first-frame dreams share its limit, or --max-steps
+    assert fd.horizons(fd.Config(), "first", 300, 1000) == (300, {"first": 300, "any": 300})
+    assert fd.horizons(fd.Config(max_steps=50), "first", 300, 1000) == (50, {"first": 50, "any": 300})
+    # a C trained on 100-step dreams from any frame: real episodes play whole (the env's own limit)
+    assert fd.horizons(fd.Config(), "any", 100, 2100) == (None, {"first": 2100, "any": 100})
+    assert fd.horizons(fd.Config(max_steps=500, dream_max_steps=40), "any", 100, 1000) == (500, {"first": 500,
+                                                                                                "any": 40})
+
+
+def test_fidelity_dreams_as_c_was_trained_and_compares_dream_kinds(tiny_run_copy, monkeypatch):
+    """A C evolved on dreams from any frame that pay the nearest seen reward is measured in that dream by default
+    (the tiny data's only reward is 0, so every such dream returns exactly 0); --dream-starts and --dream-reward
+    compare kinds, each at its horizon."""
+    from worldmodels.agent import World
+
+    run = tiny_run_copy
+    tc.run(stage_cfg(run, generations=1, eval_every=0, dream_starts="any", dream_reward="nearest", max_steps=8))
+    asked, factory = [], World.dream_factory
+    monkeypatch.setattr(World, "dream_factory", lambda self, tau, steps, seed, **kw: asked.append(
+        (steps, kw["starts"], kw["reward"])) or factory(self, tau, steps, seed, **kw))
+
+    summary = fd.run(fid_cfg(run, perturbations=1))
+    assert asked == [(8, "any", "nearest")]
+    assert summary["trained_dream"] == {"starts": "any", "reward": "nearest", "max_steps": 8}
+    assert [(s["starts"], s["reward"], s["max_steps"]) for s in summary["settings"]] == [("any", "nearest", 8)]
+    with open(run / "fidelity" / "fidelity.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [float(r["dream_mean"]) for r in rows] == [0.0, 0.0]
+
+    asked.clear()
+    summary = fd.run(fid_cfg(run, perturbations=1, dream_starts=["first", "any"], dream_reward=["auto", "nearest"],
+                             dream_max_steps=5))
+    kinds = [("first", "predicted", 6), ("first", "nearest", 6), ("any", "predicted", 5), ("any", "nearest", 5)]
+    assert asked == [(steps, starts, reward) for starts, reward, steps in kinds]
+    assert [(s["starts"], s["reward"], s["max_steps"]) for s in summary["settings"]] == kinds
+    with open(run / "fidelity" / "fidelity.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["starts"], r["reward"]) for r in rows[::2]] == [k[:2] for k in kinds]
+    dream = {(r["starts"], r["reward"]): float(r["dream_mean"]) for r in rows if r["controller"] == "mean"}
+    assert dream[("first", "nearest")] == dream[("any", "nearest")] == 0.0
+    assert dream[("first", "predicted")] != 0.0 and dream[("any", "predicted")] != 0.0
+
+
 def test_reward_head_error_is_m_teacher_forced_on_the_recorded_episode(trained_run):
     from worldmodels.agent import load_world
     from worldmodels.checkpoint import load_checkpoint
@@ -138,7 +193,7 @@ def test_bad_input_is_one_line(trained_run, tmp_path, capsys):
     with pytest.raises(WorldModelsError, match="only controllers of the same shape"):
         fd.run(fid_cfg(trained_run, controllers=[str(other)]))
     for args in (["--controllers", str(tmp_path / "small")], ["--temperatures", "1,0"], ["--dream-dropout", "1"],
-                 ["--perturbations", "0"]):
+                 ["--perturbations", "0"], ["--dream-starts", "middle"], ["--dream-reward", "first,bonus"]):
         assert cli.main(["fidelity", "--run", str(trained_run), "--workers", "0", *args]) == 1
         err = capsys.readouterr().err
         assert err.startswith("worldmodels fidelity: error:") and err.count("\n") == 1

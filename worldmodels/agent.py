@@ -90,11 +90,8 @@ class World:
         that prediction snapped to the nearest reward seen in the data)."""
         from worldmodels.dream import DreamEnv
 
-        if reward not in DREAM_REWARDS:
-            raise WorldModelsError(f"dream reward must be one of {', '.join(DREAM_REWARDS)}, got {reward!r}")
         initial = self.initial_latents(starts)
-        if reward == "auto":
-            reward = "survival" if self.family == "doom" else "predicted"
+        reward = self.dream_reward(reward)
         values = self.reward_values() if reward == "nearest" else ()
         dreams: dict[int, Any] = {}
 
@@ -108,6 +105,14 @@ class World:
             return dreams[batch]
 
         return make
+
+    def dream_reward(self, reward: str) -> str:
+        """What a dream of ``reward`` pays: ``auto`` is survival for Doom, M's predicted reward otherwise."""
+        if reward not in DREAM_REWARDS:
+            raise WorldModelsError(f"dream reward must be one of {', '.join(DREAM_REWARDS)}, got {reward!r}")
+        if reward == "auto":
+            return "survival" if self.family == "doom" else "predicted"
+        return reward
 
     def _latents_file(self, what: str) -> Path:
         if self.latents_path is None:

@@ -4,7 +4,10 @@ A set of controllers of the run's shape: the run's C (its CMA-ES mean, "mean"), 
 (mean + s * N(0, I), s cycling through --scales, "p00", "p01", ...) and any --controllers (controller or run
 folders, named by their path). Each plays --dream-episodes in M's dream, one batched dream per setting (every
 --temperatures tau x every --dream-dropout p x the plain M, and also the ensemble with --dream-models when
-given), and --real-episodes in the real env with the run's V and M. Every controller gets the same dream
+given; and every --dream-starts x --dream-reward, by default the dream C was trained in), and --real-episodes in
+the real env with the run's V and M. A dream from a first frame is a whole episode and plays as long as a real one
+(--max-steps); a dream from any frame is a piece of one, and plays --dream-max-steps (default: C's training
+horizon), so its return is the fitness C was evolved on. Every controller gets the same dream
 episodes' random draws and the same env seeds (common random numbers), so their differences are theirs.
 Per setting: the Spearman rank correlation and the Pearson correlation of dream vs real mean returns over the
 controllers, and the mean dream-minus-real gap. The run's C's real episodes are also fed to M teacher-forced
@@ -39,12 +42,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from worldmodels.agent import DREAM_REWARDS, DREAM_STARTS
 from worldmodels.config import option
 from worldmodels.errors import WorldModelsError
 from worldmodels.utils import atomic_write_text
 
-CSV_COLUMNS = ("controller", "scale", "tau", "dropout", "models", "dream_mean", "dream_std", "dream_n",
-               "real_mean", "real_std", "real_n")
+CSV_COLUMNS = ("controller", "scale", "tau", "dropout", "models", "starts", "reward", "dream_mean", "dream_std",
+               "dream_n", "real_mean", "real_std", "real_n")
 # Real episodes: train-purpose episode indices from here on; train-controller's fitness uses offset 0 and its
 # mean-solution scores 10**7 (generations x episodes stays far below 10**7 for both).
 REAL_OFFSET = 2 * 10**7
@@ -65,9 +69,15 @@ class Config:
     dream_dropout: list[float] = option(factory=lambda: [0.0], help="dream-ensemble dropout rates to try (0: plain M)")
     dream_models: list[str] = option(factory=list, help="more M folders: every setting is also scored with the "
                                                         "ensemble of M and these (as train-controller --dream-models)")
+    dream_starts: list[str] = option(factory=list, help="where dreams start, first and/or any (default: where C's "
+                                                        "training dreams started)")
+    dream_reward: list[str] = option(factory=list, help="what dreams pay: auto, predicted, nearest, survival "
+                                                        "(default: what C's training dreams paid)")
     dream_episodes: int = option(64, "dream episodes per controller and setting")
     real_episodes: int = option(16, "real-env episodes per controller")
-    max_steps: Optional[int] = option(None, "episode step limit, dream and real (default: C's training one)")
+    max_steps: Optional[int] = option(None, "real episode step limit, and that of dreams from first frames (default: "
+                                            "C's training one; the env's own for a C trained on dreams from any frame)")
+    dream_max_steps: Optional[int] = option(None, "step limit of dreams from any frame (default: C's training one)")
     seed: int = option(0, "seed of the perturbations, the dream and the real env seeds")
     workers: int = option(-1, "worker processes for real episodes (-1: one per CPU core, 0: inline)")
     env_backend: Literal["reference", "fast", "auto"] = option(
@@ -205,7 +215,7 @@ def _read_real(path: Path, key: dict[str, Any]) -> dict[tuple[str, str, int], di
     return {(row["controller"], row["digest"], row["episode"]): row for row in progress_rows(path, key)}
 
 
-def play_real(cfg: Config, world: Any, cands: list[Candidate], seeds: list[int], max_steps: int, backend: str,
+def play_real(cfg: Config, world: Any, cands: list[Candidate], seeds: list[int], max_steps: int | None, backend: str,
               path: Path) -> dict[tuple[str, str, int], dict[str, Any]]:
     """Every controller on every seed in the real env (members controller-major, cut into env_batch batches
     from the full list, so a rerun groups as the first run did), skipping episodes ``path`` already holds.
@@ -253,7 +263,8 @@ def _finite(x: float) -> float | None:
 
 
 def _setting_label(s: dict[str, Any]) -> str:
-    return f"tau {s['tau']:g}, dropout {s['dropout']:g}, {s['models']} M" + ("s" if s["models"] > 1 else "")
+    return (f"tau {s['tau']:g}, dropout {s['dropout']:g}, {s['models']} M" + ("s" if s["models"] > 1 else "")
+            + f", {s['starts']} starts, {s['reward']} reward, {s['max_steps']} steps")
 
 
 def _correlations(s: dict[str, Any]) -> str:
@@ -275,8 +286,23 @@ def _check(cfg: Config) -> None:
         raise WorldModelsError(f"temperatures must be positive, got {cfg.temperatures}")
     if not cfg.dream_dropout or any(not 0 <= p < 1 for p in cfg.dream_dropout):
         raise WorldModelsError(f"dream_dropout rates must be in [0, 1), got {cfg.dream_dropout}")
-    if cfg.max_steps is not None and cfg.max_steps < 1:
-        raise WorldModelsError(f"max_steps must be at least 1, got {cfg.max_steps}")
+    for name in ("max_steps", "dream_max_steps"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise WorldModelsError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    for name, allowed in (("dream_starts", DREAM_STARTS), ("dream_reward", DREAM_REWARDS)):
+        bad = [v for v in getattr(cfg, name) if v not in allowed]
+        if bad:
+            raise WorldModelsError(f"{name} must be among {', '.join(allowed)}, got {', '.join(bad)}")
+
+
+def horizons(cfg: Config, trained_starts: str, trained_steps: int,
+             env_steps: int) -> tuple[int | None, dict[str, int]]:
+    """The real episodes' step limit (None: the env's own) and the dreams' per start kind. A real episode and a
+    dream from a first frame are whole episodes, so they share --max-steps (default: C's training limit), except
+    for a C trained on dreams from any frame: those were pieces of episodes, so the real ones play whole. A dream
+    from any frame plays --dream-max-steps (default: C's training horizon, so its return is C's fitness)."""
+    real = cfg.max_steps or (trained_steps if trained_starts == "first" else None)
+    return real, {"first": int(real or env_steps), "any": int(cfg.dream_max_steps or trained_steps)}
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -307,7 +333,12 @@ def run(cfg: Config) -> dict[str, Any]:
     mean, _ = controller_params(state, "mean")
     cands = candidates(cfg, mean, world)
     extra = load_dream_models(cfg.dream_models, world)
-    max_steps = int(cfg.max_steps or train_cfg.get("max_steps") or DEFAULT_MAX_STEPS.get(world.family, 1000))
+    # the dream C was trained in (checkpoints from before these options: the defaults)
+    trained_starts = train_cfg.get("dream_starts") or "first"
+    trained_steps = int(train_cfg.get("max_steps") or DEFAULT_MAX_STEPS.get(world.family, 1000))
+    max_steps, dream_steps = horizons(cfg, trained_starts, trained_steps, DEFAULT_MAX_STEPS.get(world.family, 1000))
+    starts = cfg.dream_starts or [trained_starts]
+    rewards = [world.dream_reward(r) for r in (cfg.dream_reward or [train_cfg.get("dream_reward") or "auto"])]
     backend = resolve_backend(world.env, cfg.env_backend)
     out_dir = run_dir / "fidelity"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -316,10 +347,13 @@ def run(cfg: Config) -> dict[str, Any]:
     E, params = cfg.dream_episodes, np.stack([c.params for c in cands])
     seed = dream_seed(cfg.seed, 0, DREAM_PURPOSE)
     settings, dreamed = [], []
-    for tau, p, ensemble in itertools.product(temperatures, cfg.dream_dropout, [False, True] if extra else [False]):
+    for start, reward, tau, p, ensemble in itertools.product(starts, rewards, temperatures, cfg.dream_dropout,
+                                                             [False, True] if extra else [False]):
         models = extra if ensemble else []
-        factory = world.dream_factory(tau, max_steps, seed, dropout=p, models=models, streams=E)
-        settings.append({"tau": float(tau), "dropout": float(p), "models": 1 + len(models)})
+        factory = world.dream_factory(tau, dream_steps[start], seed, dropout=p, models=models, streams=E,
+                                      starts=start, reward=reward)
+        settings.append({"tau": float(tau), "dropout": float(p), "models": 1 + len(models), "starts": start,
+                         "reward": reward, "max_steps": dream_steps[start]})
         dreamed.append(world.dream_returns(factory(len(cands) * E), params, E, seed))  # (C, E)
 
     real_seeds = population_seeds(cfg.seed, 0, cfg.real_episodes, offset=REAL_OFFSET)
@@ -334,7 +368,8 @@ def run(cfg: Config) -> dict[str, Any]:
         dream_mean = returns.mean(axis=1)
         for c, d, r in zip(cands, returns, real):
             rows.append((c.name, "" if c.scale is None else c.scale, s["tau"], s["dropout"], s["models"],
-                         float(d.mean()), float(d.std()), E, float(r.mean()), float(r.std()), cfg.real_episodes))
+                         s["starts"], s["reward"], float(d.mean()), float(d.std()), E, float(r.mean()),
+                         float(r.std()), cfg.real_episodes))
         per_setting.append({**s, "spearman": _finite(spearman(dream_mean, real_mean)),
                             "pearson": _finite(pearson(dream_mean, real_mean)),
                             "gap": float((dream_mean - real_mean).mean()), "controllers": len(cands)})
@@ -343,7 +378,8 @@ def run(cfg: Config) -> dict[str, Any]:
     summary = {"env": world.env, "env_backend": backend, "levels": "train", "max_steps": max_steps,
                "controller_id": state["id"], "generation": state["generation"], "vae_id": world.vae_id,
                "mdrnn_id": world.mdrnn_id, "dream_models": [m.checkpoint_id for m in extra],
-               "dream_reward": "survival" if world.family == "doom" else "predicted",
+               "trained_dream": {"starts": trained_starts, "reward": world.dream_reward(
+                   train_cfg.get("dream_reward") or "auto"), "max_steps": int(trained_steps)},
                "dream_episodes": E, "real_episodes": cfg.real_episodes, "settings": per_setting,
                "reward_head": head,
                "controllers": [{"name": c.name, "scale": c.scale, "source": c.source, "digest": c.digest}
