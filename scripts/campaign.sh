@@ -2,9 +2,10 @@
 # Run a campaign (results/NAME/run.sh, or results/NAME.sh such as results/queue.sh) in the background from a
 # frozen copy of the package (a git worktree per campaign, /work/campaigns/NAME by default, brought to this
 # checkout's commit at each start), so that editing the package here cannot change or break a campaign mid-run.
-# Campaigns with different names may run at once (they must not share a data folder); on 2 cores, give each
-# one torch thread (OMP_NUM_THREADS=1 scripts/campaign.sh start NAME): two campaigns each running 2 threads
-# oversubscribe the cores, and a V training beside a real-env search measured 7x slower than with 1 thread. data/ and every
+# Campaigns with different names may run at once (they must not share a data folder); on 2 cores each needs
+# one torch thread: two campaigns each running 2 threads oversubscribe the cores (a V training beside a real-env
+# search measured 7x slower than with 1 thread, an M training 7-15x). So a campaign started while another runs
+# gets OMP_NUM_THREADS=1 unless you set it, and a start warns about a running one that has more. data/ and every
 # results/<folder>/ of the worktree are links to this checkout's, so results land here, ready to commit; the
 # scripts in results/ and the package are the frozen ones. Never edit a running campaign's run.sh in place
 # (bash reads a script as it goes): replace it with mv.
@@ -38,6 +39,20 @@ case ${1:-} in
     script=results/$name/run.sh
     [ -f "$TREE/$script" ] || script=results/$name.sh
     [ -f "$TREE/$script" ] || { echo "no results/$name/run.sh or results/$name.sh" >&2; exit 2; }
+    others=()
+    for f in "$ROOT"/data/.campaign-*.pid; do
+      [ -f "$f" ] || continue
+      other=${f##*/.campaign-}; other=${other%.pid}
+      [ "$other" != "$name" ] && running "$other" || continue
+      others+=("$other")
+      tr '\0' '\n' < "/proc/$(cat "$f")/environ" 2>/dev/null | grep -qx 'OMP_NUM_THREADS=1' ||
+        echo "warning: campaign $other runs with a torch thread per core; restart it to share: $0 stop $other;" \
+             "OMP_NUM_THREADS=1 $0 start $other" >&2
+    done
+    if [ ${#others[@]} -gt 0 ] && [ -z "${OMP_NUM_THREADS:-}" ]; then
+      export OMP_NUM_THREADS=1
+      echo "campaign ${others[*]} is running: $name gets OMP_NUM_THREADS=1"
+    fi
     mkdir -p "$ROOT/data/$name"
     cd "$TREE"
     WM_VENV="$ROOT/.venv" PYTHONPATH="$TREE" setsid nohup bash "$script" >> "$ROOT/data/$name/campaign.log" 2>&1 &
