@@ -16,6 +16,7 @@ paper's published figures (../shared/REFERENCE.md), which sit beside ours for co
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -119,7 +120,11 @@ def carracing(folder: str) -> str:
                     None)
         if path is not None:
             r = returns(path)
-            lines.append(f"| {name} | {len(r)} | {fmt(r)} | {PAPER_CARRACING[name]} |")
+            summary = path.parent / "summary.json"
+            if summary.exists():  # which C of the search, and how far the search had run
+                s = json.loads(summary.read_text())
+                name += f": {s['controller']}, after {s['generation']} generations" if "controller" in s else ""
+            lines.append(f"| {name} | {len(r)} | {fmt(r)} | {PAPER_CARRACING[name.split(':')[0]]} |")
     if (root / "random_policy.csv").exists():
         r = returns(root / "random_policy.csv")
         lines.append(f"| brownian random policy | {len(r)} | {fmt(r)} | — |")

@@ -83,6 +83,14 @@ def test_paper_score_per_env(env: str, temperature: float | None, expected: str)
     assert expected in report.paper_score(env, temperature)
 
 
+def test_sizes_say_how_far_a_search_ran_and_tau_only_for_a_dream() -> None:
+    configs = {"train-vae": {"z_dim": 32}, "train-controller": {"generations": 30, "popsize": 64, "rollouts": 4,
+                                                                 "where": "real", "temperature": 1.15}}
+    assert report._sizes(configs, 29) == "This run: z 32, 29 of 30 generations of 64 × 4 rollouts (real)."
+    dream = {"train-controller": {**configs["train-controller"], "where": "dream"}}
+    assert report._sizes(dream, 30) == "This run: 30 generations of 64 × 4 rollouts (dream, τ 1.15)."
+
+
 def test_paper_dream_score_only_where_the_paper_has_one() -> None:
     assert "918 ± 546" in report.paper_dream_score("doom-takecover", 1.15, 1.15)
     assert "2086 ± 140" in report.paper_dream_score("doom-takecover", 0.1, 0.1)

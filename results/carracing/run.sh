@@ -3,7 +3,7 @@
 # the fast backend at the paper's population, the full model (z, h) and the V-only ablation (z), each scored on
 # 100 reference-env tracks. A campaign over several sessions: every stage resumes when rerun; V, M (slim
 # checkpoints) land in results/carracing/models/ as they finish, so a later session on a fresh machine skips
-# them; each controller's record (config, metrics, learning curve) lands in results/carracing/<name>/controller/
+# them; each controller's record (config, metrics, learning curve) lands in results/carracing/<name>/search/
 # after every GENS_STEP generations, and once scored, the C itself (a run folder: slim C, links to the shipped V
 # and M, eval-test/, report.md), so every shipped C carries its evaluation (tests/test_shipped.py).
 #   bash results/carracing/run.sh   (DATA=data/carracing; GENERATIONS=200 for the full model, GENERATIONS_Z=100)
@@ -19,9 +19,10 @@ mkdir -p "$DATA" "$MODELS"
 wm() { worldmodels "$@" --preset "$PRESET" --env "$ENV"; }
 timed() { local name=$1 t0=$SECONDS; shift; "$@"; printf '%s\t%d\n' "$name" $((SECONDS - t0)) >> "$HERE/timings.tsv"; }
 restore() { [ -f "$MODELS/$1/checkpoint.pt" ] && [ ! -f "$DATA/$1/checkpoint.pt" ] && mkdir -p "$DATA/$1" && cp "$MODELS/$1/checkpoint.pt" "$DATA/$1/"; true; }
-progress() {  # progress NAME: the search's record so far (no C: a C ships only with its evaluation)
-  mkdir -p "$HERE/$1/controller"
-  cp "$DATA/$1"/controller/{config.yaml,metrics.jsonl,learning_curve.png} "$HERE/$1/controller/" 2>/dev/null || true
+progress() {  # progress NAME: the search's record so far, in NAME/search/ (a C ships only with its evaluation,
+  # and controller/ keeps the record of the C shipped there)
+  mkdir -p "$HERE/$1/search"
+  cp "$DATA/$1"/controller/{config.yaml,metrics.jsonl,learning_curve.png} "$HERE/$1/search/" 2>/dev/null || true
 }
 ship() {  # ship NAME: the slim C, its record, evaluation and report into $HERE/NAME, a run folder beside links to V and M
   local run=$DATA/$1 out=$HERE/$1
@@ -29,6 +30,7 @@ ship() {  # ship NAME: the slim C, its record, evaluation and report into $HERE/
   python results/ship.py slim "$run/controller" "$out/controller"
   for part in vae mdrnn; do [ -e "$out/$part" ] || ln -s "../models/$part" "$out/$part"; done
   cp "$run"/eval-test/{returns.csv,summary.json} "$out/eval-test/"
+  rm -rf "$out/search"  # the shipped C's record is the search's
   worldmodels report --run "$out"
 }
 
@@ -59,7 +61,8 @@ controller() {  # controller NAME GENERATIONS OPTIONS...
   # A search in progress across machines: the full checkpoint (CMA-ES state, ~8 MB) committed at a session's
   # end as $HERE/NAME/resume/checkpoint.pt continues exactly on a fresh machine.
   if [ ! -f "$run/controller/checkpoint.pt" ] && [ -f "$HERE/$name/resume/checkpoint.pt" ]; then
-    mkdir -p "$run/controller" && cp "$HERE/$name/resume/checkpoint.pt" "$HERE/$name/controller/metrics.jsonl" "$run/controller/"
+    mkdir -p "$run/controller" && cp "$HERE/$name/resume/checkpoint.pt" "$run/controller/"
+    cp "$HERE/$name/search/metrics.jsonl" "$run/controller/" 2>/dev/null || cp "$HERE/$name/controller/metrics.jsonl" "$run/controller/"
   fi
   local g=0
   while [ $g -lt "$total" ]; do

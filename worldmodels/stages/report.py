@@ -144,13 +144,17 @@ def _evaluations(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
-def _sizes(configs: dict[str, dict[str, Any] | None]) -> str:
-    """One sentence with the sizes that matter for the score, as far as the configs tell them."""
+def _sizes(configs: dict[str, dict[str, Any] | None], generations: int | None = None) -> str:
+    """One sentence with the sizes that matter for the score, as far as the configs tell them; ``generations``:
+    how many C's evaluated checkpoint had run (a search stopped short of its config's)."""
     col, vae, m, c = (configs.get(s) or {} for s in ("collect", "train-vae", "train-mdrnn", "train-controller"))
+    ran = (f"{generations} of {c.get('generations')} generations" if generations is not None
+           and generations != c.get("generations") else f"{c.get('generations')} generations")
     parts = [f"{col['episodes']} rollouts" if "episodes" in col else "",
              f"z {vae['z_dim']}" if "z_dim" in vae else "", f"h {m['hidden']}" if "hidden" in m else "",
-             (f"{c['generations']} generations of {c['popsize']} × {c['rollouts']} rollouts "
-              f"({c.get('where', '?')}, τ {c.get('temperature', '?')})") if "generations" in c else ""]
+             (f"{ran} of {c['popsize']} × {c['rollouts']} rollouts " + (
+                 f"(dream, τ {c.get('temperature', '?')})" if c.get("where") == "dream" else f"({c.get('where', '?')})"))
+             if "generations" in c else ""]
     parts = [p for p in parts if p]
     return f"This run: {', '.join(parts)}." if parts else ""
 
@@ -233,6 +237,7 @@ def build_report(run_dir: Path, out: Path) -> tuple[str, dict[str, Any]]:
     # --- results
     lines += ["", "## Evaluation", ""]
     if evals:
+        ran = next((s["generation"] for _, s in evals if isinstance(s.get("generation"), int)), None)
         rows = []
         for name, s in evals:
             rows.append([f"`{name}`", str(s.get("env", env)), str(s.get("env_backend", "reference")),
@@ -246,7 +251,8 @@ def build_report(run_dir: Path, out: Path) -> tuple[str, dict[str, Any]]:
                          "paper (Ha & Schmidhuber 2018)"], rows)
         lines += ["", "Mean ± standard deviation over the evaluated episodes (seeds never used in collection or "
                   "training). Numbers beside the paper's are those of the reference env backend (gymnasium / "
-                  "vizdoom / procgen); `fast` is envpool's CarRacing, alike in distribution, not per track. " + _sizes(configs) + " The paper used 10,000 rollouts and population 64 × 16 "
+                  "vizdoom / procgen); `fast` is envpool's CarRacing, alike in distribution, not per track. " + _sizes(configs, ran)
+                  + " The paper used 10,000 rollouts and population 64 × 16 "
                   "rollouts for up to 1,800 generations: compare sizes before comparing scores."]
         spread = expected_spread(run_dir)
         first = next((s for name, s in evals if name == "eval-test"), None)
