@@ -51,7 +51,18 @@ def test_smoke_study_writes_every_condition_and_level_set(smoke):
         assert cells[cond]["train"]["episodes"] == cells[cond]["test"]["episodes"] == 2
     reading = lines[lines.index("Reading:") + 1:]
     assert reading[0].startswith("- dream vs random on training levels: dream - random = ")
-    assert all("1 paired seed, too few for an interval; no claim" in line for line in reading)
+    # each dream cell records the search's signal: its population's mean fitness over the last generations
+    from worldmodels.metrics import read_metrics
+
+    metrics = read_metrics(smoke / "coinrun" / "seed0" / "dream" / "controller" / "metrics.jsonl")
+    means = [r["cmaes/mean"] for r in metrics if "cmaes/mean" in r]
+    assert cells["dream"]["dream_fitness"] == pytest.approx(np.mean(means[-study.FITNESS_GENERATIONS:]))
+    assert all("dream_fitness" in cells[c] for c in conditions if c.startswith("dream"))
+    assert not any("dream_fitness" in cells[c] for c in ("random", "offline"))
+    assert reading[1] == (f"- dream's fitness signal: the population's mean dream return over C's last "
+                          f"{study.FITNESS_GENERATIONS} generations was {cells['dream']['dream_fitness']:.3g} "
+                          "(mean over 1 seeds)")
+    assert all("1 paired seed, too few for an interval; no claim" in line for line in reading[:1] + reading[2:])
     summary = json.loads((smoke / "results_summary.json").read_text())
     assert [r["condition"] for r in summary["rows"]] == conditions and summary["reading"]["coinrun"] == [
         line[2:] for line in reading]

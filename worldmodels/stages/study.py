@@ -42,6 +42,7 @@ from worldmodels.config import option
 from worldmodels.errors import WorldModelsError
 from worldmodels.utils import atomic_write_text
 
+FITNESS_GENERATIONS = 5  # dream_fitness averages the population's mean fitness over this many last generations
 LEVELS = ("train", "test")
 SPARSE = {"coinrun", "maze", "heist", "jumper", "leaper", "caveflyer", "climber", "ninja"}
 
@@ -254,9 +255,21 @@ def run_cell(cfg: Config, world_dir: Path, game: str, seed: int, condition: str)
         summary = ev.run(_stage_cfg(ev, "evaluate", cfg.evaluate,
                                     {"run": str(run_dir), "levels": levels, "seed": seed, "gif": False}))
         record[levels] = {k: summary[k] for k in ("mean", "std", "episodes", "mean_length", "controller_id")}
+    if condition.startswith("dream"):
+        record["dream_fitness"] = dream_fitness(run_dir / "controller")
     record["seconds"] = time.time() - t0
     record["config"] = cell_config(cfg, condition)
     return record
+
+
+def dream_fitness(folder: Path, last: int = FITNESS_GENERATIONS) -> float | None:
+    """The population's mean dream fitness over C's ``last`` generations (``cmaes/mean`` in its metrics): how much
+    signal the dream gave the search. Near 0 in a sparse game, every candidate's dreams paid nothing, and C is
+    whatever CMA-ES drifted to."""
+    from worldmodels.metrics import read_metrics
+
+    means = [r["cmaes/mean"] for r in read_metrics(folder / "metrics.jsonl") if "cmaes/mean" in r]
+    return float(np.mean(means[-last:])) if means else None
 
 
 def slim_controller(folder: Path) -> None:
@@ -390,6 +403,9 @@ def summarise(cells: list[dict[str, Any]], games: Sequence[str], conditions: Seq
                 diff = paired_difference(cells, game, cond, levels) if cond != "dream" else None
                 for stat in ("seeds", "mean", "low", "high"):
                     row[f"{levels}_vs_dream_{stat}"] = diff[stat] if diff else None
+            fitness = [c["dream_fitness"] for c in mine if c.get("dream_fitness") is not None]
+            row["dream_fitness"] = float(np.mean(fitness)) if fitness else None
+            row["dream_fitness_seeds"] = len(fitness)
             rows.append(row)
     return rows
 
@@ -426,6 +442,10 @@ def reading(rows: Sequence[dict[str, Any]]) -> list[str]:
                             "the study cannot show generalisation",
             "few": f"dream vs random on training levels: dream - random = {d:+.2f} on 1 paired seed, too few for an "
                    "interval; no claim"}[_verdict(n, low, high)])
+    if by["dream"].get("dream_fitness") is not None:  # a fact beside the verdict: was there anything to learn from?
+        lines.append(f"dream's fitness signal: the population's mean dream return over C's last {FITNESS_GENERATIONS} "
+                     f"generations was {by['dream']['dream_fitness']:.3g} (mean over "
+                     f"{by['dream']['dream_fitness_seeds']} seeds)")
     for r in rows:
         cond = r["condition"]
         if cond == "dream":
