@@ -120,11 +120,11 @@ def carracing(folder: str) -> str:
                     None)
         if path is not None:
             r = returns(path)
-            summary = path.parent / "summary.json"
+            label, summary = name, path.parent / "summary.json"
             if summary.exists():  # which C of the search, and how far the search had run
                 s = json.loads(summary.read_text())
-                name += f": {s['controller']}, after {s['generation']} generations" if "controller" in s else ""
-            lines.append(f"| {name} | {len(r)} | {fmt(r)} | {PAPER_CARRACING[name.split(':')[0]]} |")
+                label += f": {s['controller']}, after {s['generation']} generations" if "controller" in s else ""
+            lines.append(f"| {label} | {len(r)} | {fmt(r)} | {PAPER_CARRACING[name]} |")
     if (root / "random_policy.csv").exists():
         r = returns(root / "random_policy.csv")
         lines.append(f"| brownian random policy | {len(r)} | {fmt(r)} | — |")
@@ -231,8 +231,6 @@ def procgen_readme(dest: str) -> str:
     """README's compact study table from DEST/results_summary.json: per game and condition, seeds, the mean over
     seeds [95 % bootstrap interval over seeds] on training and test levels, and the paired test-level difference
     against the plain dream [its interval]."""
-    import json
-
     def span(row: dict, key: str) -> str:
         return f"{row[key + '_mean']:.2f} [{row[key + '_low']:.2f}, {row[key + '_high']:.2f}]"
 

@@ -334,11 +334,13 @@ def run(cfg: Config) -> dict[str, Any]:
     cands = candidates(cfg, mean, world)
     extra = load_dream_models(cfg.dream_models, world)
     # the dream C was trained in (checkpoints from before these options: the defaults)
+    env_steps = DEFAULT_MAX_STEPS.get(world.family, 1000)
     trained_starts = train_cfg.get("dream_starts") or "first"
-    trained_steps = int(train_cfg.get("max_steps") or DEFAULT_MAX_STEPS.get(world.family, 1000))
-    max_steps, dream_steps = horizons(cfg, trained_starts, trained_steps, DEFAULT_MAX_STEPS.get(world.family, 1000))
+    trained_reward = world.dream_reward(train_cfg.get("dream_reward") or "auto")
+    trained_steps = int(train_cfg.get("max_steps") or env_steps)
+    max_steps, dream_steps = horizons(cfg, trained_starts, trained_steps, env_steps)
     starts = cfg.dream_starts or [trained_starts]
-    rewards = [world.dream_reward(r) for r in (cfg.dream_reward or [train_cfg.get("dream_reward") or "auto"])]
+    rewards = [world.dream_reward(r) for r in cfg.dream_reward] or [trained_reward]
     backend = resolve_backend(world.env, cfg.env_backend)
     out_dir = run_dir / "fidelity"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -378,8 +380,7 @@ def run(cfg: Config) -> dict[str, Any]:
     summary = {"env": world.env, "env_backend": backend, "levels": "train", "max_steps": max_steps,
                "controller_id": state["id"], "generation": state["generation"], "vae_id": world.vae_id,
                "mdrnn_id": world.mdrnn_id, "dream_models": [m.checkpoint_id for m in extra],
-               "trained_dream": {"starts": trained_starts, "reward": world.dream_reward(
-                   train_cfg.get("dream_reward") or "auto"), "max_steps": int(trained_steps)},
+               "trained_dream": {"starts": trained_starts, "reward": trained_reward, "max_steps": trained_steps},
                "dream_episodes": E, "real_episodes": cfg.real_episodes, "settings": per_setting,
                "reward_head": head,
                "controllers": [{"name": c.name, "scale": c.scale, "source": c.source, "digest": c.digest}
