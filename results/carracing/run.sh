@@ -64,10 +64,19 @@ controller() {  # controller NAME GENERATIONS OPTIONS...
     mkdir -p "$run/controller" && cp "$HERE/$name/resume/checkpoint.pt" "$run/controller/"
     cp "$HERE/$name/search/metrics.jsonl" "$run/controller/" 2>/dev/null || cp "$HERE/$name/controller/metrics.jsonl" "$run/controller/"
   fi
-  local g=0
+  # A search whose CMA-ES checkpoint was lost with its machine continues from NAME/init/: the CMA-ES mean of the
+  # generation it had reached (a slim C), with that generation's step size, counted on from its generations. The
+  # covariance is not kept: at 867 parameters CMA-ES's rank-one and rank-mu rates are ~1e-5, so after 30 generations
+  # ~0.1 % of it had moved from the identity (init/README.md). Every call passes the same --init and --sigma0 (a resume checks them).
+  local done=0 init=()
+  if [ -f "$HERE/$name/init/checkpoint.pt" ]; then
+    done=$(cat "$HERE/$name/init/generations")
+    init=(--init "$HERE/$name/init" --sigma0 "$(cat "$HERE/$name/init/sigma")")
+  fi
+  local g=$done
   while [ $g -lt "$total" ]; do
     g=$((g + ${GENS_STEP:-10})); [ $g -gt "$total" ] && g=$total
-    timed "train-controller $name to $g" wm train-controller --run "$run" --generations $g "$@"
+    timed "train-controller $name to $g" wm train-controller --run "$run" --generations $((g - done)) "${init[@]}" "$@"
     progress "$name"
   done
   timed "evaluate $name" wm evaluate --run "$run"  # resumes; scores again only a controller that changed
