@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from worldmodels.checkpoint import load_checkpoint
 from worldmodels.stages.report import PAPER_DOOM as PAPER_DOOM_REAL, PAPER_DOOM_DREAM
 
 PAPER_DOOM = {f"{tau:.2f}": (PAPER_DOOM_DREAM[tau], real) for tau, real in PAPER_DOOM_REAL.items()}
@@ -123,7 +125,14 @@ def carracing(folder: str) -> str:
             label, summary = name, path.parent / "summary.json"
             if summary.exists():  # which C of the search, and how far the search had run
                 s = json.loads(summary.read_text())
-                label += f": {s['controller']}, after {s['generation']} generations" if "controller" in s else ""
+                # a search continued from a committed state (run.sh, NAME/init/) counts on from its generations;
+                # the C of the search before it (the init's own id) does not
+                init = root / sub / "init"
+                done = int((init / "generations").read_text()) if (init / "generations").exists() and \
+                    load_checkpoint(init)["id"] != s.get("controller_id") else 0
+                which = re.sub(r"generation (\d+)", lambda m: f"generation {int(m[1]) + done}", s.get("controller", ""))
+                label += (f": {which}, after {s['generation'] + done} generations"
+                          + (f" (a search continued after {done}, init/)" if done else "")) if "controller" in s else ""
             lines.append(f"| {label} | {len(r)} | {fmt(r)} | {PAPER_CARRACING[name]} |")
     if (root / "random_policy.csv").exists():
         r = returns(root / "random_policy.csv")

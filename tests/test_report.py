@@ -7,9 +7,11 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from worldmodels import cli
+from worldmodels.checkpoint import save_checkpoint
 from worldmodels.errors import WorldModelsError
 from worldmodels.stages import report
 
@@ -89,6 +91,15 @@ def test_sizes_say_how_far_a_search_ran_and_tau_only_for_a_dream() -> None:
     assert report._sizes(configs, 29) == "This run: z 32, 29 of 30 generations of 64 × 4 rollouts (real)."
     dream = {"train-controller": {**configs["train-controller"], "where": "dream"}}
     assert report._sizes(dream, 30) == "This run: 30 generations of 64 × 4 rollouts (dream, τ 1.15)."
+
+
+def test_sizes_name_a_warm_start_and_how_far_its_search_had_run(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "init", "controller", {"id": "x", "generation": 29, "mean": np.zeros(3)})
+    c = {"generations": 31, "popsize": 64, "rollouts": 4, "where": "real", "init": str(tmp_path / "init")}
+    assert report._sizes({"train-controller": c}).endswith(
+        f"(real), warm-started from `{tmp_path / 'init'}` (a search of 29 generations).")
+    gone = {**c, "init": str(tmp_path / "missing")}  # a record whose init is not here still names it
+    assert report._sizes({"train-controller": gone}).endswith(f"warm-started from `{tmp_path / 'missing'}`.")
 
 
 def test_paper_dream_score_only_where_the_paper_has_one() -> None:

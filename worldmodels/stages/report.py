@@ -24,6 +24,7 @@ import yaml
 
 from worldmodels import config as cfgmod
 from worldmodels import plots
+from worldmodels.checkpoint import load_checkpoint
 from worldmodels.config import option
 from worldmodels.errors import WorldModelsError
 from worldmodels.metrics import read_metrics
@@ -154,9 +155,20 @@ def _sizes(configs: dict[str, dict[str, Any] | None], generations: int | None = 
              f"z {vae['z_dim']}" if "z_dim" in vae else "", f"h {m['hidden']}" if "hidden" in m else "",
              (f"{ran} of {c['popsize']} × {c['rollouts']} rollouts " + (
                  f"(dream, τ {c.get('temperature', '?')})" if c.get("where") == "dream" else f"({c.get('where', '?')})"))
-             if "generations" in c else ""]
+             if "generations" in c else "", _warm_start(c.get("init"))]
     parts = [p for p in parts if p]
     return f"This run: {', '.join(parts)}." if parts else ""
+
+
+def _warm_start(init: str | None) -> str:
+    """C's warm start (train-controller --init), with how far the search it started from had run, if readable."""
+    if not init:
+        return ""
+    try:
+        note = f" (a search of {int(load_checkpoint(init, kind='controller')['generation'])} generations)"
+    except (WorldModelsError, OSError, KeyError, ValueError):
+        note = ""
+    return f"warm-started from `{init}`{note}"
 
 
 def expected_spread(run_dir: Path) -> dict[str, Any] | None:
