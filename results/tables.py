@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from worldmodels.checkpoint import load_checkpoint
 from worldmodels.stages.report import PAPER_DOOM as PAPER_DOOM_REAL, PAPER_DOOM_DREAM
 
 PAPER_DOOM = {f"{tau:.2f}": (PAPER_DOOM_DREAM[tau], real) for tau, real in PAPER_DOOM_REAL.items()}
@@ -125,11 +124,10 @@ def carracing(folder: str) -> str:
             label, summary = name, path.parent / "summary.json"
             if summary.exists():  # which C of the search, and how far the search had run
                 s = json.loads(summary.read_text())
-                # a search continued from a committed state (run.sh, NAME/init/) counts on from its generations;
-                # the C of the search before it (the init's own id) does not
-                init = root / sub / "init"
-                done = int((init / "generations").read_text()) if (init / "generations").exists() and \
-                    load_checkpoint(init)["id"] != s.get("controller_id") else 0
+                # a search continued across machines (run.sh, NAME/init/) counts on from the generations before
+                # the segment that C comes from
+                segments = root / sub / "init" / "segments.json"
+                done = json.loads(segments.read_text()).get(s.get("controller_id"), 0) if segments.exists() else 0
                 which = re.sub(r"generation (\d+)", lambda m: f"generation {int(m[1]) + done}", s.get("controller", ""))
                 label += (f": {which}, after {s['generation'] + done} generations"
                           + (f" (a search continued after {done}, init/)" if done else "")) if "controller" in s else ""

@@ -185,6 +185,39 @@ def test_resume_gives_same_next_generation(tmp_path):
     assert np.array_equal(pickle.loads(sa["es"]).ask(), pickle.loads(sb["es"]).ask())
 
 
+def test_a_search_continues_across_machines_from_its_snapshot(tmp_path):
+    """results/ship.py snapshot keeps a search's mean and step size (kilobytes, no CMA-ES state), and a search warm
+    started from it (results/carracing/run.sh on a fresh machine) counts on from its generations."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("ship", Path(__file__).resolve().parents[1] / "results" / "ship.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    first, init = tmp_path / "first" / "controller", tmp_path / "init"
+    cfg = toy_cfg(first, generations=3, eval_every=0)
+    n, fitness, scorers = toy_problem(cfg)
+    tc.evolve(cfg, first, n, fitness, scorers, {"env": "toy"}, plot=False)
+    state = load_checkpoint(first, kind="controller")
+    ship.snapshot(str(first), str(init))
+    assert not first.exists() and (tmp_path / "first" / "controller.before-init-3").is_dir()  # its resume is void
+    snap = load_checkpoint(init, kind="controller")
+    assert "es" not in snap and snap["generation"] == 3 and np.array_equal(snap["mean"], state["mean"])
+    assert float((init / "sigma").read_text()) == pickle.loads(state["es"]).sigma != cfg.sigma0
+    second = tmp_path / "second" / "controller"
+    cont = toy_cfg(second, generations=2, eval_every=0, init=str(init), sigma0=float((init / "sigma").read_text()))
+    tc.evolve(cont, second, n, fitness, scorers, {"env": "toy"}, plot=False)
+    later = load_checkpoint(second, kind="controller")
+    ship.snapshot(str(second), str(init))
+    assert (init / "generations").read_text() == "5\n" and load_checkpoint(init)["generation"] == 5
+    assert json.loads((init / "segments.json").read_text()) == {state["id"]: 0, later["id"]: 3}
+    rows = read_metrics(init / "metrics.jsonl")
+    assert [r["generation"] for r in rows] == [0, 1, 2, 3, 4]
+    assert [r["cmaes/best"] for r in rows[3:]] == [r["cmaes/best"] for r in read_metrics(
+        tmp_path / "second" / "controller.before-init-5" / "metrics.jsonl")]
+
+
 def test_resume_refuses_changed_settings(tmp_path):
     cfg = toy_cfg(tmp_path, generations=1, eval_every=0)
     n, fitness, scorers = toy_problem(cfg)

@@ -58,16 +58,9 @@ controller() {  # controller NAME GENERATIONS OPTIONS...
   [ "$total" -gt 0 ] || return 0
   mkdir -p "$run"
   for part in vae mdrnn; do [ -e "$run/$part" ] || ln -s "../$part" "$run/$part"; done
-  # A search in progress across machines: the full checkpoint (CMA-ES state, ~8 MB) committed at a session's
-  # end as $HERE/NAME/resume/checkpoint.pt continues exactly on a fresh machine.
-  if [ ! -f "$run/controller/checkpoint.pt" ] && [ -f "$HERE/$name/resume/checkpoint.pt" ]; then
-    mkdir -p "$run/controller" && cp "$HERE/$name/resume/checkpoint.pt" "$run/controller/"
-    cp "$HERE/$name/search/metrics.jsonl" "$run/controller/" 2>/dev/null || cp "$HERE/$name/controller/metrics.jsonl" "$run/controller/"
-  fi
-  # A search whose CMA-ES checkpoint was lost with its machine continues from NAME/init/: the CMA-ES mean of the
-  # generation it had reached (a slim C), with that generation's step size, counted on from its generations. The
-  # covariance is not kept: at 867 parameters CMA-ES's rank-one and rank-mu rates are ~1e-5, so after 30 generations
-  # ~0.1 % of it had moved from the identity (init/README.md). Every call passes the same --init and --sigma0 (a resume checks them).
+  # A search continues across machines from NAME/init/, its snapshot at a session's end (results/ship.py snapshot:
+  # CMA-ES's mean and step size, counted on from its generations; NAME/init/README.md says what a restart loses).
+  # Every call passes the same --init and --sigma0 (a resume checks them).
   local done=0 init=()
   if [ -f "$HERE/$name/init/checkpoint.pt" ]; then
     done=$(cat "$HERE/$name/init/generations")
