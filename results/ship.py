@@ -2,7 +2,7 @@
 
     python results/ship.py slim SRC_STAGE_DIR DST_STAGE_DIR [--half]   # vae/, mdrnn/ or controller/, with its record
     python results/ship.py starts LATENTS_H5 OUT_H5           # every episode's first frame, as one-frame episodes
-    python results/ship.py snapshot RUN/controller INIT_DIR   # a search's state, for a fresh machine to continue
+    python results/ship.py snapshot RUN/controller INIT [OUT] # a search's state, for a fresh machine to continue
 
 A slim checkpoint keeps the training run's id, so files and controllers made from the full one still match
 it, and evaluates the same; it cannot be resumed (no optimizer or CMA-ES state). The stage's record goes with
@@ -59,25 +59,25 @@ def starts(latents: str, out: str) -> None:
     tmp.unlink()
 
 
-def snapshot(src: str, init: str) -> None:
-    """The state a CMA-ES search has reached, written as the init/ folder that results/carracing/run.sh continues
-    it from on a fresh machine (kilobytes, where the full checkpoint is ~20 MB): a slim C whose ``mean`` is
-    CMA-ES's mean and whose ``generation`` counts every generation so far, ``sigma`` (the step size reached),
-    ``generations`` (the same count), ``segments.json`` (each search's id: the generations before it, so a C of
-    any segment is labelled with the campaign's count) and ``metrics.jsonl`` (the whole record). A search that was
-    itself continued from INIT_DIR counts on from it. The search's own folder is then renamed aside, as its
-    resume settings (--init, --sigma0) no longer match the new init/ (run.sh starts the next segment from it)."""
+def snapshot(src: str, init: str, out: str | None = None) -> None:
+    """The state a CMA-ES search has reached, as a folder that results/carracing/run.sh continues it from on a fresh
+    machine (kilobytes, where the full checkpoint is ~20 MB): a slim C whose ``mean`` is CMA-ES's mean and whose
+    ``generation`` counts every generation so far, ``sigma`` (the step size reached), ``generations`` (the same
+    count), ``segments.json`` (each search's id: the generations before it, so a C of any segment is labelled with
+    the campaign's count) and ``metrics.jsonl`` (the whole record). A search that was itself continued from INIT
+    counts on from it. Written to OUT (default: INIT itself; then the search's own folder is renamed aside, as
+    its resume settings, --init and --sigma0, no longer match the new INIT)."""
     import json
     import pickle
 
     state = load_checkpoint(src, kind="controller")
-    out = Path(init)
-    started_here = state["config"].get("init") and Path(state["config"]["init"]).resolve() == out.resolve()
-    before = int((out / "generations").read_text()) if started_here else 0
+    start, out = Path(init), Path(out or init)
+    started_here = state["config"].get("init") and Path(state["config"]["init"]).resolve() == start.resolve()
+    before = int((start / "generations").read_text()) if started_here else 0
     total = before + int(state["generation"])
-    segments = json.loads((out / "segments.json").read_text()) if started_here else {}
+    segments = json.loads((start / "segments.json").read_text()) if started_here else {}
     segments[state["id"]] = before
-    record = (out / "metrics.jsonl").read_text().splitlines() if started_here else []
+    record = (start / "metrics.jsonl").read_text().splitlines() if started_here else []
     for line in (Path(src) / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
         if row["generation"] < state["generation"]:  # the record may run ahead of the last checkpoint
@@ -89,10 +89,12 @@ def snapshot(src: str, init: str) -> None:
     (out / "generations").write_text(f"{total}\n")
     (out / "segments.json").write_text(json.dumps(segments, indent=1) + "\n")
     (out / "metrics.jsonl").write_text("\n".join(record) + "\n")
-    aside = Path(src).with_name(f"{Path(src).name}.before-{out.name}-{total}")
-    Path(src).rename(aside)
-    print(f"{out}: the search's state after {total} generations (sigma {pickle.loads(state['es']).sigma:.4f}); "
-          f"its folder moved to {aside}")
+    moved = ""
+    if out.resolve() == start.resolve():
+        aside = Path(src).with_name(f"{Path(src).name}.before-{out.name}-{total}")
+        Path(src).rename(aside)
+        moved = f"; its folder moved to {aside}"
+    print(f"{out}: the search's state after {total} generations (sigma {pickle.loads(state['es']).sigma:.4f}){moved}")
 
 
 def repack(src: Path, dst: str) -> None:
@@ -113,6 +115,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "slim":
         slim(sys.argv[2], sys.argv[3], half="--half" in sys.argv[4:])
     elif sys.argv[1] == "snapshot":
-        snapshot(*sys.argv[2:4])
+        snapshot(*sys.argv[2:5])
     else:
         starts(*sys.argv[2:4])

@@ -209,13 +209,14 @@ def test_a_search_continues_across_machines_from_its_snapshot(tmp_path):
     cont = toy_cfg(second, generations=2, eval_every=0, init=str(init), sigma0=float((init / "sigma").read_text()))
     tc.evolve(cont, second, n, fitness, scorers, {"env": "toy"}, plot=False)
     later = load_checkpoint(second, kind="controller")
-    ship.snapshot(str(second), str(init))
-    assert (init / "generations").read_text() == "5\n" and load_checkpoint(init)["generation"] == 5
-    assert json.loads((init / "segments.json").read_text()) == {state["id"]: 0, later["id"]: 3}
-    rows = read_metrics(init / "metrics.jsonl")
+    ship.snapshot(str(second), str(init), str(tmp_path / "state"))  # elsewhere: the search stays resumable
+    assert second.is_dir() and (init / "generations").read_text() == "3\n"
+    snap = tmp_path / "state"
+    assert (snap / "generations").read_text() == "5\n" and load_checkpoint(snap)["generation"] == 5
+    assert json.loads((snap / "segments.json").read_text()) == {state["id"]: 0, later["id"]: 3}
+    rows = read_metrics(snap / "metrics.jsonl")
     assert [r["generation"] for r in rows] == [0, 1, 2, 3, 4]
-    assert [r["cmaes/best"] for r in rows[3:]] == [r["cmaes/best"] for r in read_metrics(
-        tmp_path / "second" / "controller.before-init-5" / "metrics.jsonl")]
+    assert [r["cmaes/best"] for r in rows[3:]] == [r["cmaes/best"] for r in read_metrics(second / "metrics.jsonl")]
 
 
 def test_resume_refuses_changed_settings(tmp_path):

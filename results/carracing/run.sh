@@ -20,9 +20,11 @@ wm() { worldmodels "$@" --preset "$PRESET" --env "$ENV"; }
 timed() { local name=$1 t0=$SECONDS; shift; "$@"; printf '%s\t%d\n' "$name" $((SECONDS - t0)) >> "$HERE/timings.tsv"; }
 restore() { [ -f "$MODELS/$1/checkpoint.pt" ] && [ ! -f "$DATA/$1/checkpoint.pt" ] && mkdir -p "$DATA/$1" && cp "$MODELS/$1/checkpoint.pt" "$DATA/$1/"; true; }
 progress() {  # progress NAME: the search's record so far, in NAME/search/ (a C ships only with its evaluation,
-  # and controller/ keeps the record of the C shipped there)
+  # and controller/ keeps the record of the C shipped there), and its state, NAME/state/, which a fresh machine
+  # continues from (a commit of results/ carries the search to the next session)
   mkdir -p "$HERE/$1/search"
   cp "$DATA/$1"/controller/{config.yaml,metrics.jsonl,learning_curve.png} "$HERE/$1/search/" 2>/dev/null || true
+  python results/ship.py snapshot "$DATA/$1/controller" "$HERE/$1/init" "$HERE/$1/state"
 }
 ship() {  # ship NAME: the slim C, its record, evaluation and report into $HERE/NAME, a run folder beside links to V and M
   local run=$DATA/$1 out=$HERE/$1
@@ -58,9 +60,16 @@ controller() {  # controller NAME GENERATIONS OPTIONS...
   [ "$total" -gt 0 ] || return 0
   mkdir -p "$run"
   for part in vae mdrnn; do [ -e "$run/$part" ] || ln -s "../$part" "$run/$part"; done
-  # A search continues across machines from NAME/init/, its snapshot at a session's end (results/ship.py snapshot:
-  # CMA-ES's mean and step size, counted on from its generations; NAME/init/README.md says what a restart loses).
+  # A search continues across machines from NAME/init/ (results/ship.py snapshot: CMA-ES's mean and step size,
+  # counted on from its generations; NAME/init/README.md says what a restart loses). On a machine without the
+  # search's checkpoint, the latest state (NAME/state/, written every GENS_STEP generations) becomes init/.
   # Every call passes the same --init and --sigma0 (a resume checks them).
+  local state=$HERE/$name/state
+  if [ ! -f "$run/controller/checkpoint.pt" ] && [ -f "$state/generations" ] &&
+     [ "$(cat "$state/generations")" -gt "$(cat "$HERE/$name/init/generations" 2>/dev/null || echo 0)" ]; then
+    mkdir -p "$HERE/$name/init" && cp "$state"/{checkpoint.pt,sigma,generations,segments.json,metrics.jsonl} "$HERE/$name/init/"
+    rm -rf "$state" "$run/controller"  # a controller/ without a checkpoint holds only a torn start's files
+  fi
   local done=0 init=()
   if [ -f "$HERE/$name/init/checkpoint.pt" ]; then
     done=$(cat "$HERE/$name/init/generations")
