@@ -214,7 +214,8 @@ def cost(folder: str, cores: int = 2) -> str:
 def procgen_study(out: str, dest: str) -> None:
     """The study's tables (results.md, .csv, _summary.*, .png) in DEST from every finished cell under OUT, whatever
     games and seeds are done so far (``worldmodels study`` writes them only for the games it was asked), and the
-    cell records in DEST/cells/. Games and conditions in the order of DEST/study.yaml (else OUT/config.yaml)."""
+    cell records in DEST/cells/ (with those already there: a new machine's OUT starts empty). Games and conditions in
+    the order of DEST/study.yaml (else OUT/config.yaml)."""
     import shutil
 
     import yaml
@@ -224,7 +225,9 @@ def procgen_study(out: str, dest: str) -> None:
     design = Path(dest) / "study.yaml" if (Path(dest) / "study.yaml").is_file() else Path(out) / "config.yaml"
     cfg = yaml.safe_load(design.read_text()) or {}
     cfg = cfg.get("study", cfg)
-    cells = study.read_cells(Path(out))
+    # the committed records (a fresh machine's OUT holds only this session's cells), then OUT's, which win
+    records = {p.name: p for folder in (Path(dest), Path(out)) for p in sorted((folder / "cells").glob("*.json"))}
+    cells = [json.loads(p.read_text()) for _, p in sorted(records.items())]
     done = {c["game"] for c in cells}
     games = [g for g in cfg.get("games", []) if g in done] + sorted(done - set(cfg.get("games", [])))
     if games:
