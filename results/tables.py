@@ -125,9 +125,12 @@ def carracing(folder: str) -> str:
             if summary.exists():  # which C of the search, and how far the search had run
                 s = json.loads(summary.read_text())
                 # a search continued across machines (run.sh, NAME/init/) counts on from the generations before
-                # the segment that C comes from
-                segments = root / sub / "init" / "segments.json"
-                done = json.loads(segments.read_text()).get(s.get("controller_id"), 0) if segments.exists() else 0
+                # the segment that C comes from (NAME/state/, the latest snapshot, knows every segment so far)
+                segments = {}
+                for folder in ("init", "state"):
+                    path = root / sub / folder / "segments.json"
+                    segments.update(json.loads(path.read_text()) if path.exists() else {})
+                done = segments.get(s.get("controller_id"), 0)
                 which = re.sub(r"generation (\d+)", lambda m: f"generation {int(m[1]) + done}", s.get("controller", ""))
                 label += (f": {which}, after {s['generation'] + done} generations"
                           + (f" (a search continued after {done}, init/)" if done else "")) if "controller" in s else ""
