@@ -85,7 +85,8 @@ def snapshot(src: str, init: str, out: str | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     slim_state = {k: v for k, v in without_resume_state(state).items() if k not in ("kind", "meta")}
     save_checkpoint(out, "controller", {**slim_state, "generation": total})
-    (out / "sigma").write_text(f"{pickle.loads(state['es']).sigma!r}\n")
+    sigma = pickle.loads(state["es"]).sigma
+    (out / "sigma").write_text(f"{sigma!r}\n")
     (out / "generations").write_text(f"{total}\n")
     (out / "segments.json").write_text(json.dumps(segments, indent=1) + "\n")
     (out / "metrics.jsonl").write_text("\n".join(record) + "\n")
@@ -94,7 +95,7 @@ def snapshot(src: str, init: str, out: str | None = None) -> None:
         aside = Path(src).with_name(f"{Path(src).name}.before-{out.name}-{total}")
         Path(src).rename(aside)
         moved = f"; its folder moved to {aside}"
-    print(f"{out}: the search's state after {total} generations (sigma {pickle.loads(state['es']).sigma:.4f}){moved}")
+    print(f"{out}: the search's state after {total} generations (sigma {sigma:.4f}){moved}")
 
 
 def repack(src: Path, dst: str) -> None:
