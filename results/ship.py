@@ -3,6 +3,7 @@
     python results/ship.py slim SRC_STAGE_DIR DST_STAGE_DIR [--half]   # vae/, mdrnn/ or controller/, with its record
     python results/ship.py starts LATENTS_H5 OUT_H5           # every episode's first frame, as one-frame episodes
     python results/ship.py snapshot RUN/controller INIT [OUT] # a search's state, for a fresh machine to continue
+    python results/ship.py scored RUN                         # exit 0 if RUN/eval-test scores RUN's C as it is now
 
 A slim checkpoint keeps the training run's id, so files and controllers made from the full one still match
 it, and evaluates the same; it cannot be resumed (no optimizer or CMA-ES state). The stage's record goes with
@@ -98,6 +99,19 @@ def snapshot(src: str, init: str, out: str | None = None) -> None:
     print(f"{out}: the search's state after {total} generations (sigma {sigma:.4f}){moved}")
 
 
+def scored(run: str) -> bool:
+    """Whether RUN/eval-test/summary.json is an evaluation of RUN's controller as it is now (same training run, same
+    generation): a campaign rerun then skips the 100-track evaluation (`worldmodels evaluate` itself always plays)."""
+    import json
+
+    try:
+        summary = json.loads((Path(run) / "eval-test" / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    state = load_checkpoint(Path(run) / "controller", kind="controller")
+    return (summary.get("controller_id"), summary.get("generation")) == (state["id"], state["generation"])
+
+
 def repack(src: Path, dst: str) -> None:
     """A compact, gzip-compressed copy of an episode file: a writer that appended one-frame episodes leaves
     half the file as free space (14 MB for 10,000 Doom starts, 5 MB repacked)."""
@@ -117,5 +131,7 @@ if __name__ == "__main__":
         slim(sys.argv[2], sys.argv[3], half="--half" in sys.argv[4:])
     elif sys.argv[1] == "snapshot":
         snapshot(*sys.argv[2:5])
+    elif sys.argv[1] == "scored":
+        sys.exit(0 if scored(sys.argv[2]) else 1)
     else:
         starts(*sys.argv[2:4])

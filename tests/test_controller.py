@@ -217,6 +217,14 @@ def test_a_search_continues_across_machines_from_its_snapshot(tmp_path):
     rows = read_metrics(snap / "metrics.jsonl")
     assert [r["generation"] for r in rows] == [0, 1, 2, 3, 4]
     assert [r["cmaes/best"] for r in rows[3:]] == [r["cmaes/best"] for r in read_metrics(second / "metrics.jsonl")]
+    # a campaign's rerun skips the evaluation of a C it already scored, and only of that C
+    scores = tmp_path / "second" / "eval-test"
+    assert not ship.scored(str(tmp_path / "second"))
+    scores.mkdir()
+    (scores / "summary.json").write_text(json.dumps({"controller_id": later["id"], "generation": later["generation"]}))
+    assert ship.scored(str(tmp_path / "second"))
+    tc.evolve(dataclasses.replace(cont, generations=3), second, n, fitness, scorers, {"env": "toy"}, plot=False)
+    assert not ship.scored(str(tmp_path / "second"))
 
 
 def test_resume_refuses_changed_settings(tmp_path):

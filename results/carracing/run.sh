@@ -81,7 +81,8 @@ controller() {  # controller NAME GENERATIONS OPTIONS...
     timed "train-controller $name to $g" wm train-controller --run "$run" --generations $((g - done)) "${init[@]}" "$@"
     progress "$name"
   done
-  timed "evaluate $name" wm evaluate --run "$run"  # resumes; scores again only a controller that changed
+  # resumes a killed evaluation; a finished one of this very C is not played again
+  python results/ship.py scored "$run" || timed "evaluate $name" wm evaluate --run "$run"
   ship "$name"
 }
 controller real-zh "${GENERATIONS:-200}" --obs-mode zh
