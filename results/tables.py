@@ -139,7 +139,46 @@ def carracing(folder: str) -> str:
         r = returns(root / "random_policy.csv")
         lines.append(f"| brownian random policy | {len(r)} | {fmt(r)} | — |")
     lines += ["", "Mean ± std over unseen tracks (env seeds never used in collection or training)."]
+    lines += _carracing_ablation(root)
     return "\n".join(lines)
+
+
+def _generations(folder: Path, of_c: bool = False) -> int | None:
+    """How many generations the search behind an evaluation folder had run (across init/ segments), or with
+    ``of_c`` the generation of the mean solution it scored (the C a search of that length returns)."""
+    summary = folder / "summary.json"
+    if not summary.exists():
+        return None
+    s, segments = json.loads(summary.read_text()), {}
+    for seg in ("init", "state"):
+        path = folder.parent / seg / "segments.json"
+        segments.update(json.loads(path.read_text()) if path.exists() else {})
+    done = segments.get(s.get("controller_id"), 0)
+    which = re.search(r"generation (\d+)", s.get("controller", ""))
+    return (int(which[1]) if of_c and which else s["generation"]) + done
+
+
+def _carracing_ablation(root: Path) -> list[str]:
+    """V only after G generations against the full model's C of generation G (the same search budget), on the same
+    tracks: the paper's check that M's h matters (906 against 632)."""
+    from worldmodels.stages.study import bootstrap_ci
+
+    z = root / "real-z" / "eval-test"
+    g = _generations(z)
+    full = next((f for f in sorted((root / "real-zh").glob("eval-test*")) if _generations(f, of_c=True) == g), None)
+    if g is None or full is None:
+        return []
+    a, b = rows(full / "returns.csv"), rows(z / "returns.csv")
+    if [r["seed"] for r in a] != [r["seed"] for r in b]:
+        raise SystemExit(f"{full} and {z} played different tracks: no paired comparison")
+    diff = returns(full / "returns.csv") - returns(z / "returns.csv")
+    low, high = bootstrap_ci(diff)
+    return ["", f"**At an equal search budget** ({g} generations of 64 candidates × 4 tracks each, the same 100 "
+                "reference tracks):", "",
+            "| | full (z, h) | V only (z) | full − V only, per track [95 % bootstrap interval] |", "|---|---:|---:|---:|",
+            f"| ours, {g} generations | {fmt(returns(full / 'returns.csv'))} | {fmt(returns(z / 'returns.csv'))} "
+            f"| {diff.mean():+.0f} [{low:+.0f}, {high:+.0f}] |",
+            "| paper, ~1,800 generations of 64 × 16 | 906 ± 21 | 632 ± 251 | +274 |"]
 
 
 # Public CarRacing results with C trained only in the dream (../shared/REFERENCE.md, "Other anchors").
