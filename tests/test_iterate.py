@@ -192,6 +192,34 @@ def test_collected_actions_are_cs_without_noise_and_differ_with_it(base_run, tmp
     assert (noisy["action"] >= [-1, 0, 0]).all() and (noisy["action"] <= 1).all()  # clipped to the action space
 
 
+def test_a_collector_plays_round_one_and_c_still_evolves_from_the_runs_own(base_run, tmp_path, capsys):
+    """--collector: another run's C (an expert, say) makes round 1's data; the round's C is warm-started from the
+    run's own C, so no real-env fitness reaches the dream-trained lineage."""
+    from worldmodels.checkpoint import save_checkpoint
+
+    expert = tmp_path / "expert"
+    shutil.copytree(base_run, expert)
+    state = load_checkpoint(expert / "controller")
+    state.update(id="expert0", mean=state["mean"] + 0.5)
+    state["best"] = {**state["best"], "params": state["best"]["params"] + 0.5}
+    state["best_eval"] = {**(state.get("best_eval") or {}), "generation": -1}  # auto: the best candidate
+    save_checkpoint(expert / "controller", "controller", {k: v for k, v in state.items() if k not in ("kind", "meta")})
+    run = _copy(base_run, tmp_path)
+    _iterate(run, "--rounds", "1", "--collector", str(expert))
+    round1 = run / "iterate" / "round-1"
+    with open_rollouts(round1 / "rollouts.h5") as f:
+        assert f.attrs["controller_id"] == "expert0"
+    assert json.loads((round1 / "round.json").read_text())["stages"]["collect"]["controller_id"] == "expert0"
+    c1 = load_checkpoint(round1 / "controller")
+    assert c1["config"]["init"] == str((run / "controller").resolve())
+    capsys.readouterr()
+    assert cli.main(["iterate", *ARGS, "--run", str(run), "--rounds", "1"]) == 1  # dropping it: another iteration
+    assert "collector=" in capsys.readouterr().err
+    assert cli.main(["iterate", *ARGS, "--run", str(_copy(base_run, tmp_path / "b")), "--collector",
+                     str(tmp_path / "none")]) == 1
+    assert "has no vae/checkpoint.pt" in capsys.readouterr().err
+
+
 def test_discrete_exploration_swaps_in_random_actions():
     from worldmodels.models.controller import ActionMap
     from worldmodels.play import explore

@@ -5,7 +5,7 @@ dream, score it; repeat.
 --run R already holds vae/, mdrnn/ and controller/ from the pipeline; M's checkpoint records the latents it
 learned from (the original data). Round r = 1..--rounds writes R/iterate/round-<r>/, a run folder:
 
-  rollouts.h5   --episodes real episodes of the last C (round 1: R's) with exploration --noise (Gaussian of
+  rollouts.h5   --episodes real episodes of the last C (round 1: R's, or --collector's) with exploration --noise (Gaussian of
                 that std on continuous actions, clipped to the action space; discrete: that probability of a
                 uniformly random action), on collect-purpose seeds no round and no original collection uses;
                 attrs record the round, the policy (controller+noise), the controller's id and the noise
@@ -74,6 +74,10 @@ class Config:
     run: str = option("", "run folder with vae/, mdrnn/ and controller/ from the pipeline (required)")
     rounds: int = option(1, "rounds in all; rerun with more to continue")
     episodes: int = option(100, "real episodes collected per round")
+    collector: Optional[str] = option(None, "a run folder whose C plays round 1's episodes instead of the run's C, "
+                                            "e.g. a driver evolved in the real env: its real-env fitness then only "
+                                            "shapes M's data, and C here still evolves only in the dream; later "
+                                            "rounds collect with the last round's C")
     noise: float = option(0.1, "exploration: std of Gaussian noise added to continuous actions (then clipped to "
                                "the action space); discrete actions: probability of a uniformly random action")
     max_steps: Optional[int] = option(None, "cap on frames per collected episode (default: the original collection's)")
@@ -342,7 +346,8 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
     out.mkdir(parents=True, exist_ok=True)
     seed, max_steps = _collection_settings(original)
     rollouts, latents = out / "rollouts.h5", out / "latents.h5"
-    rnd.stage("collect", rounds, lambda: collect(cfg, r, prev, rollouts, seed, cfg.max_steps or max_steps),
+    player = Path(cfg.collector) if cfg.collector and r == 1 else prev
+    rnd.stage("collect", rounds, lambda: collect(cfg, r, player, rollouts, seed, cfg.max_steps or max_steps),
               lambda s: f"{s['new_episodes']} episodes played, {s['episodes']} episodes ({s['frames']} frames) "
                         f"by controller {s['controller_id'][:8]} with noise {cfg.noise}")
 
@@ -462,9 +467,17 @@ def run(cfg: Config) -> dict[str, Any]:
     """Run (or continue) rounds 1..``cfg.rounds``; returns the rows of rounds.csv and its path."""
     _check(cfg)
     run_dir = Path(cfg.run).resolve()
-    for part in ("vae", "mdrnn", "controller"):
-        if not (run_dir / part / "checkpoint.pt").is_file():
-            raise WorldModelsError(f"{run_dir} has no {part}/checkpoint.pt; run the pipeline (or its stages) first")
+    for folder in (run_dir, Path(cfg.collector)) if cfg.collector else (run_dir,):
+        for part in ("vae", "mdrnn", "controller"):
+            if not (folder / part / "checkpoint.pt").is_file():
+                raise WorldModelsError(f"{folder} has no {part}/checkpoint.pt; run the pipeline (or its stages) first")
+    if cfg.collector:
+        from worldmodels.checkpoint import load_checkpoint
+
+        envs = [load_checkpoint(folder / "controller", kind="controller")["identity"].get("env")
+                for folder in (run_dir, Path(cfg.collector))]
+        if envs[0] != envs[1]:
+            raise WorldModelsError(f"--collector {cfg.collector} plays {envs[1]}, not the run's {envs[0]}")
     root = run_dir / "iterate"
     root.mkdir(exist_ok=True)
     with exclusive_lock(root / "config.yaml", "iterate"):
