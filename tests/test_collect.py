@@ -226,3 +226,35 @@ class TimeLimitedDeath(CountingEnv):
 def test_an_end_at_the_time_limit_is_stored_as_a_termination_only():
     arrays = collect.rollout(TimeLimitedDeath(), "repeat", DISCRETE, None, seed=5)["arrays"]
     assert arrays["terminated"][-1] and not arrays["truncated"].any()
+
+
+def test_a_controller_collects_with_noise_and_resumes(tmp_path, capsys):
+    """collect --controller RUN: RUN's C drives (e.g. an expert making M's data); the file records which C, and a
+    rerun resumes where it stopped."""
+    from test_controller import make_tiny_run, stage_cfg
+    from worldmodels.checkpoint import load_checkpoint
+    from worldmodels.stages import train_controller as tc
+
+    run = make_tiny_run(tmp_path / "expert")
+    tc.run(stage_cfg(run, generations=1, eval_every=0))
+    out = tmp_path / "expert.h5"
+    args = ["collect", "--controller", str(run), "--max-steps", "6", "--workers", "0", "--env-backend", "reference",
+            "--out", str(out), "--env-batch", "1"]
+    assert cli.main(args + ["--episodes", "1"]) == 0
+    assert cli.main(args + ["--episodes", "2"]) == 0  # resumes: plays the second episode only
+    assert "1 new, driven by controller" in capsys.readouterr().out
+    with open_rollouts(out) as f:
+        assert f.n_episodes == 2 and f.attrs["policy"] == "controller+noise" and f.attrs["noise"] == 0.1
+        assert f.attrs["controller_id"] == load_checkpoint(run / "controller")["id"]
+        episodes = [f.episode(i) for i in range(2)]
+    assert all(len(e["obs"]) == 6 for e in episodes) and not np.array_equal(episodes[0]["obs"], episodes[1]["obs"])
+    for e in episodes:
+        assert (e["action"] >= [-1, 0, 0]).all() and (e["action"] <= 1).all()
+    for bad, message in ((["--env", "procgen:coinrun"], "plays carracing, not --env procgen:coinrun"),
+                         (["--policy", "random"], "both choose the actions"),
+                         (["--controller", str(tmp_path)], "has no vae/checkpoint.pt")):
+        assert cli.main(args + ["--episodes", "3", "--fresh"] + bad) == 1
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    with open_rollouts(out) as f:  # a refused command never touched the file
+        assert f.n_episodes == 2

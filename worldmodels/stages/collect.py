@@ -1,4 +1,5 @@
-"""Roll out a random policy in a real env and write every episode to one HDF5 file (rollouts.h5).
+"""Roll out a random policy (or, with --controller, a trained C) in a real env and write every episode to one
+HDF5 file (rollouts.h5).
 
 Worker processes step the envs, env_batch episodes at a time (one envpool of that many envs on the
 fast backend, the default for CarRacing where envpool is installed); finished episodes come back to
@@ -9,6 +10,7 @@ resumes from the episodes already in the file; a killed run keeps every episode 
 
   worldmodels collect --env carracing --episodes 10000 --workers 16
   worldmodels collect --env procgen:coinrun --episodes 500 --env-kwargs '{num_levels: 200}'
+  worldmodels collect --env carracing --episodes 500 --controller results/carracing/real-zh --noise 0.1
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ class Config:
     policy: str = option("auto", "brownian (continuous), random (i.i.d.), repeat (held 1-10 frames), "
                          "auto (brownian for Box, repeat for Discrete)", choices=POLICIES)
     env_kwargs: dict = option(factory=dict, help="keyword arguments for the env, as YAML: '{num_levels: 200}'")
+    controller: Optional[str] = option(None, "a run folder whose C drives (with its own V and M) instead of a random "
+                                             "policy, e.g. an expert for M's data; its env and env kwargs are used")
+    noise: float = option(0.1, "with --controller: std of Gaussian noise on its continuous actions (clipped to the "
+                               "action space); discrete actions: probability of a uniformly random one")
     fresh: bool = option(False, "delete an existing rollouts file at --out and start over")
     env_backend: str = option("auto", "env simulator: fast (envpool, CarRacing), reference (gymnasium/vizdoom/"
                               "procgen), or auto (fast where available)", choices=ENV_BACKENDS)
@@ -139,6 +145,60 @@ def write_episodes(writer: EpisodeWriter, pool: WorkerPool, policy: str, space: 
             bar.set_postfix_str(f"{frames / (time.perf_counter() - start):.0f} frames/s")
 
 
+POLICY_CONTROLLER = "controller+noise"
+
+
+def controller_episodes(run_dir: Path, out: Path, seeds: list[int], noise: float, max_steps: int | None,
+                        env_backend: str, env_batch: int, workers: int, attrs: dict[str, Any], fresh: bool = False,
+                        desc: str = "collect", backend: str = "local", ray_address: str | None = None) -> dict[str, Any]:
+    """One episode per seed played by the C of ``run_dir`` (the parameters ``evaluate`` picks) with exploration
+    ``noise``, appended to ``out`` in seed order (a rerun resumes: episode i always plays seeds[i]). The file's
+    attrs add ``attrs`` to the env, the policy (controller+noise), the controller's id and generation and the noise."""
+    from worldmodels.agent import load_world
+    from worldmodels.checkpoint import load_checkpoint
+    from worldmodels.envs import resolve_backend
+    from worldmodels.play import init_worker, worker_rollouts
+    from worldmodels.stages.evaluate import controller_params
+    from worldmodels.stages.train_controller import n_workers
+
+    state = load_checkpoint(run_dir / "controller", kind="controller")
+    params, _ = controller_params(state, "auto")
+    world = load_world(run_dir, state["identity"]["obs_mode"], "cpu")
+    resolved = resolve_backend(world.env, env_backend)
+    spec = world.worker_spec(max_steps, levels="train", env_backend=resolved)
+    discrete = world.action_desc["type"] == "discrete"
+    if noise < 0 or (discrete and noise > 1):
+        raise WorldModelsError(f"--noise must be >= 0 (for {world.env}'s discrete actions: a probability, at most "
+                               f"1), got {noise}")
+    attrs = dict(env=world.env, env_kwargs=spec["env_kwargs"], action_space=world.action_desc,
+                 policy=POLICY_CONTROLLER, max_steps=max_steps, controller_id=state["id"],
+                 controller_generation=int(state["generation"]), noise=noise, **attrs)
+    if resolved != "reference":
+        attrs["env_backend"] = resolved
+    with EpisodeWriter(out, ROLLOUTS, attrs, fresh=fresh) as writer:
+        done = writer.n_episodes
+        # Batches are cut from the whole list (never by what is done), so a resumed batch plays the same seeds.
+        tasks = []
+        for start in range(0, len(seeds), env_batch):
+            members = [i for i in range(start, min(start + env_batch, len(seeds))) if i >= done]
+            if members:
+                tasks.append((np.repeat(params[None], len(members), 0), [seeds[i] for i in members], noise))
+        if tasks:
+            with WorkerPool(n_workers(workers), init_worker, (spec,), what="collection", backend=backend,
+                            ray_address=ray_address) as pool, \
+                    tqdm(total=len(seeds), initial=done, unit="ep", desc=desc, dynamic_ncols=True) as bar:
+                for j, results in pool.imap(worker_rollouts, tasks):
+                    for seed_i, result in zip(tasks[j][1], results):
+                        n = result["length"]
+                        writer.append({"obs": result["frames"][:n],
+                                       "action": result["actions"].astype(np.int64 if discrete else np.float32),
+                                       "reward": result["rewards"], "terminated": result["terminated"],
+                                       "truncated": result["truncated"]}, seed=seed_i, level=result["level"])
+                        bar.update(1)
+        return {"path": str(out), "episodes": writer.n_episodes, "frames": writer.n_frames,
+                "new_episodes": writer.n_episodes - done, "controller_id": state["id"], "env_backend": resolved}
+
+
 def _check(cfg: Config) -> None:
     if cfg.episodes < 1:
         raise WorldModelsError(f"--episodes must be at least 1, got {cfg.episodes}")
@@ -157,6 +217,8 @@ def run(cfg: Config) -> dict[str, Any]:
     _check(cfg)
     env_family(cfg.env)  # an unknown name fails here, listing the known ones
     episode_seed(cfg.seed, cfg.episodes - 1, "collect")  # and so does a seed or count out of range
+    if cfg.controller:
+        return _run_controller(cfg)
     backend = resolve_backend(cfg.env, cfg.env_backend)
     probe = make(cfg.env, backend, **cfg.env_kwargs)  # fails early on bad env kwargs, and tells the action space
     space = describe_action_space(probe.action_space)
@@ -190,4 +252,32 @@ def run(cfg: Config) -> dict[str, Any]:
     summary["env_backend"] = backend
     print(f"{out}: {summary['episodes']} episodes, {summary['frames']} frames, {backend} env "
           f"({summary['new_episodes']} new, {summary['frames_per_s']:.0f} frames/s)")
+    return summary
+
+
+def _run_controller(cfg: Config) -> dict[str, Any]:
+    """``collect --controller RUN``: RUN's C drives, with its env and env kwargs (which --env must name)."""
+    from worldmodels.checkpoint import load_checkpoint
+    from worldmodels.envs import episode_seed
+
+    run_dir = Path(cfg.controller)
+    for part in ("vae", "mdrnn", "controller"):
+        if not (run_dir / part / "checkpoint.pt").is_file():
+            raise WorldModelsError(f"--controller {run_dir} has no {part}/checkpoint.pt (a run folder with V, M and C)")
+    env = load_checkpoint(run_dir / "controller", kind="controller")["identity"].get("env")
+    if env != cfg.env:
+        raise WorldModelsError(f"--controller {run_dir} plays {env}, not --env {cfg.env}")
+    if cfg.env_kwargs:
+        raise WorldModelsError("--env-kwargs cannot be set with --controller: its C plays the env of its own data")
+    if cfg.policy != "auto":
+        raise WorldModelsError(f"--policy {cfg.policy} and --controller both choose the actions; pass one")
+    out = Path(cfg.out) if cfg.out else default_out(cfg.env)
+    seeds = [episode_seed(cfg.seed, i, "collect") for i in range(cfg.episodes)]
+    start = time.perf_counter()
+    summary = controller_episodes(run_dir, out, seeds, cfg.noise, cfg.max_steps, cfg.env_backend, cfg.env_batch,
+                                  cfg.workers, {"seed": cfg.seed}, fresh=cfg.fresh, desc=f"collect {cfg.env}",
+                                  backend=cfg.backend, ray_address=cfg.ray_address or None)
+    summary["seconds"] = time.perf_counter() - start
+    print(f"{out}: {summary['episodes']} episodes, {summary['frames']} frames, {summary['env_backend']} env "
+          f"({summary['new_episodes']} new, driven by controller {summary['controller_id'][:8]} with noise {cfg.noise})")
     return summary

@@ -52,7 +52,6 @@ from worldmodels.envs import ENV_BACKENDS
 from worldmodels.errors import WorldModelsError
 from worldmodels.utils import atomic_write_text, exclusive_lock
 
-POLICY = "controller+noise"
 # Round r collects episodes r * ROUND_STRIDE + i of the original collection's seed: never an index that
 # collection (fewer than 2**24 episodes) or another round uses.
 ROUND_STRIDE = 2**24
@@ -173,51 +172,12 @@ def _collection_settings(data: list[dict[str, Any]]) -> tuple[int, int | None]:
 def collect(cfg: Config, r: int, prev: Path, out: Path, seed: int, max_steps: int | None) -> dict[str, Any]:
     """Round ``r``'s episodes, played by the C of run folder ``prev`` with exploration noise, into ``out``
     (resumes a killed collection: episode i always plays the same seed)."""
-    from worldmodels.agent import load_world
-    from worldmodels.checkpoint import load_checkpoint
-    from worldmodels.data import ROLLOUTS, EpisodeWriter
-    from worldmodels.envs import episode_seed, resolve_backend
-    from worldmodels.parallel import WorkerPool
-    from worldmodels.play import init_worker, worker_rollouts
-    from worldmodels.stages.evaluate import controller_params
-    from worldmodels.stages.train_controller import n_workers
+    from worldmodels.envs import episode_seed
+    from worldmodels.stages.collect import controller_episodes
 
-    state = load_checkpoint(prev / "controller", kind="controller")
-    params, _ = controller_params(state, "auto")
-    world = load_world(prev, state["identity"]["obs_mode"], "cpu")
-    backend = resolve_backend(world.env, cfg.env_backend)
-    spec = world.worker_spec(max_steps, levels="train", env_backend=backend)
-    attrs = dict(env=world.env, env_kwargs=spec["env_kwargs"], action_space=world.action_desc, policy=POLICY,
-                 seed=seed, max_steps=max_steps, round=r, controller_id=state["id"],
-                 controller_generation=int(state["generation"]), noise=cfg.noise)
-    if backend != "reference":
-        attrs["env_backend"] = backend
     seeds = [episode_seed(seed, ROUND_STRIDE * r + i, "collect") for i in range(cfg.episodes)]
-    discrete = world.action_desc["type"] == "discrete"
-    if discrete and cfg.noise > 1:
-        raise WorldModelsError(f"--noise is the probability of a random action for {world.env}'s discrete actions; "
-                               f"it must be at most 1, got {cfg.noise}")
-    with EpisodeWriter(out, ROLLOUTS, attrs) as writer:
-        done = writer.n_episodes
-        # Batches are cut from the whole round (never by what is done), so a resumed batch plays the same seeds.
-        tasks = []
-        for start in range(0, cfg.episodes, cfg.env_batch):
-            members = [i for i in range(start, min(start + cfg.env_batch, cfg.episodes)) if i >= done]
-            if members:
-                tasks.append((np.repeat(params[None], len(members), 0), [seeds[i] for i in members], cfg.noise))
-        if tasks:
-            with WorkerPool(n_workers(cfg.workers), init_worker, (spec,), what="iterate collection") as pool, \
-                    tqdm(total=cfg.episodes, initial=done, unit="ep", desc=f"collect round {r}") as bar:
-                for j, results in pool.imap(worker_rollouts, tasks):
-                    for seed_i, result in zip(tasks[j][1], results):
-                        n = result["length"]
-                        writer.append({"obs": result["frames"][:n],
-                                       "action": result["actions"].astype(np.int64 if discrete else np.float32),
-                                       "reward": result["rewards"], "terminated": result["terminated"],
-                                       "truncated": result["truncated"]}, seed=seed_i, level=result["level"])
-                        bar.update(1)
-        return {"episodes": writer.n_episodes, "frames": writer.n_frames, "new_episodes": writer.n_episodes - done,
-                "controller_id": state["id"], "env_backend": backend}
+    return controller_episodes(prev, out, seeds, cfg.noise, max_steps, cfg.env_backend, cfg.env_batch, cfg.workers,
+                               {"seed": seed, "round": r}, desc=f"collect round {r}")
 
 
 @torch.no_grad()
