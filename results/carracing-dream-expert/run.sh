@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# CarRacing from the dream with an expert's data (issue 15): C's fitness is computed only in M's dream; M learns
+# from brownian driving and from episodes driven by results/carracing/real-zh's C (evolved in the real env, 631 on
+# 100 reference tracks) with exploration noise, the way Dropout's Dream Land used mostly expert data.
+#  1. data: 500 brownian episodes (the first 500 of results/carracing's collection: V's own training episodes)
+#     and 400 expert episodes at action noise 0.1 and 400 at 0.3 (recoveries and off-track states), fast backend;
+#  2. V is results/carracing's; M trained afresh on all three files (shipped in models/mdrnn);
+#  3. C0 in the dream (tau 1.15, dream dropout 0.1); fidelity on train-purpose tracks over C0 and its
+#     perturbations picks tau and the dream dropout; C is evolved again with them if they differ;
+#  4. that C on 100 reference-env tracks, shipped as results/carracing-dream-expert/final (V, M, C).
+# Every stage resumes when rerun; wall-clock per stage goes to timings.tsv.
+#   bash results/carracing-dream-expert/run.sh   (GENERATIONS=200)
+set -euo pipefail
+HERE=results/carracing-dream-expert
+cd "$(dirname "$0")/../.."
+source scripts/venv.sh
+DATA=${DATA:-data/carracing-dream-expert}
+EXPERT=results/carracing/real-zh
+PRESET=$HERE/preset.yaml
+mkdir -p "$DATA" "$HERE/models"
+wm() { worldmodels "$@" --preset "$PRESET" --env carracing; }
+timed() { local name=$1 t0=$SECONDS; shift; "$@"; printf '%s\t%d\n' "$name" $((SECONDS - t0)) >> "$HERE/timings.tsv"; }
+[ -f results/carracing/models/vae/checkpoint.pt ] && [ -f "$EXPERT/controller/checkpoint.pt" ] ||
+  { echo "run results/carracing/run.sh first (its V and the real-env C that drives here)" >&2; exit 1; }
+[ -f "$DATA/vae/checkpoint.pt" ] || { mkdir -p "$DATA/vae"; cp results/carracing/models/vae/checkpoint.pt "$DATA/vae/"; }
+
+# 1. Data (collect and encode resume, and do nothing when their file is complete). Skipped once M is shipped.
+LATENTS=$DATA/brownian-latents.h5,$DATA/expert-0.1-latents.h5,$DATA/expert-0.3-latents.h5
+if [ ! -f "$HERE/models/mdrnn/checkpoint.pt" ]; then
+  timed "collect brownian" wm collect --policy brownian --episodes 500 --seed 0 --out "$DATA/brownian.h5"
+  timed "collect expert 0.1" wm collect --controller "$EXPERT" --noise 0.1 --episodes 400 --seed 11 --out "$DATA/expert-0.1.h5"
+  timed "collect expert 0.3" wm collect --controller "$EXPERT" --noise 0.3 --episodes 400 --seed 12 --out "$DATA/expert-0.3.h5"
+  for f in brownian expert-0.1 expert-0.3; do
+    timed "encode $f" wm encode --data "$DATA/$f.h5" --vae "$DATA/vae" --out "$DATA/$f-latents.h5"
+  done
+  # 2. M, shipped in float32 (1.7 MB), so a later session evolves C against exactly this M.
+  timed train-mdrnn wm train-mdrnn --latents "$LATENTS" --out "$DATA/mdrnn" --vae "$DATA/vae"
+  python results/ship.py slim "$DATA/mdrnn" "$HERE/models/mdrnn"
+  python results/ship.py starts "$DATA/brownian-latents.h5" "$HERE/models/starts.h5"
+fi
+[ -f "$DATA/mdrnn/checkpoint.pt" ] || { mkdir -p "$DATA/mdrnn"; cp "$HERE/models/mdrnn/checkpoint.pt" "$DATA/mdrnn/"; }
+# The dreams start at the brownian episodes' first frames (a fresh track, as a real episode starts).
+STARTS=$HERE/models/starts.h5
+link_world() { mkdir -p "$1"; [ -e "$1/vae" ] || ln -s "$(realpath "$DATA/vae")" "$1/vae"
+               [ -e "$1/mdrnn" ] || ln -s "$(realpath "$DATA/mdrnn")" "$1/mdrnn"; }
+G=${GENERATIONS:-200}
+
+# 3. C0, then fidelity on train-purpose tracks; the best setting by Spearman (ties: the smaller gap) -> choice.txt.
+if [ ! -f "$HERE/choice.txt" ]; then
+  link_world "$DATA/run"
+  timed "train-controller C0" wm train-controller --run "$DATA/run" --latents "$STARTS" --generations "$G"
+  timed fidelity wm fidelity --run "$DATA/run" --temperatures 1.0,1.15,1.3 --dream-dropout 0,0.1,0.2
+  cp "$DATA"/run/fidelity/{summary.json,fidelity.csv,scatter.png} "$HERE/"
+  python - "$DATA/run/fidelity/summary.json" > "$HERE/choice.txt" <<'PY'
+import json, sys
+s = [x for x in json.load(open(sys.argv[1]))["settings"] if x["models"] == 1 and x["spearman"] is not None]
+best = max(s, key=lambda x: (round(x["spearman"], 2), -abs(x["gap"])))
+print(f'{best["tau"]:g} {best["dropout"]:g}')
+PY
+fi
+read -r TAU DROP < "$HERE/choice.txt"
+echo "fidelity chose tau $TAU, dream dropout $DROP"
+RUN=$DATA/run
+if [ "$TAU" != "1.15" ] || [ "$DROP" != "0.1" ]; then
+  RUN=$DATA/run-tau$TAU-dropout$DROP
+  link_world "$RUN"
+  timed "train-controller (chosen)" wm train-controller --run "$RUN" --latents "$STARTS" --generations "$G" \
+    --temperature "$TAU" --dream-dropout "$DROP"
+fi
+
+# 4. The chosen C with V and M (float32) shipped as final/ and scored on 100 reference tracks, once per C.
+OUT=$HERE/final
+mkdir -p "$OUT"
+python results/ship.py slim "$RUN/controller" "$OUT/controller"
+for part in vae mdrnn; do [ -e "$OUT/$part" ] || ln -s "../models/$part" "$OUT/$part"; done
+[ -e "$HERE/models/vae" ] || ln -s ../../carracing/models/vae "$HERE/models/vae"
+python results/ship.py scored "$OUT" || timed "evaluate final" wm evaluate --run "$OUT"
+worldmodels report --run "$OUT"
+python results/tables.py carracing-dream "$HERE" > "$HERE/results.md"
