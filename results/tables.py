@@ -2,7 +2,7 @@
 
     python results/tables.py random-policy ROLLOUTS.h5 OUT.csv   per-episode returns of a collected file
     python results/tables.py doom results/doom                    the Doom temperature table (markdown)
-    python results/tables.py carracing results/carracing-cpu      the CarRacing table (markdown)
+    python results/tables.py carracing results/carracing          the CarRacing table (markdown)
     python results/tables.py carracing-dream results/carracing-dream   rounds of iterate, the final C, the anchors
     python results/tables.py procgen-study STUDY_OUT DEST        the study's tables from every finished cell so far
                                                                  (in DEST), and README's compact table
