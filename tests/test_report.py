@@ -85,6 +85,11 @@ def test_paper_score_per_env(env: str, temperature: float | None, expected: str)
     assert expected in report.paper_score(env, temperature)
 
 
+def test_a_v_only_carracing_run_is_compared_with_the_papers_v_only_row() -> None:
+    assert "632 ± 251" in report.paper_score("carracing", None, "z")
+    assert "906 ± 21" in report.paper_score("carracing", None, "zh")
+
+
 def test_sizes_say_how_far_a_search_ran_and_tau_only_for_a_dream() -> None:
     configs = {"train-vae": {"z_dim": 32}, "train-controller": {"generations": 30, "popsize": 64, "rollouts": 4,
                                                                  "where": "real", "temperature": 1.15}}

@@ -60,6 +60,7 @@ FIGURES = [
 # Ha & Schmidhuber (2018), real-env scores; Doom's depends on the dream temperature C was trained at, and the
 # paper also scored each Doom controller in its own dream.
 PAPER_CARRACING = "906 ± 21 (full model, z and h; 100 random tracks)"
+PAPER_CARRACING_V_ONLY = "632 ± 251 (V only, C on z; 100 random tracks)"
 PAPER_DOOM = {0.10: "193 ± 58", 0.50: "196 ± 50", 1.00: "868 ± 511", 1.15: "1092 ± 556", 1.30: "753 ± 139"}
 PAPER_DOOM_DREAM = {0.10: "2086 ± 140", 0.50: "2060 ± 277", 1.00: "1145 ± 690", 1.15: "918 ± 546", 1.30: "732 ± 269"}
 NO_PAPER_PROCGEN = "none: the World Models paper has no ProcGen result"
@@ -70,11 +71,12 @@ def _family(env: str) -> str:
     return env.split(":", 1)[0].split("-", 1)[0]
 
 
-def paper_score(env: str, temperature: float | None) -> str:
-    """The paper's real-env score to compare a run of ``env`` with (C trained at dream ``temperature``)."""
+def paper_score(env: str, temperature: float | None, obs_mode: str | None = None) -> str:
+    """The paper's real-env score to compare a run of ``env`` with (C trained at dream ``temperature``, on
+    ``obs_mode`` inputs: its CarRacing table has a V-only row)."""
     family = _family(env)
     if family == "carracing":
-        return PAPER_CARRACING
+        return PAPER_CARRACING_V_ONLY if obs_mode == "z" else PAPER_CARRACING
     if family == "doom":
         if temperature is not None and round(float(temperature), 2) in PAPER_DOOM:
             tau = round(float(temperature), 2)
@@ -258,7 +260,8 @@ def build_report(run_dir: Path, out: Path) -> tuple[str, dict[str, Any]]:
                          f"{s.get('max', float('nan')):.2f}", str(s.get("controller", "")),
                          paper_dream_score(str(s.get("env", env)), s.get("trained_temperature"), s.get("temperature"))
                          if s.get("where") == "dream" else
-                         paper_score(str(s.get("env", env)), s.get("temperature", c_cfg.get("temperature")))])
+                         paper_score(str(s.get("env", env)), s.get("temperature", c_cfg.get("temperature")),
+                                     s.get("obs_mode", c_cfg.get("obs_mode")))])
         lines += _table(["evaluation", "env", "env backend", "episodes", "return, mean ± std", "min .. max", "controller",
                          "paper (Ha & Schmidhuber 2018)"], rows)
         lines += ["", "Mean ± standard deviation over the evaluated episodes (seeds never used in collection or "
@@ -272,7 +275,7 @@ def build_report(run_dir: Path, out: Path) -> tuple[str, dict[str, Any]]:
             lines += ["", health_line(float(first["mean"]), spread)]
     else:
         lines += ["Missing: no `eval-<levels>/summary.json` (run `worldmodels evaluate --run DIR`).",
-                  "", f"Paper's number for this env: {paper_score(env, c_cfg.get('temperature'))}."]
+                  "", f"Paper's number for this env: {paper_score(env, c_cfg.get('temperature'), c_cfg.get('obs_mode'))}."]
 
     lines += _rounds_section(run_dir)
 
