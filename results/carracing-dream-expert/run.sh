@@ -51,12 +51,7 @@ if [ ! -f "$HERE/choice.txt" ]; then
   timed "train-controller C0" wm train-controller --run "$DATA/run" --latents "$STARTS" --generations "$G"
   timed fidelity wm fidelity --run "$DATA/run" --temperatures 1.0,1.15,1.3 --dream-dropout 0,0.1,0.2
   cp "$DATA"/run/fidelity/{summary.json,fidelity.csv,scatter.png} "$HERE/"
-  python - "$DATA/run/fidelity/summary.json" > "$HERE/choice.txt" <<'PY'
-import json, sys
-s = [x for x in json.load(open(sys.argv[1]))["settings"] if x["models"] == 1 and x["spearman"] is not None]
-best = max(s, key=lambda x: (round(x["spearman"], 2), -abs(x["gap"])))
-print(f'{best["tau"]:g} {best["dropout"]:g}')
-PY
+  python results/fidelity_choice.py "$DATA/run/fidelity/summary.json" > "$HERE/choice.txt"
 fi
 read -r TAU DROP < "$HERE/choice.txt"
 echo "fidelity chose tau $TAU, dream dropout $DROP"
