@@ -190,13 +190,16 @@ def carracing_dream(folder: str) -> str:
     """The rounds of `worldmodels iterate` (rounds.csv, where it ran) and the final C on 100 reference tracks (float16 V and M
     as shipped, and float32), beside the brownian random policy of results/carracing and the public anchors."""
     root = Path(folder)
-    lines = ["| round | real frames (M's data) | V refit | C generations | dream | real (20 reference tracks) |",
-             "|---|---:|---|---:|---:|---:|"]
-    for r in rows(root / "rounds.csv") if (root / "rounds.csv").exists() else []:
-        lines.append(f"| {r['round']} | {int(r['real_frames']):,} | {'yes' if r['vae_refit'] == 'True' else 'no'} | "
-                     f"{r.get('generations') or '?'} | {float(r['dream_score']):.0f} | "
-                     f"{float(r['real_mean']):.0f} ± {float(r['real_std']):.0f} |")
-    lines += ["", "| controller | episodes | real score | standard error |", "|---|---:|---:|---:|"]
+    lines = []
+    if (root / "rounds.csv").exists():  # a campaign without iterate rounds has only the final C
+        lines = ["| round | real frames (M's data) | V refit | C generations | dream | real (20 reference tracks) |",
+                 "|---|---:|---|---:|---:|---:|"]
+        for r in rows(root / "rounds.csv"):
+            lines.append(f"| {r['round']} | {int(r['real_frames']):,} | {'yes' if r['vae_refit'] == 'True' else 'no'} | "
+                         f"{r.get('generations') or '?'} | {float(r['dream_score']):.0f} | "
+                         f"{float(r['real_mean']):.0f} ± {float(r['real_std']):.0f} |")
+        lines.append("")
+    lines += ["| controller | episodes | real score | standard error |", "|---|---:|---:|---:|"]
     half = (root / "final_float32_returns.csv").exists()  # shipped in float16, and scored in float32 too
     finals = (("final C, shipped float16 V and M" if half else "final C, shipped V and M",
                root / "final" / "eval-test" / "returns.csv"),
