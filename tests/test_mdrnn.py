@@ -301,24 +301,24 @@ def test_done_head_counts_follow_the_dreams_rule():
 
 
 def test_m_from_episode_starts_learns_when_episodes_end_and_windows_cannot(tmp_path):
-    # Nothing in z tells the time; every episode dies after 20 steps. Only an M whose h started at the
+    # Nothing in z tells the time; every episode dies after 10 steps. Only an M whose h started at the
     # episode's first frame can count to the death, which is what the dream needs (Doom's hidden health).
     rng = np.random.default_rng(0)
     attrs = {"env": "doom-takecover", "action_space": {"type": "discrete", "n": NA}, "z_dim": 2,
              "vae_checkpoint": "", "vae_id": "", "rollouts": ""}
     with EpisodeWriter(tmp_path / "l.h5", LATENTS, attrs) as w:
         for e in range(60):
-            term = np.zeros(20, bool)
+            term = np.zeros(10, bool)
             term[-1] = True
-            w.append({"mu": rng.normal(size=(20, 2)).astype(np.float32), "logvar": np.full((20, 2), -6.0, np.float32),
-                      "action": rng.integers(0, NA, 20), "reward": np.zeros(20, np.float32), "terminated": term,
-                      "truncated": np.zeros(20, bool)}, seed=e)
+            w.append({"mu": rng.normal(size=(10, 2)).astype(np.float32), "logvar": np.full((10, 2), -6.0, np.float32),
+                      "action": rng.integers(0, NA, 10), "reward": np.zeros(10, np.float32), "terminated": term,
+                      "truncated": np.zeros(10, bool)}, seed=e)
     report, threads = {}, torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny LSTM: one thread is fastest, and the result needs no parallelism
     try:
-        for mode, seq_len in (("episode", 20), ("window", 8)):
+        for mode, seq_len in (("episode", 10), ("window", 4)):
             cfg = tiny_cfg(tmp_path, latents=str(tmp_path / "l.h5"), out=str(tmp_path / mode / "mdrnn"),
-                           n_gaussians=1, seq_len=seq_len, batch_size=16, steps=150, eval_every=150, lr=1e-2,
+                           n_gaussians=1, seq_len=seq_len, batch_size=16, steps=200, eval_every=200, lr=1e-2,
                            picture_steps=0, sequences=mode)
             result = train_mdrnn.run(cfg)
             with open_latents(tmp_path / "l.h5") as src:
@@ -328,7 +328,8 @@ def test_m_from_episode_starts_learns_when_episodes_end_and_windows_cannot(tmp_p
         torch.set_num_threads(threads)
     assert report["episode"]["deaths"] == 12
     assert report["episode"]["recall"] >= 0.9 and report["episode"]["false_alarm"] <= 0.15, report
-    assert report["window"]["recall"] <= 0.5, report
+    # a window M cannot meet that bar (it misses deaths, or fires everywhere)
+    assert report["window"]["recall"] < 0.9 or report["window"]["false_alarm"] > 0.15, report
     metrics = read_metrics(tmp_path / "episode" / "mdrnn" / "metrics.jsonl")[-1]
     assert metrics["val/mdrnn/done_recall"] >= 0.9 and "val/mdrnn/done_false_alarm" in metrics
 
