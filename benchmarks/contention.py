@@ -17,24 +17,15 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import platform
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from real_env import cpu_name
+
 HERE = Path(__file__).resolve().parent
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def spin(stop) -> None:
@@ -68,7 +59,7 @@ def main() -> None:
     p.add_argument("--busy", type=int, default=os.cpu_count() or 2, help="busy processes beside M (default: one per core)")
     p.add_argument("--timeout", type=float, default=600, help="seconds one condition may take")
     args = p.parse_args()
-    print(f"CPU {cpu_model()}, {os.cpu_count()} cores; M batch {args.batch} x {args.seq_len} steps, "
+    print(f"CPU {cpu_name()}, {os.cpu_count()} cores; M batch {args.batch} x {args.seq_len} steps, "
           f"{args.steps} timed steps a condition; busy processes: {args.busy}")
     rates: dict[tuple[str, str], float] = {}
     for load in ("quiet", "busy"):
