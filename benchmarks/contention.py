@@ -8,8 +8,9 @@ CPU build uses GNU OpenMP, whose threads spin at every parallel region's end bef
 process holds the core a spinning thread's partner needs, each region waits for a scheduler time slice. This
 script times the same M training steps (``benchmarks/train_throughput.py``'s, in a fresh interpreter each,
 because OpenMP reads its settings when torch loads) under six conditions: quiet or beside ``--busy``
-processes that each spin a core in pure Python, and OpenMP's default waiting, ``OMP_WAIT_POLICY=PASSIVE`` or one torch thread (``OMP_NUM_THREADS=1``, what scripts/campaign.sh
-gives a campaign started beside another). It prints one ``FIGURE`` line per condition and the ratios.
+processes that each spin a core in pure Python, and OpenMP's default waiting, ``OMP_WAIT_POLICY=PASSIVE`` or
+one torch thread (``OMP_NUM_THREADS=1``, what scripts/campaign.sh gives a campaign started beside another).
+It prints one ``FIGURE`` line per condition and the ratios.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10, help="timed M steps per condition")
     p.add_argument("--batch", type=int, default=16, help="sequences per M step (the default preset's)")
     p.add_argument("--seq-len", type=int, default=200, help="steps per sequence")
-    p.add_argument("--busy", type=int, default=os.cpu_count() or 2, help="busy processes beside M (default: one per core)")
+    p.add_argument("--busy", type=int, default=os.cpu_count() or 2,
+                   help="busy processes beside M (default: one per core)")
     p.add_argument("--timeout", type=float, default=600, help="seconds one condition may take")
     args = p.parse_args()
     print(f"CPU {cpu_name()}, {os.cpu_count()} cores; M batch {args.batch} x {args.seq_len} steps, "
@@ -64,7 +66,8 @@ def main() -> None:
     rates: dict[tuple[str, str], float] = {}
     for load in ("quiet", "busy"):
         stop = mp.Event()
-        workers = [mp.Process(target=spin, args=(stop,), daemon=True) for _ in range(args.busy if load == "busy" else 0)]
+        n = args.busy if load == "busy" else 0
+        workers = [mp.Process(target=spin, args=(stop,), daemon=True) for _ in range(n)]
         for w in workers:
             w.start()
         time.sleep(0.5 if workers else 0)

@@ -303,20 +303,21 @@ def test_done_head_counts_follow_the_dreams_rule():
 def test_m_from_episode_starts_learns_when_episodes_end_and_windows_cannot(tmp_path):
     # Nothing in z tells the time; every episode dies after 10 steps. Only an M whose h started at the
     # episode's first frame can count to the death, which is what the dream needs (Doom's hidden health).
-    rng = np.random.default_rng(0)
+    rng, steps = np.random.default_rng(0), 10
     attrs = {"env": "doom-takecover", "action_space": {"type": "discrete", "n": NA}, "z_dim": 2,
              "vae_checkpoint": "", "vae_id": "", "rollouts": ""}
     with EpisodeWriter(tmp_path / "l.h5", LATENTS, attrs) as w:
         for e in range(60):
-            term = np.zeros(10, bool)
+            term = np.zeros(steps, bool)
             term[-1] = True
-            w.append({"mu": rng.normal(size=(10, 2)).astype(np.float32), "logvar": np.full((10, 2), -6.0, np.float32),
-                      "action": rng.integers(0, NA, 10), "reward": np.zeros(10, np.float32), "terminated": term,
-                      "truncated": np.zeros(10, bool)}, seed=e)
+            w.append({"mu": rng.normal(size=(steps, 2)).astype(np.float32),
+                      "logvar": np.full((steps, 2), -6.0, np.float32), "action": rng.integers(0, NA, steps),
+                      "reward": np.zeros(steps, np.float32), "terminated": term, "truncated": np.zeros(steps, bool)},
+                     seed=e)
     report, threads = {}, torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny LSTM: one thread is fastest, and the result needs no parallelism
     try:
-        for mode, seq_len in (("episode", 10), ("window", 4)):
+        for mode, seq_len in (("episode", steps), ("window", 4)):
             cfg = tiny_cfg(tmp_path, latents=str(tmp_path / "l.h5"), out=str(tmp_path / mode / "mdrnn"),
                            n_gaussians=1, seq_len=seq_len, batch_size=16, steps=200, eval_every=200, lr=1e-2,
                            picture_steps=0, sequences=mode)
