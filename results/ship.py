@@ -4,6 +4,7 @@
     python results/ship.py starts LATENTS_H5 OUT_H5           # every episode's first frame, as one-frame episodes
     python results/ship.py snapshot RUN/controller INIT [OUT] # a search's state, for a fresh machine to continue
     python results/ship.py scored RUN                         # exit 0 if RUN/eval-test scores RUN's C as it is now
+    python results/ship.py iterate RUN/iterate DST [--half]   # iterate's rounds, for a fresh machine to continue
 
 A slim checkpoint keeps the training run's id, so files and controllers made from the full one still match
 it, and evaluates the same; it cannot be resumed (no optimizer or CMA-ES state). The stage's record goes with
@@ -39,6 +40,40 @@ def slim(src: str, dst: str, half: bool = False) -> None:
     for pattern in RECORD:
         for path in Path(src).glob(pattern):
             shutil.copyfile(path, Path(dst) / path.name)
+
+
+def iterate(src: str, dst: str, half: bool = False) -> None:
+    """``worldmodels iterate``'s rounds without their data: the records and every round's slim M and C (and V where
+    the round refit it). Copied into a run folder's iterate/ on a fresh machine, iterate continues from them: it
+    plays the rounds' episodes again with the Cs that collected them (docs/iterate.md). A checkpoint already
+    shipped (same id and training length) is not written again."""
+    src_dir, dst_dir = Path(src), Path(dst)
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("config.yaml", "base.json", "rounds.csv", "rounds.json"):
+        if (src_dir / name).is_file():
+            shutil.copyfile(src_dir / name, dst_dir / name)
+    for rnd in sorted(src_dir.glob("round-*")):
+        out = dst_dir / rnd.name
+        out.mkdir(exist_ok=True)
+        if (rnd / "round.json").is_file():
+            shutil.copyfile(rnd / "round.json", out / "round.json")
+        for part in ("vae", "mdrnn", "controller"):
+            if (rnd / part).is_symlink() or not (rnd / part / "checkpoint.pt").is_file():
+                continue  # a round that kept the last V links to it; iterate links it again
+            if not _same(rnd / part, out / part):
+                slim(str(rnd / part), str(out / part), half=half and part != "controller")
+        for folder in rnd.glob("eval-*"):
+            (out / folder.name).mkdir(exist_ok=True)
+            for name in ("summary.json", "returns.csv"):
+                if (folder / name).is_file():
+                    shutil.copyfile(folder / name, out / folder.name / name)
+
+
+def _same(src: Path, dst: Path) -> bool:
+    if not (dst / "checkpoint.pt").is_file():
+        return False
+    a, b = load_checkpoint(src), load_checkpoint(dst)
+    return all(a.get(k) == b.get(k) for k in ("id", "epoch", "step", "generation"))
 
 
 def starts(latents: str, out: str) -> None:
@@ -131,6 +166,8 @@ if __name__ == "__main__":
         slim(sys.argv[2], sys.argv[3], half="--half" in sys.argv[4:])
     elif sys.argv[1] == "snapshot":
         snapshot(*sys.argv[2:5])
+    elif sys.argv[1] == "iterate":
+        iterate(sys.argv[2], sys.argv[3], half="--half" in sys.argv[4:])
     elif sys.argv[1] == "scored":
         sys.exit(0 if scored(sys.argv[2]) else 1)
     else:

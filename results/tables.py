@@ -191,10 +191,13 @@ def carracing_dream(folder: str) -> str:
     as shipped, and float32), beside the brownian random policy of results/carracing and the public anchors."""
     root = Path(folder)
     lines = []
-    if (root / "rounds.csv").exists():  # a campaign without iterate rounds has only the final C
+    # the rounds as a campaign copied them, or shipped (results/ship.py iterate); a campaign without rounds has
+    # only the final C
+    found = [p for p in (root / "rounds.csv", root / "iterate" / "rounds.csv") if p.exists()]
+    if found:
         lines = ["| round | real frames (M's data) | V refit | C generations | dream | real (20 reference tracks) |",
                  "|---|---:|---|---:|---:|---:|"]
-        for r in rows(root / "rounds.csv"):
+        for r in rows(found[0]):
             lines.append(f"| {r['round']} | {int(r['real_frames']):,} | {'yes' if r['vae_refit'] == 'True' else 'no'} | "
                          f"{r.get('generations') or '?'} | {float(r['dream_score']):.0f} | "
                          f"{float(r['real_mean']):.0f} ± {float(r['real_std']):.0f} |")

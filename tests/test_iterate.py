@@ -143,6 +143,59 @@ def test_a_later_round_may_search_longer_and_refit_v_at_another_ratio(iterated, 
     assert [r["controller_id"] for r in rows[:2]] == [r["controller_id"] for r in before]
 
 
+def test_rounds_moved_without_their_data_are_played_again_and_continue(base_run, iterated, tmp_path, capsys):
+    """Rounds shipped to another machine or path (results/ship.py iterate: the records and slim checkpoints, no
+    rollouts, latents or links): continuing plays each round's episodes again with the C that collected them (same
+    seeds and noise: the same episodes on this CPU), encodes them with the round's V, and refits the next round on
+    those files."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ship", Path(__file__).resolve().parents[1] / "results" / "ship.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    moved = _copy(base_run, tmp_path)
+    ship.iterate(str(iterated / "iterate"), str(moved / "iterate"))
+    shipped = sorted(p.relative_to(moved) for p in (moved / "iterate").rglob("*") if p.is_file())
+    assert not [p for p in shipped if p.suffix == ".h5"] and "es" not in load_checkpoint(
+        moved / "iterate" / "round-2" / "controller")
+    stamp = (moved / "iterate" / "round-2" / "mdrnn" / "checkpoint.pt").stat().st_mtime_ns
+    ship.iterate(str(iterated / "iterate"), str(moved / "iterate"))  # shipped again: unchanged checkpoints stay
+    assert (moved / "iterate" / "round-2" / "mdrnn" / "checkpoint.pt").stat().st_mtime_ns == stamp
+    first = {}
+    for r in (1, 2):
+        folder = iterated / "iterate" / f"round-{r}"
+        with open_rollouts(folder / "rollouts.h5") as f, open_latents(folder / "latents.h5") as z:
+            first[r] = (f.episodes["seed"].tolist(), np.asarray(f.take("action", np.arange(f.n_frames))),
+                        np.asarray(z.take("mu", np.arange(z.n_frames))))
+    # a lost round can only be played again by the C that played it
+    path = moved / "iterate" / "round-1" / "round.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "stages": {**record["stages"], "collect": {
+        **record["stages"]["collect"], "controller_id": "0" * 32}}}))
+    capsys.readouterr()
+    assert cli.main(["iterate", *ARGS, "--run", str(moved), "--rounds", "3"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be played again" in err
+    path.write_text(json.dumps(record))
+
+    _iterate(moved, "--rounds", "3")
+    assert capsys.readouterr().out.count("are played again by") == 2
+    for r in (1, 2):
+        folder = moved / "iterate" / f"round-{r}"
+        with open_rollouts(folder / "rollouts.h5") as f, open_latents(folder / "latents.h5") as z:
+            assert f.episodes["seed"].tolist() == first[r][0]
+            np.testing.assert_array_equal(np.asarray(f.take("action", np.arange(f.n_frames))), first[r][1])
+            np.testing.assert_allclose(np.asarray(z.take("mu", np.arange(z.n_frames))), first[r][2], atol=1e-5)
+        restored = json.loads((folder / "round.json").read_text())["restored"]
+        assert [(n["file"], n["frames"]) for n in restored] == [(f"round-{r}", n["frames_recorded"]) for n in restored]
+    assert (moved / "iterate" / "round-2" / "vae").resolve() == (moved / "vae").resolve()
+    rows = _rows(moved)
+    assert [int(row["round"]) for row in rows] == [1, 2, 3] and rows[:2] == _rows(iterated)
+    m3 = load_checkpoint(moved / "iterate" / "round-3" / "mdrnn")
+    assert [Path(f["path"]).parent.name for f in m3["data"]["files"][1:]] == ["round-1", "round-2", "round-3"]
+    assert all(str(moved) in f["path"] for f in m3["data"]["files"][1:])
+
+
 def test_rounds_refuse_a_base_controller_trained_further(base_run, tmp_path, capsys):
     """Round 1 was collected by the run's C: continuing that C's training (same id, more generations) and then
     iterating again would mix two iterations, so it is refused with one line."""

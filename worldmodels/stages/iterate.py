@@ -25,7 +25,8 @@ and one row per round in R/iterate/rounds.csv (and rounds.json): real episodes a
 validation loss, V's error ratio and whether V was refit, dream and real scores, seconds per stage. The
 original rollouts and latents are never modified. Rerunning the same command skips finished rounds and
 stages (an interrupted stage resumes), a higher --rounds continues, and other settings than those recorded
-in R/iterate/config.yaml are refused.
+in R/iterate/config.yaml are refused. Rounds moved to another machine without their data files (records and
+checkpoints only: results/ship.py iterate) continue too: the files a round needs are rebuilt first (restore).
 
   worldmodels iterate --run runs/carracing-default --rounds 3 --episodes 100 --generations 20
 """
@@ -38,6 +39,7 @@ import io
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -169,15 +171,97 @@ def _collection_settings(data: list[dict[str, Any]]) -> tuple[int, int | None]:
 
 
 # ------------------------------------------------------------------------------------------------ stages
-def collect(cfg: Config, r: int, prev: Path, out: Path, seed: int, max_steps: int | None) -> dict[str, Any]:
+def collect(cfg: Config, r: int, prev: Path, out: Path, seed: int, max_steps: int | None,
+            env_backend: Optional[str] = None) -> dict[str, Any]:
     """Round ``r``'s episodes, played by the C of run folder ``prev`` with exploration noise, into ``out``
     (resumes a killed collection: episode i always plays the same seed)."""
     from worldmodels.envs import episode_seed
     from worldmodels.stages.collect import controller_episodes
 
     seeds = [episode_seed(seed, ROUND_STRIDE * r + i, "collect") for i in range(cfg.episodes)]
-    return controller_episodes(prev, out, seeds, cfg.noise, max_steps, cfg.env_backend, cfg.env_batch, cfg.workers,
-                               {"seed": seed, "round": r}, desc=f"collect round {r}")
+    summary = controller_episodes(prev, out, seeds, cfg.noise, max_steps, env_backend or cfg.env_backend,
+                                  cfg.env_batch, cfg.workers, {"seed": seed, "round": r}, desc=f"collect round {r}")
+    return {**summary, "seed": seed, "max_steps": max_steps}
+
+
+def player(cfg: Config, run: Path, root: Path, r: int) -> Path:
+    """The run folder whose C collects round ``r``: --collector's or the run's for round 1, else round r - 1's."""
+    if r == 1:
+        return Path(cfg.collector) if cfg.collector else run
+    return root / f"round-{r - 1}"
+
+
+def relocated(entries: list[dict[str, Any]], root: Path, original: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Recorded data entries with their files found on this machine: a file inside an iterate folder is looked up
+    under ``root`` (the rounds may have been copied from another machine or path), an original file where the
+    run's M names it now."""
+    def inside(path: str) -> Optional[re.Match]:
+        return re.search(r"/iterate/(round-\d+/[^/]+(/[^/]+)?)$", path)
+
+    def here(path: str) -> str:
+        found = inside(path)
+        return str(root / found.group(1)) if found else path
+
+    now = {e["name"]: e for e in original}
+    out = []
+    for e in entries:
+        if e["name"] in now and not inside(e["latents"]):
+            out.append(dict(now[e["name"]]))
+        else:
+            rollouts = now[e["name"]]["rollouts"] if e["name"] in now else here(e["rollouts"])
+            out.append({**e, "rollouts": rollouts, "latents": here(e["latents"])})
+    return out
+
+
+def restore(cfg: Config, run: Path, root: Path, entries: list[dict[str, Any]], seed: int,
+            max_steps: int | None, current: Optional[Round] = None) -> list[dict[str, Any]]:
+    """Rebuild the rounds' data files in ``entries`` that this machine lacks (rounds shipped as their records and
+    checkpoints, without data): a round's rollouts are played again by the C that collected them, on the same
+    seeds with the same noise (identical on the same CPU and env backend; elsewhere the same policy's episodes,
+    which round.json notes by their frame count); latents are encoded again by the V of the round that wrote
+    them. Returns what was rebuilt."""
+    from worldmodels.data import open_rollouts
+    from worldmodels.stages import encode
+
+    done = []
+    for e in entries:
+        rollouts, latents = Path(e["rollouts"]) if e["rollouts"] else None, Path(e["latents"])
+        if latents.is_file() and (rollouts is None or rollouts.is_file()):
+            continue
+        if not e["name"].startswith("round-"):
+            if latents.is_file():
+                continue  # the original rollouts may be gone: V's error ratio then goes unmeasured, as before
+            raise WorldModelsError(f"{rollouts}, the run's original data, is not here to encode {latents} again; "
+                                   "collect it again as it was collected first")
+        r = int(e["name"].split("-", 1)[1])
+        rnd = current if current is not None and current.r == r else Round(root, r)
+        wanted = rnd.record["stages"].get("collect") or {}
+        t0 = time.perf_counter()
+        if not rollouts.is_file():
+            by = player(cfg, run, root, r)
+            if _saved_id(by / "controller", "controller") != wanted.get("controller_id"):
+                raise WorldModelsError(f"{rollouts} is gone and {by}'s C is not the one that collected it "
+                                       f"({str(wanted.get('controller_id'))[:8]}); it cannot be played again")
+            _say(r, cfg.rounds, "restore", f"{rollouts} is not here: round {r}'s episodes are played again by "
+                                           f"C {wanted['controller_id'][:8]} on the same seeds with the same noise")
+            # the settings the round recorded (rounds collected before it recorded them: the run's)
+            collect(cfg, r, by, rollouts, wanted.get("seed", seed), wanted.get("max_steps", cfg.max_steps or max_steps),
+                    wanted.get("env_backend"))
+        with open_rollouts(rollouts) as f:
+            frames = f.n_frames
+        if not latents.is_file():
+            folder = latents.parent.parent if latents.parent.name == "latents" else latents.parent
+            encode.run(encode.Config(data=str(rollouts), vae=str(folder / "vae"), out=str(latents),
+                                     device=cfg.device))
+        note = {"file": e["name"], "latents": str(latents), "frames": frames, "frames_recorded": wanted.get("frames"),
+                "seconds": time.perf_counter() - t0}
+        if frames != wanted.get("frames"):
+            _say(r, cfg.rounds, "restore", f"round {r}'s episodes played again have {frames} frames, the first "
+                                           f"collection had {wanted.get('frames')} (another CPU or env backend)")
+        rnd.record.setdefault("restored", []).append(note)
+        rnd.save()
+        done.append(note)
+    return done
 
 
 @torch.no_grad()
@@ -306,8 +390,13 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
     out.mkdir(parents=True, exist_ok=True)
     seed, max_steps = _collection_settings(original)
     rollouts, latents = out / "rollouts.h5", out / "latents.h5"
-    player = Path(cfg.collector) if cfg.collector and r == 1 else prev
-    rnd.stage("collect", rounds, lambda: collect(cfg, r, player, rollouts, seed, cfg.max_steps or max_steps),
+    # This round's finished steps may have left data files that another machine made (restore: see there).
+    own = rnd.record["stages"].get("encode", {}).get("data") or (
+        [{"name": f"round-{r}", "rollouts": str(rollouts), "latents": str(latents)}]
+        if "collect" in rnd.record["stages"] else [])
+    restore(cfg, run, out.parent, relocated(own, out.parent, original), seed, max_steps, rnd)
+    by = player(cfg, run, out.parent, r)
+    rnd.stage("collect", rounds, lambda: collect(cfg, r, by, rollouts, seed, cfg.max_steps or max_steps),
               lambda s: f"{s['new_episodes']} episodes played, {s['episodes']} episodes ({s['frames']} frames) "
                         f"by controller {s['controller_id'][:8]} with noise {cfg.noise}")
 
@@ -358,6 +447,7 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
                                     "latents": str(latents.resolve())}], "files": len(todo)}
 
     enc = rnd.stage("encode", rounds, encode_stage, lambda s: f"{s['files']} file(s) encoded with the round's V")
+    enc = {**enc, "data": relocated(enc["data"], out.parent, original)}
 
     def mdrnn_stage() -> dict[str, Any]:
         saved = _saved_config(run / "mdrnn", "mdrnn")
@@ -447,13 +537,17 @@ def run(cfg: Config) -> dict[str, Any]:
         prev, data, rows = run_dir, original, []
         for r in range(1, cfg.rounds + 1):
             rnd = Round(root, r)
+            vae = rnd.record["stages"].get("vae")
+            if vae is not None and not vae["refit"] and not (rnd.dir / "vae").exists():
+                link(prev / "vae", rnd.dir / "vae")  # rounds shipped without their links to the V they kept
             if rnd.finished:
                 _say(r, cfg.rounds, "all stages", "finished before, kept")
             else:
+                restore(cfg, run_dir, root, data, *_collection_settings(original))
                 rnd.record["row"] = run_round(cfg, run_dir, rnd, prev, data, original)
                 rnd.save()
             # C's generations come from its stage's record (it may differ between rounds: --generations)
             rows.append({**rnd.record["row"], "generations": rnd.record["stages"]["controller"]["generation"]})
             write_rows(root, rows)
-            prev, data = rnd.dir, rnd.record["stages"]["encode"]["data"]
+            prev, data = rnd.dir, relocated(rnd.record["stages"]["encode"]["data"], root, original)
     return {"rows": rows, "path": str(root / "rounds.csv")}
