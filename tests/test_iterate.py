@@ -178,7 +178,7 @@ def test_rounds_moved_without_their_data_are_played_again_and_continue(base_run,
     assert err.count("\n") == 1 and "cannot be played again" in err
     path.write_text(json.dumps(record))
 
-    _iterate(moved, "--rounds", "3")
+    _iterate(moved, "--rounds", "3", "--vae-refit-ratio", "0.001")  # round 3 refits V: every file encoded again
     assert capsys.readouterr().out.count("are played again by") == 2
     for r in (1, 2):
         folder = moved / "iterate" / f"round-{r}"
@@ -192,8 +192,24 @@ def test_rounds_moved_without_their_data_are_played_again_and_continue(base_run,
     rows = _rows(moved)
     assert [int(row["round"]) for row in rows] == [1, 2, 3] and rows[:2] == _rows(iterated)
     m3 = load_checkpoint(moved / "iterate" / "round-3" / "mdrnn")
-    assert [Path(f["path"]).parent.name for f in m3["data"]["files"][1:]] == ["round-1", "round-2", "round-3"]
-    assert all(str(moved) in f["path"] for f in m3["data"]["files"][1:])
+    assert [Path(f["path"]).relative_to(moved / "iterate").as_posix() for f in m3["data"]["files"]] == [
+        "round-3/latents/original.h5", "round-3/latents/round-1.h5", "round-3/latents/round-2.h5",
+        "round-3/latents.h5"]
+
+    # moved again after the V refit: the earlier files' latents are encoded again by round 3's V, where it wrote them
+    again = _copy(base_run, tmp_path / "again")
+    ship.iterate(str(moved / "iterate"), str(again / "iterate"))
+    assert (again / "iterate" / "round-3" / "vae" / "checkpoint.pt").is_file()
+    _iterate(again, "--rounds", "4")
+    for name in ("original", "round-1", "round-2"):
+        with open_latents(moved / "iterate" / "round-3" / "latents" / f"{name}.h5") as a, \
+                open_latents(again / "iterate" / "round-3" / "latents" / f"{name}.h5") as b:
+            np.testing.assert_allclose(np.asarray(b.take("mu", np.arange(b.n_frames))),
+                                       np.asarray(a.take("mu", np.arange(a.n_frames))), atol=1e-5)
+    m4 = load_checkpoint(again / "iterate" / "round-4" / "mdrnn")
+    assert [Path(f["path"]).relative_to(again / "iterate").as_posix() for f in m4["data"]["files"]] == [
+        "round-3/latents/original.h5", "round-3/latents/round-1.h5", "round-3/latents/round-2.h5",
+        "round-3/latents.h5", "round-4/latents.h5"]
 
 
 def test_rounds_refuse_a_base_controller_trained_further(base_run, tmp_path, capsys):

@@ -223,16 +223,24 @@ def restore(cfg: Config, run: Path, root: Path, entries: list[dict[str, Any]], s
     from worldmodels.data import open_rollouts
     from worldmodels.stages import encode
 
+    def encoded(rollouts: Path, latents: Path) -> None:
+        if not latents.is_file():  # by the V of the round whose folder holds the file (a refit V's latents/)
+            folder = latents.parent.parent if latents.parent.name == "latents" else latents.parent
+            encode.run(encode.Config(data=str(rollouts), vae=str(folder / "vae"), out=str(latents), device=cfg.device))
+
     done = []
     for e in entries:
         rollouts, latents = Path(e["rollouts"]) if e["rollouts"] else None, Path(e["latents"])
-        if latents.is_file() and (rollouts is None or rollouts.is_file()):
-            continue
         if not e["name"].startswith("round-"):
-            if latents.is_file():
-                continue  # the original rollouts may be gone: V's error ratio then goes unmeasured, as before
-            raise WorldModelsError(f"{rollouts}, the run's original data, is not here to encode {latents} again; "
-                                   "collect it again as it was collected first")
+            # the original rollouts may be gone (V's error ratio then goes unmeasured) while its latents are here
+            if not latents.is_file():
+                if rollouts is None or not rollouts.is_file():
+                    raise WorldModelsError(f"{rollouts}, the run's original data, is not here to encode {latents} "
+                                           "again; collect it again as it was collected first")
+                encoded(rollouts, latents)
+            continue
+        if latents.is_file() and rollouts.is_file():
+            continue
         r = int(e["name"].split("-", 1)[1])
         rnd = current if current is not None and current.r == r else Round(root, r)
         wanted = rnd.record["stages"].get("collect") or {}
@@ -249,10 +257,7 @@ def restore(cfg: Config, run: Path, root: Path, entries: list[dict[str, Any]], s
                     wanted.get("env_backend"))
         with open_rollouts(rollouts) as f:
             frames = f.n_frames
-        if not latents.is_file():
-            folder = latents.parent.parent if latents.parent.name == "latents" else latents.parent
-            encode.run(encode.Config(data=str(rollouts), vae=str(folder / "vae"), out=str(latents),
-                                     device=cfg.device))
+        encoded(rollouts, latents)
         note = {"file": e["name"], "latents": str(latents), "frames": frames, "frames_recorded": wanted.get("frames"),
                 "seconds": time.perf_counter() - t0}
         if frames != wanted.get("frames"):
