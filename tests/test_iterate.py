@@ -126,28 +126,12 @@ def test_rerun_does_no_new_work_and_a_changed_setting_is_refused(iterated, capsy
     assert state() == before
 
 
-def test_a_later_round_may_search_longer_and_refit_v_at_another_ratio(iterated, tmp_path):
-    """--generations and --vae-refit-ratio may change on a rerun: the finished rounds keep theirs, the next ones
-    use the new values, and each round records them (rounds.csv: C's generations; round.json: the ratio)."""
-    run = _copy(iterated, tmp_path)
-    before = _rows(run)
-    done = int(before[0]["generations"])
-    assert [int(r["generations"]) for r in before] == [done, done]
-    _iterate(run, "--rounds", "3", "--generations", str(done + 2), "--vae-refit-ratio", "0.001")
-    rows = _rows(run)
-    assert [int(r["generations"]) for r in rows] == [done, done, done + 2]
-    assert [r["vae_refit"] for r in rows] == ["False", "False", "True"]
-    record = json.loads((run / "iterate" / "round-3" / "round.json").read_text())
-    assert record["stages"]["vae"]["refit_ratio"] == 0.001
-    assert load_checkpoint(run / "iterate" / "round-3" / "controller")["generation"] == done + 2
-    assert [r["controller_id"] for r in rows[:2]] == [r["controller_id"] for r in before]
-
-
 def test_rounds_moved_without_their_data_are_played_again_and_continue(base_run, iterated, tmp_path, capsys):
     """Rounds shipped to another machine or path (results/ship.py iterate: the records and slim checkpoints, no
     rollouts, latents or links): continuing plays each round's episodes again with the C that collected them (same
     seeds and noise: the same episodes on this CPU), encodes them with the round's V, and refits the next round on
-    those files."""
+    those files. The next round may search longer and refit V at another ratio (--generations and
+    --vae-refit-ratio may change on a rerun: the finished rounds keep theirs, and each round records its own)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("ship", Path(__file__).resolve().parents[1] / "results" / "ship.py")
@@ -178,7 +162,8 @@ def test_rounds_moved_without_their_data_are_played_again_and_continue(base_run,
     assert err.count("\n") == 1 and "cannot be played again" in err
     path.write_text(json.dumps(record))
 
-    _iterate(moved, "--rounds", "3", "--vae-refit-ratio", "0.001")  # round 3 refits V: every file encoded again
+    done = int(_rows(iterated)[0]["generations"])
+    _iterate(moved, "--rounds", "3", "--generations", str(done + 2), "--vae-refit-ratio", "0.001")  # V refit
     assert capsys.readouterr().out.count("are played again by") == 2
     for r in (1, 2):
         folder = moved / "iterate" / f"round-{r}"
@@ -191,6 +176,11 @@ def test_rounds_moved_without_their_data_are_played_again_and_continue(base_run,
     assert (moved / "iterate" / "round-2" / "vae").resolve() == (moved / "vae").resolve()
     rows = _rows(moved)
     assert [int(row["round"]) for row in rows] == [1, 2, 3] and rows[:2] == _rows(iterated)
+    assert [int(r["generations"]) for r in rows] == [done, done, done + 2]
+    assert [r["vae_refit"] for r in rows] == ["False", "False", "True"]
+    record = json.loads((moved / "iterate" / "round-3" / "round.json").read_text())
+    assert record["stages"]["vae"]["refit_ratio"] == 0.001
+    assert load_checkpoint(moved / "iterate" / "round-3" / "controller")["generation"] == done + 2
     m3 = load_checkpoint(moved / "iterate" / "round-3" / "mdrnn")
     assert [Path(f["path"]).relative_to(moved / "iterate").as_posix() for f in m3["data"]["files"]] == [
         "round-3/latents/original.h5", "round-3/latents/round-1.h5", "round-3/latents/round-2.h5",
