@@ -28,7 +28,7 @@ from worldmodels.checkpoint import load_checkpoint, save_checkpoint, without_res
 RECORD = ("config.yaml", "metrics.jsonl", "*.png", "*.gif")
 
 
-def slim(src: str, dst: str, half: bool = False) -> None:
+def slim(src: str, dst: str, half: bool = False, record: tuple[str, ...] = RECORD) -> None:
     import torch
 
     state = load_checkpoint(src)
@@ -37,14 +37,14 @@ def slim(src: str, dst: str, half: bool = False) -> None:
         keep["model"] = {k: v.half() if v.is_floating_point() else v for k, v in keep["model"].items()}
         keep["stored_as"] = "float16"
     save_checkpoint(Path(dst), state["kind"], keep)
-    for pattern in RECORD:
+    for pattern in record:
         for path in Path(src).glob(pattern):
             shutil.copyfile(path, Path(dst) / path.name)
 
 
 def iterate(src: str, dst: str, half: bool = False) -> None:
     """``worldmodels iterate``'s rounds without their data: the records and every round's slim M and C (and V where
-    the round refit it). Copied into a run folder's iterate/ on a fresh machine, iterate continues from them: it
+    the round refit it), with their records less GIFs. Copied into a run folder's iterate/ on a fresh machine, iterate continues from them: it
     plays the rounds' episodes again with the Cs that collected them (docs/iterate.md). A checkpoint already
     shipped (same id and training length) is not written again."""
     src_dir, dst_dir = Path(src), Path(dst)
@@ -61,7 +61,9 @@ def iterate(src: str, dst: str, half: bool = False) -> None:
             if (rnd / part).is_symlink() or not (rnd / part / "checkpoint.pt").is_file():
                 continue  # a round that kept the last V links to it; iterate links it again
             if not _same(rnd / part, out / part):
-                slim(str(rnd / part), str(out / part), half=half and part != "controller")
+                # no GIFs: a round is a record, not a shipped model with a report (M's GIF is 2 MB)
+                slim(str(rnd / part), str(out / part), half=half and part != "controller",
+                     record=tuple(p for p in RECORD if p != "*.gif"))
         for folder in rnd.glob("eval-*"):
             (out / folder.name).mkdir(exist_ok=True)
             for name in ("summary.json", "returns.csv"):
