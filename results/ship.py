@@ -44,9 +44,9 @@ def slim(src: str, dst: str, half: bool = False, record: tuple[str, ...] = RECOR
 
 def iterate(src: str, dst: str, half: bool = False) -> None:
     """``worldmodels iterate``'s rounds without their data: the records and every round's slim M and C (and V where
-    the round refit it), with their records less GIFs. Copied into a run folder's iterate/ on a fresh machine, iterate continues from them: it
-    plays the rounds' episodes again with the Cs that collected them (docs/iterate.md). A checkpoint already
-    shipped (same id and training length) is not written again."""
+    the round refit it), with their records less GIFs. Copied into a run folder's iterate/ on a fresh machine,
+    iterate continues from them: it plays the rounds' episodes again with the Cs that collected them
+    (docs/iterate.md). A checkpoint already shipped (same id and training length) is not written again."""
     src_dir, dst_dir = Path(src), Path(dst)
     dst_dir.mkdir(parents=True, exist_ok=True)
     for name in ("config.yaml", "base.json", "rounds.csv", "rounds.json"):
@@ -62,8 +62,7 @@ def iterate(src: str, dst: str, half: bool = False) -> None:
                 continue  # a round that kept the last V links to it; iterate links it again
             if not _same(rnd / part, out / part):
                 # no GIFs: a round is a record, not a shipped model with a report (M's GIF is 2 MB)
-                slim(str(rnd / part), str(out / part), half=half and part != "controller",
-                     record=tuple(p for p in RECORD if p != "*.gif"))
+                slim(str(rnd / part), str(out / part), half=half, record=tuple(p for p in RECORD if p != "*.gif"))
         for folder in rnd.glob("eval-*"):
             (out / folder.name).mkdir(exist_ok=True)
             for name in ("summary.json", "returns.csv"):

@@ -226,7 +226,8 @@ def restore(cfg: Config, run: Path, root: Path, entries: list[dict[str, Any]], s
     def encoded(rollouts: Path, latents: Path) -> None:
         if not latents.is_file():  # by the V of the round whose folder holds the file (a refit V's latents/)
             folder = latents.parent.parent if latents.parent.name == "latents" else latents.parent
-            encode.run(encode.Config(data=str(rollouts), vae=str(folder / "vae"), out=str(latents), device=cfg.device))
+            encode.run(encode.Config(data=str(rollouts), vae=str(folder / "vae"), out=str(latents),
+                                     device=cfg.device))
 
     done = []
     for e in entries:
@@ -395,11 +396,12 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
     out.mkdir(parents=True, exist_ok=True)
     seed, max_steps = _collection_settings(original)
     rollouts, latents = out / "rollouts.h5", out / "latents.h5"
-    # This round's finished steps may have left data files that another machine made (restore: see there).
-    own = rnd.record["stages"].get("encode", {}).get("data") or (
+    # The data so far and this round's files from its finished steps, where this machine lacks them (restore).
+    # Once encoded, the round's record lists them all.
+    needed = rnd.record["stages"].get("encode", {}).get("data") or data + (
         [{"name": f"round-{r}", "rollouts": str(rollouts), "latents": str(latents)}]
         if "collect" in rnd.record["stages"] else [])
-    restore(cfg, run, out.parent, relocated(own, out.parent, original), seed, max_steps, rnd)
+    restore(cfg, run, out.parent, relocated(needed, out.parent, original), seed, max_steps, rnd)
     by = player(cfg, run, out.parent, r)
     rnd.stage("collect", rounds, lambda: collect(cfg, r, by, rollouts, seed, cfg.max_steps or max_steps),
               lambda s: f"{s['new_episodes']} episodes played, {s['episodes']} episodes ({s['frames']} frames) "
@@ -548,7 +550,6 @@ def run(cfg: Config) -> dict[str, Any]:
             if rnd.finished:
                 _say(r, cfg.rounds, "all stages", "finished before, kept")
             else:
-                restore(cfg, run_dir, root, data, *_collection_settings(original))
                 rnd.record["row"] = run_round(cfg, run_dir, rnd, prev, data, original)
                 rnd.save()
             # C's generations come from its stage's record (it may differ between rounds: --generations)
