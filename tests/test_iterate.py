@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -24,15 +23,9 @@ ARGS = ["--preset", "smoke", "--rounds", "2", "--vae-refit-ratio", "1000", "--en
 
 
 @pytest.fixture(scope="module")
-def base_run(tmp_path_factory) -> Path:
-    """A smoke run through train-controller (no evaluation), as the pipeline wires it."""
-    from worldmodels.pipeline import STAGES, stage_config
-
-    run = tmp_path_factory.mktemp("iterate") / "run"
-    for stage in STAGES[:5]:
-        module, cfg = stage_config(stage, "smoke", run, "carracing")
-        module.run(dataclasses.replace(cfg, workers=0) if hasattr(cfg, "workers") else cfg)
-    return run
+def base_run(carracing_smoke_run) -> Path:
+    """The session's smoke pipeline run (read only: each test iterates on a copy)."""
+    return carracing_smoke_run
 
 
 def _copy(base_run: Path, tmp: Path) -> Path:

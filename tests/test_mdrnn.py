@@ -300,6 +300,7 @@ def test_done_head_counts_follow_the_dreams_rule():
     assert train_mdrnn.done_head_counts(logit, done, mask).tolist() == [2, 3, 2, 4]
 
 
+@pytest.mark.slow  # a learning check (11 s): CI runs it with -m slow
 def test_m_from_episode_starts_learns_when_episodes_end_and_windows_cannot(tmp_path):
     # Nothing in z tells the time; every episode dies after 10 steps. Only an M whose h started at the
     # episode's first frame can count to the death, which is what the dream needs (Doom's hidden health).

@@ -17,12 +17,8 @@ from worldmodels.stages import report
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    from worldmodels.pipeline import run_pipeline
-
-    path = tmp_path_factory.mktemp("report") / "run"
-    run_pipeline(env="carracing", preset="smoke", run_dir=str(path), log=lambda *_: None)
-    return path
+def run_dir(carracing_smoke_run) -> Path:
+    return carracing_smoke_run
 
 
 def _links(text: str) -> list[str]:
