@@ -186,6 +186,20 @@ ANCHORS_DREAM = (("Dropout's Dream Land (a fixed-N CarRacing, mostly expert data
                  ("world-models-jax (heuristic-driver and on-policy failure data)", "843", "1 (apparently)"))
 
 
+def _paired(a: Path, b: Path) -> str:
+    """a − b on the tracks both played (by seed), with a 95 % bootstrap interval; '—' where either is missing."""
+    from worldmodels.stages.study import bootstrap_ci
+
+    if not (a.exists() and b.exists()):
+        return "—"
+    base = {r["seed"]: float(r["return"]) for r in rows(b)}
+    diff = np.array([float(r["return"]) - base[r["seed"]] for r in rows(a) if r["seed"] in base])
+    if not len(diff):
+        return "—"
+    low, high = bootstrap_ci(diff)
+    return f"{diff.mean():+.0f} [{low:+.0f}, {high:+.0f}]"
+
+
 def carracing_dream(folder: str) -> str:
     """The rounds of `worldmodels iterate` (rounds.csv, where it ran) and the final C on 100 reference tracks (float16 V and M
     as shipped, and float32), beside the brownian random policy of results/carracing and the public anchors."""
@@ -195,12 +209,18 @@ def carracing_dream(folder: str) -> str:
     # only the final C
     found = [p for p in (root / "rounds.csv", root / "iterate" / "rounds.csv") if p.exists()]
     if found:
-        lines = ["| round | real frames (M's data) | V refit | C generations | dream | real (20 reference tracks) |",
-                 "|---|---:|---|---:|---:|---:|"]
-        for r in rows(found[0]):
+        table = rows(found[0])
+        paired = [_paired(root / f"iterate/round-{r['round']}/eval-test/returns.csv", root / (
+            "final" if r["round"] == "1" else f"iterate/round-{int(r['round']) - 1}") / "eval-test" / "returns.csv")
+            for r in table]
+        extra = any(p != "—" for p in paired)  # the rounds' per-track returns are shipped (results/ship.py iterate)
+        lines = ["| round | real frames (M's data) | V refit | C generations | dream | real (20 reference tracks) |"
+                 + (" real − the round before, per track [95 % bootstrap interval] |" if extra else ""),
+                 "|---|---:|---|---:|---:|---:|" + ("---:|" if extra else "")]
+        for r, p in zip(table, paired):
             lines.append(f"| {r['round']} | {int(r['real_frames']):,} | {'yes' if r['vae_refit'] == 'True' else 'no'} | "
                          f"{r.get('generations') or '?'} | {float(r['dream_score']):.0f} | "
-                         f"{float(r['real_mean']):.0f} ± {float(r['real_std']):.0f} |")
+                         f"{float(r['real_mean']):.0f} ± {float(r['real_std']):.0f} |" + (f" {p} |" if extra else ""))
         lines.append("")
     lines += ["| controller | episodes | real score | standard error |", "|---|---:|---:|---:|"]
     half = (root / "final_float32_returns.csv").exists()  # shipped in float16, and scored in float32 too
