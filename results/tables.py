@@ -200,6 +200,12 @@ def _paired(a: Path, b: Path) -> str:
     return f"{diff.mean():+.0f} [{low:+.0f}, {high:+.0f}]"
 
 
+def _round_of(run: Path) -> str:
+    """'round K' for a run folder whose M links to iterate/round-K/mdrnn (run.sh's iterate-final/)."""
+    m = run / "mdrnn"
+    return m.readlink().parent.name.replace("-", " ") if m.is_symlink() else "?"
+
+
 def carracing_dream(folder: str) -> str:
     """The rounds of `worldmodels iterate` (rounds.csv, where it ran) and the final C on 100 reference tracks (float16 V and M
     as shipped, and float32), beside the brownian random policy of results/carracing and the public anchors."""
@@ -227,6 +233,8 @@ def carracing_dream(folder: str) -> str:
     finals = (("final C, shipped float16 V and M" if half else "final C, shipped V and M",
                root / "final" / "eval-test" / "returns.csv"),
               ("final C, float32 V and M", root / "final_float32_returns.csv"),
+              (f"iterate's last C ({_round_of(root / 'iterate-final')}), its M, the kept V",
+               root / "iterate-final" / "eval-test" / "returns.csv"),
               ("brownian random policy", root.parent / "carracing" / "random_policy.csv"))
     for name, path in finals:
         if path.exists():

@@ -11,7 +11,8 @@
 #  5. with ROUNDS=K: K rounds of `worldmodels iterate` from final/ (on-policy episodes of the last C with noise,
 #     M refit warm, C evolved again in the refit M's dream, 20 reference tracks a round; settings in preset.yaml's
 #     iterate section); each round's records and slim M and C are shipped to iterate/ as it lands, so a fresh
-#     machine continues: it collects the data again (stage 1) and iterate plays the rounds' episodes again.
+#     machine continues: it collects the data again (stage 1) and iterate plays the rounds' episodes again;
+#  6. the last round's C on the 100 reference tracks, shipped as iterate-final/ (V, M, C).
 # Every stage resumes when rerun; wall-clock per stage goes to timings.tsv.
 #   bash results/carracing-dream-expert/run.sh   (GENERATIONS=200; ROUNDS=0)
 set -euo pipefail
@@ -108,5 +109,18 @@ if [ "$ROUNDS" -gt 0 ]; then
     timed "iterate round $r" wm iterate --run "$ITER" --rounds "$r"
     python results/ship.py iterate "$ITER/iterate" "$HERE/iterate"
   done
+
+  # 6. The last round's C, with that round's M and the kept V, on the 100 reference tracks final/ was scored on
+  #    (its first 20 are the rounds' tracks), shipped as iterate-final/ and scored once per C. No GIF: results/
+  #    stays under ~100 MB.
+  LAST=$HERE/iterate/round-$ROUNDS
+  [ ! -e "$LAST/vae" ] || { echo "round $ROUNDS refit V: iterate-final expects the kept V" >&2; exit 1; }
+  FIN=$HERE/iterate-final
+  mkdir -p "$FIN"
+  python results/ship.py slim "$LAST/controller" "$FIN/controller"
+  ln -sfn "../iterate/round-$ROUNDS/mdrnn" "$FIN/mdrnn"
+  ln -sfn ../models/vae "$FIN/vae"
+  python results/ship.py scored "$FIN" || timed "evaluate iterate-final (round $ROUNDS)" wm evaluate --run "$FIN" --no-gif
+  worldmodels report --run "$FIN"
   python results/tables.py carracing-dream "$HERE" > "$HERE/results.md"
 fi
