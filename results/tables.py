@@ -216,9 +216,10 @@ def carracing_dream(folder: str) -> str:
     found = [p for p in (root / "rounds.csv", root / "iterate" / "rounds.csv") if p.exists()]
     if found:
         table = rows(found[0])
-        paired = [_paired(root / f"iterate/round-{r['round']}/eval-test/returns.csv", root / (
-            "final" if r["round"] == "1" else f"iterate/round-{int(r['round']) - 1}") / "eval-test" / "returns.csv")
-            for r in table]
+        def scores(n: int) -> Path:  # round 0 is final/'s C, which the rounds start from
+            return root / ("final" if n == 0 else f"iterate/round-{n}") / "eval-test" / "returns.csv"
+
+        paired = [_paired(scores(int(r["round"])), scores(int(r["round"]) - 1)) for r in table]
         extra = any(p != "—" for p in paired)  # the rounds' per-track returns are shipped (results/ship.py iterate)
         lines = ["| round | real frames (M's data) | V refit | C generations | dream | real (20 reference tracks) |"
                  + (" real − the round before, per track [95 % bootstrap interval] |" if extra else ""),

@@ -19,6 +19,7 @@ set -euo pipefail
 HERE=results/carracing-dream-expert
 cd "$(dirname "$0")/../.."
 source scripts/venv.sh
+source scripts/timed.sh
 DATA=${DATA:-data/carracing-dream-expert}
 ROUNDS=${ROUNDS:-0}
 # The expert is results/carracing/real-zh's C as it was when this world's data was collected (generation 39,
@@ -32,8 +33,6 @@ done
 PRESET=$HERE/preset.yaml
 mkdir -p "$DATA" "$HERE/models"
 wm() { worldmodels "$@" --preset "$PRESET" --env carracing; }
-# A stage already finished returns in seconds on a rerun: rows under 10 s are left out, so cost sums count work once.
-timed() { local name=$1 t0=$SECONDS; shift; "$@"; (( SECONDS - t0 < 10 )) || printf '%s\t%d\n' "$name" $((SECONDS - t0)) >> "$HERE/timings.tsv"; }
 [ -f results/carracing/models/vae/checkpoint.pt ] && [ -f "$EXPERT/controller/checkpoint.pt" ] ||
   { echo "results/carracing's V and M, and models/expert-controller, are needed here" >&2; exit 1; }
 [ -f "$DATA/vae/checkpoint.pt" ] || { mkdir -p "$DATA/vae"; cp results/carracing/models/vae/checkpoint.pt "$DATA/vae/"; }

@@ -13,13 +13,12 @@ set -euo pipefail
 HERE=results/carracing-dream
 cd "$(dirname "$0")/../.."
 source scripts/venv.sh
+source scripts/timed.sh
 CAR=${CAR:-data/carracing}          # results/carracing's data folder: its rollouts, latents and V
 DATA=${DATA:-data/carracing-dream}
 PRESET=$HERE/preset.yaml
 mkdir -p "$DATA" "$HERE/models"
 wm() { worldmodels "$@" --preset "$PRESET" --env carracing; }
-# A stage already finished returns in seconds on a rerun: rows under 10 s are left out, so cost sums count work once.
-timed() { local name=$1 t0=$SECONDS; shift; "$@"; (( SECONDS - t0 < 10 )) || printf '%s\t%d\n' "$name" $((SECONDS - t0)) >> "$HERE/timings.tsv"; }
 
 # 1. The world. V is results/carracing's (shipped); the collection is replayed if this machine lacks it.
 [ -f results/carracing/models/vae/checkpoint.pt ] || { echo "run results/carracing/run.sh first (its V)" >&2; exit 1; }

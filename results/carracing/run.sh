@@ -11,14 +11,13 @@ set -euo pipefail
 HERE=results/carracing
 cd "$(dirname "$0")/../.."
 source scripts/venv.sh
+source scripts/timed.sh
 DATA=${DATA:-data/carracing}
 PRESET=$HERE/preset.yaml
 ENV=carracing
 MODELS=$HERE/models
 mkdir -p "$DATA" "$MODELS"
 wm() { worldmodels "$@" --preset "$PRESET" --env "$ENV"; }
-# A stage already finished returns in seconds on a rerun: rows under 10 s are left out, so cost sums count work once.
-timed() { local name=$1 t0=$SECONDS; shift; "$@"; (( SECONDS - t0 < 10 )) || printf '%s\t%d\n' "$name" $((SECONDS - t0)) >> "$HERE/timings.tsv"; }
 restore() { [ -f "$MODELS/$1/checkpoint.pt" ] && [ ! -f "$DATA/$1/checkpoint.pt" ] && mkdir -p "$DATA/$1" && cp "$MODELS/$1/checkpoint.pt" "$DATA/$1/"; true; }
 progress() {  # progress NAME: the search's record so far, in NAME/search/ (a C ships only with its evaluation,
   # and controller/ keeps the record of the C shipped there), and its state, NAME/state/, which a fresh machine

@@ -9,14 +9,13 @@ set -euo pipefail
 HERE=results/doom
 cd "$(dirname "$0")/../.."
 source scripts/venv.sh
+source scripts/timed.sh
 DATA=${DATA:-data/doom}
 PRESET=$HERE/preset.yaml
 ENV=doom-takecover
 MODELS=$HERE/models
 mkdir -p "$DATA" "$MODELS"
 wm() { worldmodels "$@" --preset "$PRESET" --env "$ENV"; }
-# A stage already finished returns in seconds on a rerun: rows under 10 s are left out, so cost sums count work once.
-timed() { local name=$1 t0=$SECONDS; shift; "$@"; (( SECONDS - t0 < 10 )) || printf '%s\t%d\n' "$name" $((SECONDS - t0)) >> "$HERE/timings.tsv"; }
 restore() { [ -f "$MODELS/$1/checkpoint.pt" ] && [ ! -f "$DATA/$1/checkpoint.pt" ] && mkdir -p "$DATA/$1" && cp "$MODELS/$1/checkpoint.pt" "$DATA/$1/"; true; }
 is_half() { python -c "import sys, torch; sys.exit(torch.load('$1', weights_only=False).get('stored_as') != 'float16')"; }
 

@@ -10,11 +10,10 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 cd "$HERE/../.."
 source scripts/venv.sh
+source scripts/timed.sh
 DATA=${DATA:-data/env-fidelity}
 RUN=${1:-runs/carracing-default}
 mkdir -p "$DATA"
-# A stage already finished returns in seconds on a rerun: rows under 10 s are left out, so cost sums count work once.
-timed() { local name=$1 t0=$SECONDS; shift; "$@"; (( SECONDS - t0 < 10 )) || printf '%s\t%d\n' "$name" $((SECONDS - t0)) >> "$HERE/timings.tsv"; }
 for b in reference fast; do
   timed "collect-$b" worldmodels collect --env carracing --env-backend "$b" --episodes 100 --seed 0 --workers 2 --out "$DATA/$b/train.h5"
   timed "collect-test-$b" worldmodels collect --env carracing --env-backend "$b" --episodes 20 --seed 1 --workers 2 --out "$DATA/$b/test.h5"

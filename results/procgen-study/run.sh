@@ -10,9 +10,8 @@ set -euo pipefail
 HERE=results/procgen-study
 cd "$(dirname "$0")/../.."
 source scripts/venv.sh
+source scripts/timed.sh
 OUT=${OUT:-data/procgen-study}
-# A stage already finished returns in seconds on a rerun: rows under 10 s are left out, so cost sums count work once.
-timed() { local name=$1 t0=$SECONDS; shift; "$@"; (( SECONDS - t0 < 10 )) || printf '%s\t%d\n' "$name" $((SECONDS - t0)) >> "$HERE/timings.tsv"; }
 keep() {  # the tables of every finished cell so far (all games), and the cell records (each cell's config and scores)
   python results/tables.py procgen-study "$OUT" "$HERE"
 }
