@@ -1,4 +1,5 @@
-"""Figures the stages write (PNG via matplotlib, GIF via imageio): one function per figure.
+"""Figures the stages write (PNG via matplotlib, saved as 256-colour palettes; GIF via imageio): one function
+per figure.
 
 Figures are built with ``matplotlib.figure.Figure`` (no pyplot), so they never touch a notebook's
 backend or global state, and are saved atomically so a killed run never leaves a torn PNG.
@@ -6,21 +7,29 @@ backend or global state, and are saved atomically so a killed run never leaves a
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from PIL import Image
 
 from worldmodels.utils import atomic_path
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Write ``fig`` as a PNG atomically; returns the path."""
+    """Write ``fig`` as a 256-colour PNG atomically; returns the path.
+
+    A palette PNG is 1.5-2.5x smaller than matplotlib's RGBA one for these figures (a 64-row latent traversal:
+    2.4 MB -> 1.4 MB), and shipped models carry their figures in git (results/ stays under ~100 MB)."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    buf.seek(0)
+    with Image.open(buf) as image, atomic_path(path) as tmp:
+        image.convert("RGB").quantize(256).save(tmp, format="PNG", optimize=True)
     return path
 
 
