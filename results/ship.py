@@ -49,7 +49,7 @@ def iterate(src: str, dst: str, half: bool = False) -> None:
     (docs/iterate.md). A checkpoint already shipped (same id and training length) is not written again."""
     src_dir, dst_dir = Path(src), Path(dst)
     dst_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("config.yaml", "base.json", "rounds.csv", "rounds.json"):
+    for name in ("config.yaml", "base.json", "rounds.csv", "rounds.json", "rounds.png"):
         if (src_dir / name).is_file():
             shutil.copyfile(src_dir / name, dst_dir / name)
     for rnd in sorted(src_dir.glob("round-*")):

@@ -76,9 +76,11 @@ def test_rounds_grow_the_data_by_exactly_what_they_collect(iterated, base_run):
         assert int(row["real_n"]) == 2
     with open_rollouts(base_run / "rollouts.h5") as f:  # the original data is never touched
         assert set(f.episodes["seed"].tolist()) == original_seeds
+    assert (iterated / "iterate" / "rounds.png").stat().st_size > 1000  # drawn by iterate, not only by report
     report = cli.load_stage("report").run(cli.load_stage("report").Config(run=str(iterated)))
     text = Path(report["path"]).read_text()
     assert "## Rounds" in text and f"| 2 | {rows[1]['real_episodes']} | {rows[1]['real_frames']} |" in text
+    assert "iterate/rounds.png" in report["figures"] and "rounds.png)" in text
 
 
 def test_m_and_c_are_warm_started_from_the_last_round(iterated, base_run):

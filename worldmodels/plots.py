@@ -102,6 +102,32 @@ def learning_curve(records: Sequence[dict], path: str | os.PathLike, title: str 
     return save_figure(fig, path)
 
 
+def iterate_rounds(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """`worldmodels iterate`'s rounds (rows of iterate/rounds.csv, numbers or their text): C's dream score and its
+    real score per round, the real one with +-1 standard error bars (std / sqrt(n)), against the real frames M
+    had learned from; PNG at ``path``. The gap between the two lines is how much the dream overpays."""
+    def column(key: str) -> np.ndarray:
+        return np.array([float(r[key]) if r.get(key) not in (None, "", "None") else np.nan for r in rows])
+
+    frames = column("real_frames") / 1e6
+    real, std, n = column("real_mean"), column("real_std"), column("real_n")
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    ax.plot(frames, column("dream_score"), "s--", color="tab:red", markersize=5, label="dream score")
+    ax.errorbar(frames, real, yerr=std / np.sqrt(np.maximum(n, 1)), fmt="o-", color="tab:green", capsize=3,
+                markersize=5, label="real score (± 1 standard error)")
+    for r, x, y in zip(column("round"), frames, real):
+        if np.isfinite(r) and np.isfinite(y):
+            ax.annotate(f"{int(r)}", (x, y), textcoords="offset points", xytext=(5, -11), ha="left", fontsize=7)
+    ax.set_xlabel("real frames M learned from (millions); numbers are rounds")
+    ax.set_ylabel("return")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)
+
+
 def episode_gif(frames: np.ndarray, path: str | os.PathLike, fps: int = 30, scale: int = 4) -> Path:
     """uint8 frames (T, H, W, 3) -> an animated GIF, each frame upscaled ``scale`` times (nearest)."""
     import imageio.v2 as imageio

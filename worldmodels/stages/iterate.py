@@ -22,7 +22,8 @@ learned from (the original data). Round r = 1..--rounds writes R/iterate/round-<
   round.json    what each finished stage found, and its wall-clock seconds
 
 and one row per round in R/iterate/rounds.csv (and rounds.json): real episodes and frames used so far, M's
-validation loss, V's error ratio and whether V was refit, dream and real scores, seconds per stage. The
+validation loss, V's error ratio and whether V was refit, dream and real scores, seconds per stage; rounds.png
+draws the dream and real scores per round. The
 original rollouts and latents are never modified. Rerunning the same command skips finished rounds and
 stages (an interrupted stage resumes), a higher --rounds continues, and other settings than those recorded
 in R/iterate/config.yaml are refused. Rounds moved to another machine without their data files (records and
@@ -511,13 +512,16 @@ def _saved_id(path: Path, kind: str) -> str:
 
 
 def write_rows(root: Path, rows: list[dict[str, Any]]) -> None:
-    """rounds.csv and rounds.json, rewritten whole (atomically) after every round."""
+    """rounds.csv, rounds.json and rounds.png, rewritten whole (atomically) after every round."""
+    from worldmodels import plots
+
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(root / "rounds.csv", buf.getvalue())
     atomic_write_text(root / "rounds.json", json.dumps(rows, indent=2) + "\n")
+    plots.iterate_rounds(rows, root / "rounds.png", "worldmodels iterate: C's dream and real scores per round")
 
 
 def run(cfg: Config) -> dict[str, Any]:

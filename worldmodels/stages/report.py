@@ -300,9 +300,16 @@ def build_report(run_dir: Path, out: Path) -> tuple[str, dict[str, Any]]:
     curve = run_dir / "controller" / "learning_curve.png"
     if not curve.exists() and read_metrics(run_dir / "controller" / "metrics.jsonl"):
         plots.learning_curve(read_metrics(run_dir / "controller" / "metrics.jsonl"), curve, f"{env}: CMA-ES")
-    gifs = [(Path(name) / "episode.gif", f"C playing {'in the dream' if s.get('where') == 'dream' else 'the real game'}"
+    rounds = run_dir / "iterate" / "rounds.csv"
+    if rounds.is_file():
+        if not (run_dir / "iterate" / "rounds.png").exists():
+            with open(rounds, newline="") as fh:
+                plots.iterate_rounds(list(csv.DictReader(fh)), run_dir / "iterate" / "rounds.png",
+                                     f"{env}: worldmodels iterate")
+    more = [(Path("iterate/rounds.png"), "iterate: C's dream and real scores per round")] if rounds.is_file() else []
+    more += [(Path(name) / "episode.gif", f"C playing {'in the dream' if s.get('where') == 'dream' else 'the real game'}"
              f" ({name}, episode 0)") for name, s in evals]
-    for rel, caption in [(Path(p), c) for p, c in FIGURES] + gifs:
+    for rel, caption in [(Path(p), c) for p, c in FIGURES] + more:
         path = run_dir / rel
         if path.is_file():
             figures.append(rel.as_posix())
