@@ -54,6 +54,10 @@ case ${1:-} in
       echo "campaign ${others[*]} is running: $name gets OMP_NUM_THREADS=1"
     fi
     mkdir -p "$ROOT/data/$name"
+    # The shared venv is brought up to date from this checkout first: were setup.cfg newer than its install, the
+    # run.sh's own venv.sh would reinstall the package editable from the frozen tree, and every `worldmodels`
+    # command here would then run the campaign's frozen copy.
+    ( source "$ROOT/scripts/venv.sh" )
     cd "$TREE"
     WM_VENV="$ROOT/.venv" PYTHONPATH="$TREE" setsid nohup bash "$script" >> "$ROOT/data/$name/campaign.log" 2>&1 &
     echo $! > "$PIDFILE"

@@ -149,6 +149,32 @@ def test_fidelity_dreams_as_c_was_trained_and_compares_dream_kinds(tiny_run_copy
     assert dream[("first", "predicted")] != 0.0 and dream[("any", "predicted")] != 0.0
 
 
+def test_latents_option_starts_the_dreams_from_other_frames(tiny_run_copy):
+    """--latents: dreams from any frame branch off that file's frames (here the same episodes, every mu moved by
+    +3), not the ones C was trained from; the summary names the file, and the real side is unchanged."""
+    from worldmodels.data import LATENTS, EpisodeWriter, open_latents
+
+    run = tiny_run_copy
+    tc.run(stage_cfg(run, generations=1, eval_every=0, dream_starts="any", max_steps=6))
+    own = fd.run(fid_cfg(run, perturbations=1))
+    moved = run.parent / "moved-latents.h5"
+    from worldmodels.data.writer import RESERVED_ATTRS
+
+    with open_latents(run.parent / "latents.h5") as src, EpisodeWriter(
+            moved, LATENTS, {k: v for k, v in src.attrs.items() if k not in RESERVED_ATTRS}) as writer:
+        for ep in range(src.n_episodes):
+            episode = src.episode(ep)
+            writer.append({**episode, "mu": episode["mu"] + 3.0}, seed=int(src.episodes["seed"][ep]))
+    other = fd.run(fid_cfg(run, perturbations=1, latents=str(moved)))
+    assert own["dream_starts_from"].endswith("/latents.h5") and other["dream_starts_from"] == str(moved)  # M's file
+    with open(run / "fidelity" / "fidelity.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    dream = [float(r["dream_mean"]) for r in rows]
+    assert other["real_episodes"] == own["real_episodes"] and [s["starts"] for s in other["settings"]] == ["any"]
+    assert all(np.isfinite(dream)) and dream != [0.0, 0.0]
+    assert other["settings"][0]["gap"] != own["settings"][0]["gap"]  # other starting frames, other dream returns
+
+
 def test_reward_head_error_is_m_teacher_forced_on_the_recorded_episode(trained_run):
     from worldmodels.agent import load_world
     from worldmodels.checkpoint import load_checkpoint

@@ -7,7 +7,9 @@ folders, named by their path). Each plays --dream-episodes in M's dream, one bat
 given; and every --dream-starts x --dream-reward, by default the dream C was trained in), and --real-episodes in
 the real env with the run's V and M. A dream from a first frame is a whole episode and plays as long as a real one
 (--max-steps); a dream from any frame is a piece of one, and plays --dream-max-steps (default: C's training
-horizon), so its return is the fitness C was evolved on. Every controller gets the same dream
+horizon), so its return is the fitness C was evolved on. Dreams start from the frames C's training dreams
+started from, or from --latents (e.g. C's own real episodes, for dreams branching off on-policy states). Every
+controller gets the same dream
 episodes' random draws and the same env seeds (common random numbers), so their differences are theirs.
 Per setting: the Spearman rank correlation and the Pearson correlation of dream vs real mean returns over the
 controllers, and the mean dream-minus-real gap. The run's C's real episodes are also fed to M teacher-forced
@@ -73,6 +75,9 @@ class Config:
                                                         "training dreams started)")
     dream_reward: list[str] = option(factory=list, help="what dreams pay: auto, predicted, nearest, survival "
                                                         "(default: what C's training dreams paid)")
+    latents: Optional[str] = option(None, "latents file(s), comma-separated, whose frames start the dreams, e.g. "
+                                          "C's own real episodes for dreams from any frame of them (default: "
+                                          "those C's training dreams started from)")
     dream_episodes: int = option(64, "dream episodes per controller and setting")
     real_episodes: int = option(16, "real-env episodes per controller")
     max_steps: Optional[int] = option(None, "real episode step limit, and that of dreams from first frames (default: "
@@ -320,7 +325,8 @@ def run(cfg: Config) -> dict[str, Any]:
     run_dir = Path(cfg.run)
     state = load_checkpoint(run_dir / "controller", kind="controller")
     identity, train_cfg = state["identity"], state["config"]
-    world = load_world(run_dir, identity["obs_mode"], pick_device(cfg.device), latents=train_cfg.get("latents"))
+    latents = cfg.latents or train_cfg.get("latents")
+    world = load_world(run_dir, identity["obs_mode"], pick_device(cfg.device), latents=latents)
     for key, now in (("vae_id", world.vae_id), ("mdrnn_id", world.mdrnn_id), ("input_dim", world.input_dim)):
         if identity.get(key) != now:
             raise WorldModelsError(f"{run_dir}: the controller was evolved with a different {key.split('_')[0]} "
@@ -381,7 +387,8 @@ def run(cfg: Config) -> dict[str, Any]:
                "controller_id": state["id"], "generation": state["generation"], "vae_id": world.vae_id,
                "mdrnn_id": world.mdrnn_id, "dream_models": [m.checkpoint_id for m in extra],
                "trained_dream": {"starts": trained_starts, "reward": trained_reward, "max_steps": trained_steps},
-               "dream_episodes": E, "real_episodes": cfg.real_episodes, "settings": per_setting,
+               "dream_starts_from": str(world.latents_path) if world.latents_path else None, "dream_episodes": E, "real_episodes": cfg.real_episodes,
+               "settings": per_setting,
                "reward_head": head,
                "controllers": [{"name": c.name, "scale": c.scale, "source": c.source, "digest": c.digest}
                                for c in cands],
