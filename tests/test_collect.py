@@ -256,5 +256,8 @@ def test_a_controller_collects_with_noise_and_resumes(tmp_path, capsys):
         assert cli.main(args + ["--episodes", "3", "--fresh"] + bad) == 1
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
+    assert cli.main(["collect", "--env", "carracing", "--episodes", "1", "--param-noise", "0.1",
+                     "--out", str(tmp_path / "random.h5")]) == 1
+    assert "--param-noise perturbs a controller's parameters; it needs --controller" in capsys.readouterr().err
     with open_rollouts(out) as f:  # a refused command never touched the file
         assert f.n_episodes == 2

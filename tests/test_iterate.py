@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from worldmodels import cli
+from worldmodels import config as cfgmod
 from worldmodels.checkpoint import load_checkpoint
 from worldmodels.data import open_latents, open_rollouts
 from worldmodels.envs import seed_range
@@ -244,6 +246,39 @@ def test_collected_actions_are_cs_without_noise_and_differ_with_it(base_run, tmp
     np.testing.assert_array_equal(noisy["obs"][0], ep["obs"][0])  # the same seed: the same track
     assert not np.allclose(noisy["action"][0], ep["action"][0])
     assert (noisy["action"] >= [-1, 0, 0]).all() and (noisy["action"] <= 1).all()  # clipped to the action space
+
+
+def test_parameter_noise_plays_each_episode_with_its_own_perturbed_c_again_on_a_rerun(base_run, tmp_path):
+    """--param-noise: every episode is played by C + s * N(0, I) drawn from its own seed, so the actions differ
+    from C's, between episodes' controllers, and not at all between two collections (a replay on a fresh machine);
+    an iteration begun before the option existed continues (it ran at the default, 0)."""
+    from worldmodels.stages.collect import perturbed
+
+    files = {}
+    for name, scale in (("plain", 0.0), ("a", 0.5), ("b", 0.5)):
+        cfg = iterate.Config(run=str(base_run), episodes=2, noise=0.0, param_noise=scale, workers=0,
+                             env_backend="reference")
+        summary = iterate.collect(cfg, 1, base_run, tmp_path / f"{name}.h5", seed=0, max_steps=6)
+        assert summary["param_noise"] == scale
+        with open_rollouts(tmp_path / f"{name}.h5") as f:
+            files[name] = [f.episode(i) for i in range(2)]
+            seeds = [int(s) for s in f.episodes["seed"]]
+            assert f.attrs.get("param_noise", 0.0) == scale
+    for i in range(2):
+        np.testing.assert_array_equal(files["a"][i]["action"], files["b"][i]["action"])
+        np.testing.assert_array_equal(files["a"][i]["obs"][0], files["plain"][i]["obs"][0])  # the same tracks
+        assert not np.allclose(files["a"][i]["action"], files["plain"][i]["action"])
+    params = np.zeros(5)
+    assert not np.allclose(perturbed(params, seeds[0], 0.5), perturbed(params, seeds[1], 0.5))
+    np.testing.assert_array_equal(perturbed(params, seeds[0], 0.5), perturbed(params, seeds[0], 0.5))
+    assert perturbed(params, seeds[0], 0.0) is params
+
+    saved = tmp_path / "config.yaml"  # rounds begun before --param-noise: no such key recorded
+    old = {k: v for k, v in cfgmod.to_dict(iterate.Config(run="r")).items() if k != "param_noise"}
+    saved.write_text(yaml.safe_dump(old))
+    iterate._check_config(iterate.Config(run="r"), saved)
+    with pytest.raises(WorldModelsError, match="param_noise=0.0, not 0.1"):
+        iterate._check_config(iterate.Config(run="r", param_noise=0.1), saved)
 
 
 def test_a_collector_plays_round_one_and_c_still_evolves_from_the_runs_own(base_run, tmp_path, capsys):

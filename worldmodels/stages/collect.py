@@ -47,6 +47,9 @@ class Config:
                                              "policy, e.g. an expert for M's data; its env and env kwargs are used")
     noise: float = option(0.1, "with --controller: std of Gaussian noise on its continuous actions (clipped to the "
                                "action space); discrete actions: probability of a uniformly random one")
+    param_noise: float = option(0.0, "with --controller: each episode is played by C's parameters plus this std "
+                                     "of Gaussian noise, drawn afresh per episode (from its seed): exploration "
+                                     "like CMA-ES's candidates around C, beside --noise on the actions")
     fresh: bool = option(False, "delete an existing rollouts file at --out and start over")
     env_backend: str = option("auto", "env simulator: fast (envpool, CarRacing), reference (gymnasium/vizdoom/"
                               "procgen), or auto (fast where available)", choices=ENV_BACKENDS)
@@ -146,14 +149,25 @@ def write_episodes(writer: EpisodeWriter, pool: WorkerPool, policy: str, space: 
 
 
 POLICY_CONTROLLER = "controller+noise"
+PARAM_NOISE_STREAM = 0x9A7A  # the perturbations' own random stream, apart from the env's and the action noise's
+
+
+def perturbed(params: np.ndarray, seed: int, scale: float) -> np.ndarray:
+    """C's parameters for the episode of env seed ``seed``: ``params + scale * N(0, I)`` from a stream of that
+    seed alone, so a resumed or replayed collection plays every episode with the same controller."""
+    if scale == 0:
+        return params
+    return params + scale * np.random.default_rng([PARAM_NOISE_STREAM, int(seed)]).standard_normal(params.shape)
 
 
 def controller_episodes(run_dir: Path, out: Path, seeds: list[int], noise: float, max_steps: int | None,
                         env_backend: str, env_batch: int, workers: int, attrs: dict[str, Any], fresh: bool = False,
-                        desc: str = "collect", backend: str = "local", ray_address: str | None = None) -> dict[str, Any]:
-    """One episode per seed played by the C of ``run_dir`` (the parameters ``evaluate`` picks) with exploration
-    ``noise``, appended to ``out`` in seed order (a rerun resumes: episode i always plays seeds[i]). The file's
-    attrs add ``attrs`` to the env, the policy (controller+noise), the controller's id and generation and the noise."""
+                        desc: str = "collect", backend: str = "local", ray_address: str | None = None,
+                        param_noise: float = 0.0) -> dict[str, Any]:
+    """One episode per seed played by the C of ``run_dir`` (the parameters ``evaluate`` picks, each episode's
+    perturbed by ``param_noise``: :func:`perturbed`) with exploration ``noise`` on its actions, appended to
+    ``out`` in seed order (a rerun resumes: episode i always plays seeds[i]). The file's attrs add ``attrs`` to
+    the env, the policy (controller+noise), the controller's id and generation and both noises."""
     from worldmodels.agent import load_world
     from worldmodels.checkpoint import load_checkpoint
     from worldmodels.envs import resolve_backend
@@ -170,9 +184,13 @@ def controller_episodes(run_dir: Path, out: Path, seeds: list[int], noise: float
     if noise < 0 or (discrete and noise > 1):
         raise WorldModelsError(f"--noise must be >= 0 (for {world.env}'s discrete actions: a probability, at most "
                                f"1), got {noise}")
+    if param_noise < 0:
+        raise WorldModelsError(f"--param-noise must be >= 0, got {param_noise}")
     attrs = dict(env=world.env, env_kwargs=spec["env_kwargs"], action_space=world.action_desc,
                  policy=POLICY_CONTROLLER, max_steps=max_steps, controller_id=state["id"],
                  controller_generation=int(state["generation"]), noise=noise, **attrs)
+    if param_noise:  # files collected before the option carry no key (as this one, with none)
+        attrs["param_noise"] = param_noise
     if resolved != "reference":
         attrs["env_backend"] = resolved
     with EpisodeWriter(out, ROLLOUTS, attrs, fresh=fresh) as writer:
@@ -182,7 +200,8 @@ def controller_episodes(run_dir: Path, out: Path, seeds: list[int], noise: float
         for start in range(0, len(seeds), env_batch):
             members = [i for i in range(start, min(start + env_batch, len(seeds))) if i >= done]
             if members:
-                tasks.append((np.repeat(params[None], len(members), 0), [seeds[i] for i in members], noise))
+                tasks.append((np.stack([perturbed(params, seeds[i], param_noise) for i in members]),
+                               [seeds[i] for i in members], noise))
         if tasks:
             with WorkerPool(n_workers(workers), init_worker, (spec,), what="collection", backend=backend,
                             ray_address=ray_address) as pool, \
@@ -208,6 +227,8 @@ def _check(cfg: Config) -> None:
         raise WorldModelsError(f"--workers must be 0 or more, got {cfg.workers}")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise WorldModelsError(f"--max-steps must be at least 1 (or none), got {cfg.max_steps}")
+    if cfg.param_noise and not cfg.controller:
+        raise WorldModelsError("--param-noise perturbs a controller's parameters; it needs --controller")
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -276,8 +297,10 @@ def _run_controller(cfg: Config) -> dict[str, Any]:
     start = time.perf_counter()
     summary = controller_episodes(run_dir, out, seeds, cfg.noise, cfg.max_steps, cfg.env_backend, cfg.env_batch,
                                   cfg.workers, {"seed": cfg.seed}, fresh=cfg.fresh, desc=f"collect {cfg.env}",
-                                  backend=cfg.backend, ray_address=cfg.ray_address or None)
+                                  backend=cfg.backend, ray_address=cfg.ray_address or None,
+                                  param_noise=cfg.param_noise)
     summary["seconds"] = time.perf_counter() - start
     print(f"{out}: {summary['episodes']} episodes, {summary['frames']} frames, {summary['env_backend']} env "
-          f"({summary['new_episodes']} new, driven by controller {summary['controller_id'][:8]} with noise {cfg.noise})")
+          f"({summary['new_episodes']} new, driven by controller {summary['controller_id'][:8]} with noise {cfg.noise}"
+          + (f", parameter noise {cfg.param_noise}" if cfg.param_noise else "") + ")")
     return summary

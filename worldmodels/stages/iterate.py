@@ -82,6 +82,9 @@ class Config:
                                             "rounds collect with the last round's C")
     noise: float = option(0.1, "exploration: std of Gaussian noise added to continuous actions (then clipped to "
                                "the action space); discrete actions: probability of a uniformly random action")
+    param_noise: float = option(0.0, "exploration in C's parameters: each collected episode is played by the last "
+                                     "C plus this std of Gaussian noise (drawn per episode from its seed), as "
+                                     "CMA-ES's candidates around C are, so M learns where the search goes")
     max_steps: Optional[int] = option(None, "cap on frames per collected episode (default: the original collection's)")
     generations: Optional[int] = option(None, "CMA-ES generations per round (default: the run's controller's)")
     popsize: Optional[int] = option(None, "CMA-ES population (default: the run's controller's)")
@@ -118,8 +121,9 @@ def _check(cfg: Config) -> None:
                                "(each round has a block of collection seeds of its own)")
     if cfg.vae_frames < 0:
         raise WorldModelsError(f"vae_frames must be 0 (every frame) or positive, got {cfg.vae_frames}")
-    if cfg.noise < 0 or cfg.vae_refit_ratio <= 0:
-        raise WorldModelsError(f"noise must be >= 0 and vae_refit_ratio > 0, got {cfg.noise}, {cfg.vae_refit_ratio}")
+    if cfg.noise < 0 or cfg.param_noise < 0 or cfg.vae_refit_ratio <= 0:
+        raise WorldModelsError(f"noise and param_noise must be >= 0 and vae_refit_ratio > 0, got {cfg.noise}, "
+                               f"{cfg.param_noise}, {cfg.vae_refit_ratio}")
 
 
 def _say(r: int, rounds: int, stage: str, what: str) -> None:
@@ -181,8 +185,9 @@ def collect(cfg: Config, r: int, prev: Path, out: Path, seed: int, max_steps: in
 
     seeds = [episode_seed(seed, ROUND_STRIDE * r + i, "collect") for i in range(cfg.episodes)]
     summary = controller_episodes(prev, out, seeds, cfg.noise, max_steps, env_backend or cfg.env_backend,
-                                  cfg.env_batch, cfg.workers, {"seed": seed, "round": r}, desc=f"collect round {r}")
-    return {**summary, "seed": seed, "max_steps": max_steps}
+                                  cfg.env_batch, cfg.workers, {"seed": seed, "round": r}, desc=f"collect round {r}",
+                                  param_noise=cfg.param_noise)
+    return {**summary, "seed": seed, "max_steps": max_steps, "param_noise": cfg.param_noise}
 
 
 def player(cfg: Config, run: Path, root: Path, r: int) -> Path:
@@ -349,7 +354,8 @@ def _check_config(cfg: Config, path: Path) -> None:
     new = cfgmod.to_dict(cfg)
     if path.is_file():
         saved = cfgmod.read_yaml(path)
-        changed = [k for k in new if k not in CONTINUATION_SAFE and saved.get(k) != new[k]]
+        defaults = cfgmod.to_dict(Config())  # a setting added since the rounds began: they ran at its default
+        changed = [k for k in new if k not in CONTINUATION_SAFE and saved.get(k, defaults[k]) != new[k]]
         if changed:
             raise WorldModelsError(f"{path.parent} was made with " + "; ".join(
                 f"{k}={saved.get(k)!r}, not {new[k]!r}" for k in changed)
@@ -406,7 +412,8 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
     by = player(cfg, run, out.parent, r)
     rnd.stage("collect", rounds, lambda: collect(cfg, r, by, rollouts, seed, cfg.max_steps or max_steps),
               lambda s: f"{s['new_episodes']} episodes played, {s['episodes']} episodes ({s['frames']} frames) "
-                        f"by controller {s['controller_id'][:8]} with noise {cfg.noise}")
+                        f"by controller {s['controller_id'][:8]} with noise {cfg.noise}"
+                        + (f", parameter noise {cfg.param_noise}" if cfg.param_noise else ""))
 
     def vae_stage() -> dict[str, Any]:
         check = vae_ratio(cfg, prev / "vae", rollouts, original)
