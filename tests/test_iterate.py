@@ -277,8 +277,29 @@ def test_parameter_noise_plays_each_episode_with_its_own_perturbed_c_again_on_a_
     old = {k: v for k, v in cfgmod.to_dict(iterate.Config(run="r")).items() if k != "param_noise"}
     saved.write_text(yaml.safe_dump(old))
     iterate._check_config(iterate.Config(run="r"), saved)
-    with pytest.raises(WorldModelsError, match="param_noise=0.0, not 0.1"):
-        iterate._check_config(iterate.Config(run="r", param_noise=0.1), saved)
+    with pytest.raises(WorldModelsError, match="noise=0.1, not 0.3"):
+        iterate._check_config(iterate.Config(run="r", noise=0.3), saved)
+
+
+def test_parameter_noise_set_later_applies_to_the_next_rounds_and_replays_as_recorded(base_run, tmp_path):
+    run = _copy(base_run, tmp_path)
+    _iterate(run, "--rounds", "1")
+    _iterate(run, "--rounds", "2", "--param-noise", "0.5")  # continues: the new setting is for round 2 on
+    assert [float(r["param_noise"]) for r in _rows(run)] == [0.0, 0.5]
+    two = run / "iterate" / "round-2"
+    with open_rollouts(run / "iterate" / "round-1" / "rollouts.h5") as f:
+        assert "param_noise" not in f.attrs
+    with open_rollouts(two / "rollouts.h5") as f:
+        assert f.attrs["param_noise"] == 0.5
+        first = [f.episode(i)["action"] for i in range(f.n_episodes)]
+    (two / "rollouts.h5").rename(tmp_path / "round-2-rollouts.h5")  # round 2's data gone, as on a fresh machine
+    (two / "latents.h5").unlink()
+    _iterate(run, "--rounds", "3")  # round 3 refits M on round 2's data: it is played again, at round 2's 0.5
+    with open_rollouts(two / "rollouts.h5") as f:
+        assert f.attrs["param_noise"] == 0.5
+        for i, actions in enumerate(first):
+            np.testing.assert_array_equal(f.episode(i)["action"], actions)
+    assert [float(r["param_noise"]) for r in _rows(run)] == [0.0, 0.5, 0.0]
 
 
 def test_a_collector_plays_round_one_and_c_still_evolves_from_the_runs_own(base_run, tmp_path, capsys):

@@ -61,13 +61,13 @@ ROUND_STRIDE = 2**24
 # Settings a rerun may change: how many rounds, where the work runs, and for the rounds not yet at that stage how
 # long C searches (C still climbing at a round's end is worth more generations) and when V is refit (a refit moves
 # V's latents under C and M: a user may stop refitting); each round records its own.
-CONTINUATION_SAFE = ("run", "rounds", "workers", "device", "generations", "vae_refit_ratio")
+CONTINUATION_SAFE = ("run", "rounds", "workers", "device", "generations", "vae_refit_ratio", "param_noise")
 # The run's controller settings each round's C is evolved with (unless overridden here).
 CONTROLLER_KEYS = ("temperature", "popsize", "rollouts", "sigma0", "generations", "max_steps", "eval_every",
                    "eval_episodes", "seed", "obs_mode", "augment", "augment_options", "dream_dropout", "dream_starts",
                    "dream_reward")
 COLUMNS = ("round", "real_episodes", "real_frames", "mdrnn_val_loss", "vae_recon_ratio", "vae_refit", "generations",
-           "dream_score", "real_mean", "real_std", "real_n", "seconds_collect", "seconds_vae", "seconds_encode",
+           "param_noise", "dream_score", "real_mean", "real_std", "real_n", "seconds_collect", "seconds_vae", "seconds_encode",
            "seconds_mdrnn", "seconds_controller", "seconds_evaluate", "mdrnn_id", "controller_id")
 
 
@@ -177,17 +177,19 @@ def _collection_settings(data: list[dict[str, Any]]) -> tuple[int, int | None]:
 
 # ------------------------------------------------------------------------------------------------ stages
 def collect(cfg: Config, r: int, prev: Path, out: Path, seed: int, max_steps: int | None,
-            env_backend: Optional[str] = None) -> dict[str, Any]:
-    """Round ``r``'s episodes, played by the C of run folder ``prev`` with exploration noise, into ``out``
-    (resumes a killed collection: episode i always plays the same seed)."""
+            env_backend: Optional[str] = None, param_noise: Optional[float] = None) -> dict[str, Any]:
+    """Round ``r``'s episodes, played by the C of run folder ``prev`` with exploration noise (``param_noise``:
+    the one the round recorded, else --param-noise), into ``out`` (resumes a killed collection: episode i always
+    plays the same seed)."""
     from worldmodels.envs import episode_seed
     from worldmodels.stages.collect import controller_episodes
 
+    param_noise = cfg.param_noise if param_noise is None else param_noise
     seeds = [episode_seed(seed, ROUND_STRIDE * r + i, "collect") for i in range(cfg.episodes)]
     summary = controller_episodes(prev, out, seeds, cfg.noise, max_steps, env_backend or cfg.env_backend,
                                   cfg.env_batch, cfg.workers, {"seed": seed, "round": r}, desc=f"collect round {r}",
-                                  param_noise=cfg.param_noise)
-    return {**summary, "seed": seed, "max_steps": max_steps, "param_noise": cfg.param_noise}
+                                  param_noise=param_noise)
+    return {**summary, "seed": seed, "max_steps": max_steps, "param_noise": param_noise}
 
 
 def player(cfg: Config, run: Path, root: Path, r: int) -> Path:
@@ -261,7 +263,7 @@ def restore(cfg: Config, run: Path, root: Path, entries: list[dict[str, Any]], s
                                            f"C {wanted['controller_id'][:8]} on the same seeds with the same noise")
             # the settings the round recorded (rounds collected before it recorded them: the run's)
             collect(cfg, r, by, rollouts, wanted.get("seed", seed), wanted.get("max_steps", cfg.max_steps or max_steps),
-                    wanted.get("env_backend"))
+                    wanted.get("env_backend"), wanted.get("param_noise", 0.0))
         with open_rollouts(rollouts) as f:
             frames = f.n_frames
         encoded(rollouts, latents)
@@ -413,7 +415,7 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
     rnd.stage("collect", rounds, lambda: collect(cfg, r, by, rollouts, seed, cfg.max_steps or max_steps),
               lambda s: f"{s['new_episodes']} episodes played, {s['episodes']} episodes ({s['frames']} frames) "
                         f"by controller {s['controller_id'][:8]} with noise {cfg.noise}"
-                        + (f", parameter noise {cfg.param_noise}" if cfg.param_noise else ""))
+                        + (f", parameter noise {s['param_noise']}" if s.get("param_noise") else ""))
 
     def vae_stage() -> dict[str, Any]:
         check = vae_ratio(cfg, prev / "vae", rollouts, original)
@@ -563,8 +565,10 @@ def run(cfg: Config) -> dict[str, Any]:
             else:
                 rnd.record["row"] = run_round(cfg, run_dir, rnd, prev, data, original)
                 rnd.save()
-            # C's generations come from its stage's record (it may differ between rounds: --generations)
-            rows.append({**rnd.record["row"], "generations": rnd.record["stages"]["controller"]["generation"]})
+            # C's generations and the collection's parameter noise come from their stages' records (they may
+            # differ between rounds: --generations, --param-noise)
+            rows.append({**rnd.record["row"], "generations": rnd.record["stages"]["controller"]["generation"],
+                         "param_noise": rnd.record["stages"]["collect"].get("param_noise", 0.0)})
             write_rows(root, rows)
             prev, data = rnd.dir, relocated(rnd.record["stages"]["encode"]["data"], root, original)
     return {"rows": rows, "path": str(root / "rounds.csv")}
