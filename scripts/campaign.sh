@@ -57,7 +57,7 @@ case ${1:-} in
     # The shared venv is brought up to date from this checkout first: were setup.cfg newer than its install, the
     # run.sh's own venv.sh would reinstall the package editable from the frozen tree, and every `worldmodels`
     # command here would then run the campaign's frozen copy.
-    ( source "$ROOT/scripts/venv.sh" )
+    ( source "$ROOT/scripts/venv.sh" "" )  # "": no extras (not this script's arguments)
     cd "$TREE"
     WM_VENV="$ROOT/.venv" PYTHONPATH="$TREE" setsid nohup bash "$script" >> "$ROOT/data/$name/campaign.log" 2>&1 &
     echo $! > "$PIDFILE"
