@@ -221,12 +221,15 @@ def carracing_dream(folder: str) -> str:
 
         paired = [_paired(scores(int(r["round"])), scores(int(r["round"]) - 1)) for r in table]
         extra = any(p != "—" for p in paired)  # the rounds' per-track returns are shipped (results/ship.py iterate)
-        lines = ["| round | real frames (M's data) | V refit | C generations | dream | real (20 reference tracks) |"
+        noise = [float(r.get("param_noise") or 0) for r in table]  # rounds from before the column: none
+        lines = ["| round | real frames (M's data) | V refit | C generations |" + (" parameter noise |" if any(noise) else "")
+                 + " dream | real (20 reference tracks) |"
                  + (" real − the round before, per track [95 % bootstrap interval] |" if extra else ""),
-                 "|---|---:|---|---:|---:|---:|" + ("---:|" if extra else "")]
-        for r, p in zip(table, paired):
+                 "|---|---:|---|---:|" + ("---:|" if any(noise) else "") + "---:|---:|" + ("---:|" if extra else "")]
+        for r, p, n in zip(table, paired, noise):
             lines.append(f"| {r['round']} | {int(r['real_frames']):,} | {'yes' if r['vae_refit'] == 'True' else 'no'} | "
-                         f"{r.get('generations') or '?'} | {float(r['dream_score']):.0f} | "
+                         f"{r.get('generations') or '?'} |" + (f" {n:g} |" if any(noise) else "")
+                         + f" {float(r['dream_score']):.0f} | "
                          f"{float(r['real_mean']):.0f} ± {float(r['real_std']):.0f} |" + (f" {p} |" if extra else ""))
         lines.append("")
     lines += ["| controller | episodes | real score | standard error |", "|---|---:|---:|---:|"]
