@@ -206,6 +206,17 @@ def _round_of(run: Path) -> str:
     return m.readlink().parent.name.replace("-", " ") if m.is_symlink() else "?"
 
 
+def _round_label(evaluation: Path) -> str:
+    """'round K' for iterate-final/eval-test-round-K (an earlier round's C scored there; run.sh stage 6)."""
+    return evaluation.name[len("eval-test-"):].replace("-", " ")
+
+
+def _earlier_finals(root: Path) -> list[Path]:
+    """iterate-final's evaluations of earlier rounds' Cs, on the same 100 tracks as its own."""
+    now = _round_of(root / "iterate-final")
+    return [e for e in sorted((root / "iterate-final").glob("eval-test-round-*")) if _round_label(e) != now]
+
+
 def carracing_dream(folder: str) -> str:
     """The rounds of `worldmodels iterate` (rounds.csv, where it ran) and the final C on 100 reference tracks (float16 V and M
     as shipped, and float32), beside the brownian random policy of results/carracing and the public anchors."""
@@ -239,11 +250,17 @@ def carracing_dream(folder: str) -> str:
               ("final C, float32 V and M", root / "final_float32_returns.csv"),
               (f"iterate's last C ({_round_of(root / 'iterate-final')}), its M, the kept V",
                root / "iterate-final" / "eval-test" / "returns.csv"),
+              *((f"an earlier last C ({_round_label(e)}), its M, the kept V", e / "returns.csv")
+                for e in _earlier_finals(root)),
               ("brownian random policy", root.parent / "carracing" / "random_policy.csv"))
     for name, path in finals:
         if path.exists():
             r = returns(path)
             lines.append(f"| {name} | {len(r)} | {fmt(r)} | {r.std() / np.sqrt(len(r)):.0f} |")
+    last = root / "iterate-final" / "eval-test" / "returns.csv"
+    for e in _earlier_finals(root):  # the same tracks: paired
+        lines.append(f"| last C − {_round_label(e)}'s, per track [95 % bootstrap interval] | | "
+                     f"{_paired(last, e / 'returns.csv')} | |")
     lines += [f"| {name} | {n} | {score} | — |" for name, score, n in ANCHORS_DREAM]
     lines += ["", "Real scores on the reference env (gymnasium CarRacing-v3), mean ± std over unseen tracks; the "
               "anchors' envs and data differ (see ../shared/REFERENCE.md)."]

@@ -12,7 +12,8 @@
 #     M refit warm, C evolved again in the refit M's dream, 20 reference tracks a round; settings in preset.yaml's
 #     iterate section); each round's records and slim M and C are shipped to iterate/ as it lands, so a fresh
 #     machine continues: it collects the data again (stage 1) and iterate plays the rounds' episodes again;
-#  6. the last round's C on the 100 reference tracks, shipped as iterate-final/ (V, M, C).
+#  6. the last round's C on the 100 reference tracks, shipped as iterate-final/ (V, M, C); an earlier round's C
+#     scored there keeps its evaluation as iterate-final/eval-test-round-K.
 # Every stage resumes when rerun; wall-clock per stage goes to timings.tsv.
 #   bash results/carracing-dream-expert/run.sh   (GENERATIONS=200; ROUNDS=0)
 set -euo pipefail
@@ -116,6 +117,11 @@ if [ "$ROUNDS" -gt 0 ]; then
   [ ! -e "$LAST/vae" ] || { echo "round $ROUNDS refit V: iterate-final expects the kept V" >&2; exit 1; }
   FIN=$HERE/iterate-final
   mkdir -p "$FIN"
+  # An earlier round's C scored here keeps its 100 tracks as eval-test-round-K (the same tracks: paired).
+  BEFORE=$(basename "$(dirname "$(readlink "$FIN/mdrnn" 2>/dev/null || echo none/none)")")
+  if [ "$BEFORE" != "round-$ROUNDS" ] && [ -f "$FIN/eval-test/summary.json" ] && [ ! -e "$FIN/eval-test-$BEFORE" ]; then
+    cp -r "$FIN/eval-test" "$FIN/eval-test-$BEFORE"
+  fi
   python results/ship.py slim "$LAST/controller" "$FIN/controller"
   ln -sfn "../iterate/round-$ROUNDS/mdrnn" "$FIN/mdrnn"
   ln -sfn ../models/vae "$FIN/vae"
