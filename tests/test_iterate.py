@@ -44,8 +44,10 @@ def _iterate(run: Path, *extra: str) -> dict:
 
 @pytest.fixture(scope="module")
 def iterated(base_run, tmp_path_factory) -> Path:
+    """Two rounds, the second continued with --param-noise 0.5 (a setting that may change between rounds)."""
     run = _copy(base_run, tmp_path_factory.mktemp("iterated"))
-    _iterate(run)
+    _iterate(run, "--rounds", "1")
+    _iterate(run, "--param-noise", "0.5")
     return run
 
 
@@ -126,7 +128,7 @@ def test_rerun_does_no_new_work_and_a_changed_setting_is_refused(iterated, capsy
 def test_rounds_moved_without_their_data_are_played_again_and_continue(base_run, iterated, tmp_path, capsys):
     """Rounds shipped to another machine or path (results/ship.py iterate: the records and slim checkpoints, no
     rollouts, latents or links): continuing plays each round's episodes again with the C that collected them (same
-    seeds and noise: the same episodes on this CPU), encodes them with the round's V, and refits the next round on
+    seeds and noises, parameter noise included: the same episodes on this CPU), encodes them with the round's V, and refits the next round on
     those files. The next round may search longer and refit V at another ratio (--generations and
     --vae-refit-ratio may change on a rerun: the finished rounds keep theirs, and each round records its own)."""
     import importlib.util
@@ -173,6 +175,7 @@ def test_rounds_moved_without_their_data_are_played_again_and_continue(base_run,
     assert (moved / "iterate" / "round-2" / "vae").resolve() == (moved / "vae").resolve()
     rows = _rows(moved)
     assert [int(row["round"]) for row in rows] == [1, 2, 3] and rows[:2] == _rows(iterated)
+    assert [float(r["param_noise"]) for r in rows] == [0.0, 0.5, 0.0]  # round 2 replayed at its own 0.5
     assert [int(r["generations"]) for r in rows] == [done, done, done + 2]
     assert [r["vae_refit"] for r in rows] == ["False", "False", "True"]
     record = json.loads((moved / "iterate" / "round-3" / "round.json").read_text())
@@ -281,25 +284,14 @@ def test_parameter_noise_plays_each_episode_with_its_own_perturbed_c_again_on_a_
         iterate._check_config(iterate.Config(run="r", noise=0.3), saved)
 
 
-def test_parameter_noise_set_later_applies_to_the_next_rounds_and_replays_as_recorded(base_run, tmp_path):
-    run = _copy(base_run, tmp_path)
-    _iterate(run, "--rounds", "1")
-    _iterate(run, "--rounds", "2", "--param-noise", "0.5")  # continues: the new setting is for round 2 on
-    assert [float(r["param_noise"]) for r in _rows(run)] == [0.0, 0.5]
-    two = run / "iterate" / "round-2"
-    with open_rollouts(run / "iterate" / "round-1" / "rollouts.h5") as f:
+def test_parameter_noise_set_later_applies_to_the_next_rounds(iterated):
+    """The fixture's second round ran with --param-noise 0.5 (the moved-rounds test replays it without the option:
+    a replay plays a round at the noise it recorded)."""
+    assert [float(r["param_noise"]) for r in _rows(iterated)] == [0.0, 0.5]
+    with open_rollouts(iterated / "iterate" / "round-1" / "rollouts.h5") as f:
         assert "param_noise" not in f.attrs
-    with open_rollouts(two / "rollouts.h5") as f:
+    with open_rollouts(iterated / "iterate" / "round-2" / "rollouts.h5") as f:
         assert f.attrs["param_noise"] == 0.5
-        first = [f.episode(i)["action"] for i in range(f.n_episodes)]
-    (two / "rollouts.h5").rename(tmp_path / "round-2-rollouts.h5")  # round 2's data gone, as on a fresh machine
-    (two / "latents.h5").unlink()
-    _iterate(run, "--rounds", "3")  # round 3 refits M on round 2's data: it is played again, at round 2's 0.5
-    with open_rollouts(two / "rollouts.h5") as f:
-        assert f.attrs["param_noise"] == 0.5
-        for i, actions in enumerate(first):
-            np.testing.assert_array_equal(f.episode(i)["action"], actions)
-    assert [float(r["param_noise"]) for r in _rows(run)] == [0.0, 0.5, 0.0]
 
 
 def test_a_collector_plays_round_one_and_c_still_evolves_from_the_runs_own(base_run, tmp_path, capsys):
