@@ -9,8 +9,8 @@ the real env with the run's V and M. A dream from a first frame is a whole episo
 (--max-steps); a dream from any frame is a piece of one, and plays --dream-max-steps (default: C's training
 horizon), so its return is the fitness C was evolved on. Dreams start from the frames C's training dreams
 started from, or from --latents (e.g. C's own real episodes, for dreams branching off on-policy states). Every
-controller gets the same dream
-episodes' random draws and the same env seeds (common random numbers), so their differences are theirs.
+controller gets the same dream episodes' random draws and the same env seeds (common random numbers), so their
+differences are theirs.
 Per setting: the Spearman rank correlation and the Pearson correlation of dream vs real mean returns over the
 controllers, and the mean dream-minus-real gap. The run's C's real episodes are also fed to M teacher-forced
 from their first frame (z = V's mu), which measures the reward head on real on-policy data (per-step MSE,
@@ -325,8 +325,8 @@ def run(cfg: Config) -> dict[str, Any]:
     run_dir = Path(cfg.run)
     state = load_checkpoint(run_dir / "controller", kind="controller")
     identity, train_cfg = state["identity"], state["config"]
-    latents = cfg.latents or train_cfg.get("latents")
-    world = load_world(run_dir, identity["obs_mode"], pick_device(cfg.device), latents=latents)
+    world = load_world(run_dir, identity["obs_mode"], pick_device(cfg.device),
+                       latents=cfg.latents or train_cfg.get("latents"))
     for key, now in (("vae_id", world.vae_id), ("mdrnn_id", world.mdrnn_id), ("input_dim", world.input_dim)):
         if identity.get(key) != now:
             raise WorldModelsError(f"{run_dir}: the controller was evolved with a different {key.split('_')[0]} "
@@ -387,8 +387,8 @@ def run(cfg: Config) -> dict[str, Any]:
                "controller_id": state["id"], "generation": state["generation"], "vae_id": world.vae_id,
                "mdrnn_id": world.mdrnn_id, "dream_models": [m.checkpoint_id for m in extra],
                "trained_dream": {"starts": trained_starts, "reward": trained_reward, "max_steps": trained_steps},
-               "dream_starts_from": str(world.latents_path) if world.latents_path else None, "dream_episodes": E, "real_episodes": cfg.real_episodes,
-               "settings": per_setting,
+               "dream_starts_from": str(world.latents_path) if world.latents_path else None,
+               "dream_episodes": E, "real_episodes": cfg.real_episodes, "settings": per_setting,
                "reward_head": head,
                "controllers": [{"name": c.name, "scale": c.scale, "source": c.source, "digest": c.digest}
                                for c in cands],

@@ -23,10 +23,9 @@ learned from (the original data). Round r = 1..--rounds writes R/iterate/round-<
 
 and one row per round in R/iterate/rounds.csv (and rounds.json): real episodes and frames used so far, M's
 validation loss, V's error ratio and whether V was refit, dream and real scores, seconds per stage; rounds.png
-draws the dream and real scores per round. The
-original rollouts and latents are never modified. Rerunning the same command skips finished rounds and
-stages (an interrupted stage resumes), a higher --rounds continues, and other settings than those recorded
-in R/iterate/config.yaml are refused. Rounds moved to another machine without their data files (records and
+draws the dream and real scores per round. The original rollouts and latents are never modified. Rerunning
+the same command skips finished rounds and stages (an interrupted stage resumes), a higher --rounds continues,
+and other settings than those recorded in R/iterate/config.yaml are refused. Rounds moved to another machine without their data files (records and
 checkpoints only: results/ship.py iterate) continue too: the files a round needs are rebuilt first (restore).
 
   worldmodels iterate --run runs/carracing-default --rounds 3 --episodes 100 --generations 20
@@ -67,8 +66,8 @@ CONTROLLER_KEYS = ("temperature", "popsize", "rollouts", "sigma0", "generations"
                    "eval_episodes", "seed", "obs_mode", "augment", "augment_options", "dream_dropout", "dream_starts",
                    "dream_reward")
 COLUMNS = ("round", "real_episodes", "real_frames", "mdrnn_val_loss", "vae_recon_ratio", "vae_refit", "generations",
-           "param_noise", "dream_score", "real_mean", "real_std", "real_n", "seconds_collect", "seconds_vae", "seconds_encode",
-           "seconds_mdrnn", "seconds_controller", "seconds_evaluate", "mdrnn_id", "controller_id")
+           "param_noise", "dream_score", "real_mean", "real_std", "real_n", "seconds_collect", "seconds_vae",
+           "seconds_encode", "seconds_mdrnn", "seconds_controller", "seconds_evaluate", "mdrnn_id", "controller_id")
 
 
 @dataclasses.dataclass

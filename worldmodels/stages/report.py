@@ -302,11 +302,10 @@ def build_report(run_dir: Path, out: Path) -> tuple[str, dict[str, Any]]:
     if not curve.exists() and read_metrics(run_dir / "controller" / "metrics.jsonl"):
         plots.learning_curve(read_metrics(run_dir / "controller" / "metrics.jsonl"), curve, f"{env}: CMA-ES")
     rounds = run_dir / "iterate" / "rounds.csv"
-    if rounds.is_file():
-        if not (run_dir / "iterate" / "rounds.png").exists():
-            with open(rounds, newline="") as fh:
-                plots.iterate_rounds(list(csv.DictReader(fh)), run_dir / "iterate" / "rounds.png",
-                                     f"{env}: worldmodels iterate")
+    if rounds.is_file() and not (run_dir / "iterate" / "rounds.png").exists():
+        with open(rounds, newline="") as fh:
+            plots.iterate_rounds(list(csv.DictReader(fh)), run_dir / "iterate" / "rounds.png",
+                                 f"{env}: worldmodels iterate")
     more = [(Path("iterate/rounds.png"), "iterate: C's dream and real scores per round")] if rounds.is_file() else []
     more += [(Path(name) / "episode.gif", f"C playing {'in the dream' if s.get('where') == 'dream' else 'the real game'}"
              f" ({name}, episode 0)") for name, s in evals]
