@@ -1,4 +1,5 @@
-"""Dream ensembles' cost: dream steps/s of the plain dream, a K = 3 ensemble, dropout 0.1, and both.
+"""Dream variations' cost: dream steps/s of the plain dream, a K = 3 ensemble, dropout 0.1, both, and the
+pessimistic dream (penalty over 8 dropout masks).
 
     python benchmarks/dream_ensembles.py              # CPU, one torch thread, B = 1024, z 32, h 256, K 5, A 3
     python benchmarks/dream_ensembles.py --device cuda --threads 0
@@ -47,7 +48,7 @@ def main() -> None:
     initial = (torch.randn(64, args.z), torch.full((64, args.z), -2.0))
     actions = torch.rand(args.batch, args.actions, device=device) * 2 - 1
     variants = {"plain": {}, "K=3": {"models": ms[1:]}, "dropout=0.1": {"dropout": 0.1},
-                "K=3+dropout=0.1": {"models": ms[1:], "dropout": 0.1}}
+                "K=3+dropout=0.1": {"models": ms[1:], "dropout": 0.1}, "penalty": {"penalty": 1.0}}
     dreams = {name: DreamEnv(None, ms[0], initial, 1.15, args.batch, device, 10**9, seed=0, **kw)
               for name, kw in variants.items()}
     for dream in dreams.values():

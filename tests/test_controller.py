@@ -721,6 +721,43 @@ def test_dream_ensemble_run_records_its_settings_and_resumes_only_with_them(tiny
     assert tc.run(stage_cfg(run, generations=2, eval_every=0))["generation"] == 2
 
 
+def test_dream_penalty_reaches_the_fitness_dreams_only_and_resumes_only_with_it(tiny_run, tmp_path, monkeypatch):
+    """--dream-penalty makes the fitness dreams pessimistic (lower fitness on the same CMA-ES samples, as the
+    penalty only takes away) while the mean-solution score stays plain; it is in the identity (a resume with
+    another is refused, one from before it resumes at 0) and needs --where dream."""
+    from worldmodels import agent, cli
+    from worldmodels.checkpoint import save_checkpoint
+
+    run = _copy_run(tiny_run, tmp_path)
+    assert cli.parse_stage_args("train-controller", ["--dream-penalty", "3"])[1].dream_penalty == 3.0
+    tc.run(stage_cfg(run, generations=1, eval_every=1, fresh=True))
+    plain = read_metrics(run / "controller" / "metrics.jsonl")[0]
+    factories, real_factory = [], agent.World.dream_factory
+
+    def recording(self, *args, **kw):
+        factories.append(kw)
+        return real_factory(self, *args, **kw)
+    monkeypatch.setattr(agent.World, "dream_factory", recording)
+    tc.run(stage_cfg(run, generations=1, eval_every=1, fresh=True, dream_penalty=3.0))
+    fitness_kw, plain_kw = factories
+    assert fitness_kw["penalty"] == 3.0 and plain_kw.get("penalty", 0.0) == 0.0
+    pess = read_metrics(run / "controller" / "metrics.jsonl")[0]
+    assert pess["cmaes/best"] < plain["cmaes/best"] and pess["cmaes/mean"] < plain["cmaes/mean"]
+    assert pess["eval/mean"] == plain["eval/mean"]  # the score: the plain dream, the same mean (generation 0)
+    assert load_checkpoint(run / "controller")["identity"]["dream_penalty"] == 3.0
+    with pytest.raises(WorldModelsError, match="different dream_penalty"):
+        tc.run(stage_cfg(run, generations=2, eval_every=0, dream_penalty=1.0))
+    tc.run(stage_cfg(run, generations=1, eval_every=0, fresh=True))
+    state = load_checkpoint(run / "controller")
+    del state["identity"]["dream_penalty"]
+    save_checkpoint(run / "controller" / "checkpoint.pt", "controller", state)
+    assert tc.run(stage_cfg(run, generations=2, eval_every=0))["generation"] == 2
+    with pytest.raises(WorldModelsError, match="need --where dream, not real"):
+        tc.run(stage_cfg(run, where="real", dream_penalty=1.0))
+    with pytest.raises(WorldModelsError, match="dream_penalty must be >= 0"):
+        tc.run(stage_cfg(run, dream_penalty=-1.0))
+
+
 def test_dream_starts_and_reward_are_recorded_and_resume_only_with_them(tiny_run, tmp_path):
     """--dream-starts any and --dream-reward nearest reach the fitness dreams (the tiny data's only reward is 0,
     so every snapped fitness is exactly 0), are in the checkpoint's identity (a resume with others is refused),

@@ -450,6 +450,56 @@ def test_dream_ensembles_compose_with_augmentations():
     assert torch.equal(swung[:, :Z + H], ensemble[:, :Z + H]) and not torch.equal(swung, ensemble)
 
 
+# --- the pessimistic dream: M's reward less its spread over dropout masks ---------------------------------
+
+def test_dream_penalty_pays_m_s_reward_less_its_spread_over_masks_and_moves_nothing_else():
+    """Penalty 0 is the plain dream bit for bit. With a penalty the latents, states and dones are the plain
+    dream's, and each step's reward is M's less penalty x the std, over the dream's masks, of the reward M's head
+    predicts from the masked h (recomputed here from M itself); the masks are shared by the members, the same for
+    the same seed and new for another, and a restarted member's uncertainty starts again from 0."""
+    m = make_model(dtype=torch.float64, done_bias=0.0)
+    args = (None, m, initial(dtype=torch.float64), 1.1, 6, "cpu", 8)
+    plain = _run(DreamEnv(*args, seed=3), 10, restart_at=4)
+    assert torch.equal(_run(DreamEnv(*args, seed=3, penalty=0.0), 10, restart_at=4), plain)
+    lam, masks, p = 2.5, 5, 0.3
+    env = DreamEnv(*args, seed=3, penalty=lam, penalty_masks=masks, penalty_dropout=p)
+    pess = _run(env, 10, restart_at=4)
+    reward_col = [i for i in range(pess.shape[1]) if not torch.equal(pess[:, i], plain[:, i])]
+    width = Z + H  # the trace: obs (Z + H), then per step obs, reward, done (and obs after the restart)
+    rewards = [width + s * (width + 2) + width + (1 if s > 4 else 0) * width for s in range(10)]
+    assert reward_col and set(reward_col) <= set(rewards)  # only rewards differ
+    weights = env._penalty_w  # (H, masks): M's reward weights through each mask
+    keep = (weights / m.head.weight[3 * Z * K][:, None] * (1 - p)).round()
+    assert set(keep.unique().tolist()) <= {0.0, 1.0} and weights.shape == (H, masks)
+    # each mask's reward is M's head on the masked h
+    env2 = DreamEnv(*args, seed=3, penalty=lam, penalty_masks=masks, penalty_dropout=p)
+    obs = env2.reset()
+    z, state, g = obs[:, :Z], None, torch.Generator().manual_seed(1)
+    spread_sum = torch.zeros(6, dtype=torch.float64)
+    for t in range(3):
+        a = torch.rand(6, A, generator=g, dtype=torch.float64) * 2 - 1
+        with torch.no_grad():
+            _, state = m.step(z, a, state)
+            each = torch.stack([m.head(state[0] * keep[:, j] / (1 - p))[:, 3 * Z * K] for j in range(masks)], 1)
+            plain_r = m.head(state[0])[:, 3 * Z * K]
+        alive = (~env2.done).double()  # finished members pay nothing
+        obs, reward, _, _ = env2.step(a)
+        z = obs[:, :Z]
+        torch.testing.assert_close(reward, (plain_r - lam * each.std(1)) * alive, atol=1e-10, rtol=0)
+        spread_sum += each.std(1) * alive
+    torch.testing.assert_close(env2.uncertainty, spread_sum, atol=1e-10, rtol=0)
+    env2.reset_members(torch.arange(6) < 2)
+    assert (env2.uncertainty[:2] == 0).all() and (env2.uncertainty[2:] > 0).all()
+    same = DreamEnv(*args, seed=3, penalty=lam, penalty_masks=masks, penalty_dropout=p)
+    same.reset()
+    assert torch.equal(same._penalty_w, weights)
+    same.reset(seed=4)
+    assert not torch.equal(same._penalty_w, weights)
+    for bad in ({"penalty": -1.0}, {"penalty": 1.0, "penalty_masks": 1}, {"penalty": 1.0, "penalty_dropout": 0.0}):
+        with pytest.raises(WorldModelsError, match="dream penalty must be >= 0"):
+            DreamEnv(*args, **bad)
+
+
 def test_dream_starts_with_zero_state_are_the_first_frame_dream_and_a_given_state_is_m_s():
     """(mu, logvar, h=0, c=0) is the plain dream bit for bit; with a start's (h, c) every member begins in that
     state (each member's start drawn as its first latents are), and the first step follows M from it."""

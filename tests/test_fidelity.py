@@ -105,6 +105,30 @@ def test_fidelity_writes_a_row_per_controller_and_setting_on_fresh_train_seeds(t
     assert sum(seen) == 2 and again["reward_head"] == summary["reward_head"]
 
 
+def test_fidelity_compares_pessimistic_dreams_on_the_same_trajectories(tiny_run_copy):
+    """--dream-penalty adds settings whose dreams follow the plain ones (the same streams) and pay exactly the
+    plain return less the penalty times each controller's summed reward spread (the csv's uncertainty); each
+    also ranks the controllers by their spread alone. A C evolved with a penalty is measured at it and at 0."""
+    run = tiny_run_copy
+    tc.run(stage_cfg(run, generations=1, eval_every=0))
+    summary = fd.run(fid_cfg(run, dream_penalty=[0.0, 2.0]))
+    with open(run / "fidelity" / "fidelity.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    plain, pess = rows[:3], rows[3:]
+    assert [float(r["penalty"]) for r in rows] == [0.0] * 3 + [2.0] * 3 and all(r["uncertainty"] == "" for r in plain)
+    for a, b in zip(plain, pess):
+        assert float(b["uncertainty"]) > 0
+        assert float(b["dream_mean"]) == pytest.approx(float(a["dream_mean"]) - 2 * float(b["uncertainty"]))
+    assert [s["penalty"] for s in summary["settings"]] == [0.0, 2.0]
+    assert summary["settings"][0]["spread_spearman"] is None  # no spread without a penalty
+    by_spread = fd.spearman([-float(r["uncertainty"]) for r in pess], [float(r["real_mean"]) for r in pess])
+    assert summary["settings"][1]["spread_spearman"] == (None if np.isnan(by_spread) else pytest.approx(by_spread))
+    tc.run(stage_cfg(run, generations=1, eval_every=0, fresh=True, dream_penalty=1.5))
+    assert [s["penalty"] for s in fd.run(fid_cfg(run))["settings"]] == [0.0, 1.5]
+    with pytest.raises(WorldModelsError, match="dream_penalty weights must be >= 0"):
+        fd.run(fid_cfg(run, dream_penalty=[-1.0]))
+
+
 def test_horizons_real_episodes_play_whole_for_a_c_trained_on_pieces_of_episodes():
     # a C trained on whole-episode dreams: real and first-frame dreams share its limit, or --max-steps
     assert fd.horizons(fd.Config(), "first", 300, 1000) == (300, {"first": 300, "any": 300})

@@ -44,10 +44,11 @@ def _iterate(run: Path, *extra: str) -> dict:
 
 @pytest.fixture(scope="module")
 def iterated(base_run, tmp_path_factory) -> Path:
-    """Two rounds, the second continued with --param-noise 0.5 (a setting that may change between rounds)."""
+    """Two rounds, the second continued with --param-noise 0.5 and --dream-penalty 2 (settings that may change
+    between rounds)."""
     run = _copy(base_run, tmp_path_factory.mktemp("iterated"))
     _iterate(run, "--rounds", "1")
-    _iterate(run, "--param-noise", "0.5")
+    _iterate(run, "--param-noise", "0.5", "--dream-penalty", "2")
     return run
 
 
@@ -85,6 +86,7 @@ def test_rounds_grow_the_data_by_exactly_what_they_collect(iterated, base_run):
     text = Path(report["path"]).read_text()
     assert "## Rounds" in text and f"| 2 | {rows[1]['real_episodes']} | {rows[1]['real_frames']} |" in text
     assert "iterate/rounds.png" in report["figures"] and "rounds.png)" in text
+    assert "| parameter noise | dream penalty | dream score |" in text and "| 0.5 | 2 |" in text
 
 
 def test_m_and_c_are_warm_started_from_the_last_round(iterated, base_run):
@@ -176,6 +178,7 @@ def test_rounds_moved_without_their_data_are_played_again_and_continue(base_run,
     rows = _rows(moved)
     assert [int(row["round"]) for row in rows] == [1, 2, 3] and rows[:2] == _rows(iterated)
     assert [float(r["param_noise"]) for r in rows] == [0.0, 0.5, 0.0]  # round 2 replayed at its own 0.5
+    assert [float(r["dream_penalty"]) for r in rows] == [0.0, 2.0, 0.0]  # round 3: the run's C's own (none)
     assert [int(r["generations"]) for r in rows] == [done, done, done + 2]
     assert [r["vae_refit"] for r in rows] == ["False", "False", "True"]
     record = json.loads((moved / "iterate" / "round-3" / "round.json").read_text())
@@ -284,10 +287,15 @@ def test_parameter_noise_plays_each_episode_with_its_own_perturbed_c_again_on_a_
         iterate._check_config(iterate.Config(run="r", noise=0.3), saved)
 
 
-def test_parameter_noise_set_later_applies_to_the_next_rounds(iterated):
-    """The fixture's second round ran with --param-noise 0.5 (the moved-rounds test replays it without the option:
-    a replay plays a round at the noise it recorded)."""
+def test_parameter_noise_and_dream_penalty_set_later_apply_to_the_next_rounds(iterated):
+    """The fixture's second round ran with --param-noise 0.5 and --dream-penalty 2 (the moved-rounds test replays it
+    without the options: a replay plays a round at the noise it recorded); round 2's C was evolved in pessimistic
+    dreams, round 1's in plain ones, and each round's row says so."""
     assert [float(r["param_noise"]) for r in _rows(iterated)] == [0.0, 0.5]
+    assert [float(r["dream_penalty"]) for r in _rows(iterated)] == [0.0, 2.0]
+    penalties = [load_checkpoint(iterated / "iterate" / f"round-{r}" / "controller")["identity"]["dream_penalty"]
+                 for r in (1, 2)]
+    assert penalties == [0.0, 2.0]
     with open_rollouts(iterated / "iterate" / "round-1" / "rollouts.h5") as f:
         assert "param_noise" not in f.attrs
     with open_rollouts(iterated / "iterate" / "round-2" / "rollouts.h5") as f:

@@ -79,7 +79,7 @@ class World:
 
     def dream_factory(self, temperature: float, max_steps: int, seed: int, augmentations: Sequence[Any] = (),
                       dropout: float = 0.0, models: Sequence[Any] = (), streams: int | None = None,
-                      starts: str = "first", reward: str = "auto"):
+                      starts: str = "first", reward: str = "auto", penalty: float = 0.0):
         """``batch -> DreamEnv`` of that many members (built once per batch size, per factory), with
         ``augmentations`` (:mod:`worldmodels.augment`) applied inside every step of its dreams, and a dream
         ensemble when asked: a ``dropout`` mask per member's episode, or one of M and ``models`` per episode.
@@ -87,7 +87,8 @@ class World:
         rollouts) gets the same E episodes' draws, i.e. common random numbers across candidates (default: a
         stream per member). ``starts`` and ``reward``: where each episode starts and what it pays
         (:meth:`initial_latents`; ``auto`` is survival for Doom, M's predicted reward otherwise, ``nearest``
-        that prediction snapped to the nearest reward seen in the data)."""
+        that prediction snapped to the nearest reward seen in the data); ``penalty``: the pessimistic dream's
+        weight on M's reward spread over dropout masks (:class:`worldmodels.dream.DreamEnv`; 0: none)."""
         from worldmodels.dream import DreamEnv
 
         initial = self.initial_latents(starts)
@@ -100,7 +101,7 @@ class World:
                 dreams[batch] = DreamEnv(self.vae, self.mdrnn, initial, temperature, batch, self.device, max_steps,
                                          reward=reward, obs_mode=self.obs_mode, seed=seed,
                                          augmentations=augmentations, dropout=dropout, models=models,
-                                         reward_values=values,
+                                         reward_values=values, penalty=penalty,
                                          stream_ids=None if streams is None else torch.arange(batch) % streams)
             return dreams[batch]
 

@@ -20,6 +20,11 @@ frame with the state M reached on the real frames before it (:meth:`worldmodels.
 The ``nearest`` reward snaps M's predicted reward to the nearest of ``reward_values`` (the rewards seen in
 the data): in sparse-reward games M's near-zero reward bias, summed over a long dream, otherwise outweighs
 the rare real rewards and is what C learns to maximise.
+
+Pessimism (docs/mdrnn.md, "A pessimistic dream"): with ``penalty`` > 0 every step pays M's reward minus
+``penalty`` times the spread of the rewards M predicts through ``penalty_masks`` dropout masks over h (MC dropout;
+the same masks for every member, drawn from the seed at each ``reset``), so a controller gains nothing by
+driving the dream where M cannot tell what happens.
 """
 
 from __future__ import annotations
@@ -59,13 +64,16 @@ class DreamEnv:
                  temperature: float = 1.0, batch_size: int = 1, device: torch.device | str = "cpu",
                  max_steps: int = 1000, reward: str = "predicted", obs_mode: str = "zh", seed: int | None = None,
                  augmentations: Sequence[Any] = (), stream_ids: torch.Tensor | Sequence[int] | None = None,
-                 dropout: float = 0.0, models: Sequence[MDRNN] = (), reward_values: Sequence[float] = ()):
+                 dropout: float = 0.0, models: Sequence[MDRNN] = (), reward_values: Sequence[float] = (),
+                 penalty: float = 0.0, penalty_masks: int = 8, penalty_dropout: float = 0.1):
         """``initial_latents`` = (mu, logvar) (N, Z) of real first frames, or (mu, logvar, h, c) with M's
         state (N, H) at each start (h = c = 0 otherwise); ``stream_ids`` (B,) picks each
         member's random stream (default 0..B-1). ``dropout``: each member's episode reads M's head through
         its own dropout mask of that rate; ``models``: more Ms of M's sizes, each member's episode steps
         one of the 1 + len(models) drawn uniformly (dream ensembles; 0 and () are the plain dream);
-        ``reward_values``: the rewards the ``nearest`` reward snaps M's prediction to."""
+        ``reward_values``: the rewards the ``nearest`` reward snaps M's prediction to. ``penalty``: each step's
+        reward loses this many times the standard deviation of M's predicted reward over ``penalty_masks``
+        dropout masks of rate ``penalty_dropout`` over h (0: the plain dream's reward, nothing computed)."""
         if reward not in REWARDS:
             raise WorldModelsError(f"dream reward must be one of {', '.join(REWARDS)}, got {reward!r}")
         if obs_mode not in OBS_MODES:
@@ -76,6 +84,9 @@ class DreamEnv:
             raise WorldModelsError(f"dream batch_size and max_steps must be >= 1, got {batch_size}, {max_steps}")
         if not 0 <= dropout < 1:
             raise WorldModelsError(f"dream dropout must be in [0, 1), got {dropout}")
+        if not penalty >= 0 or penalty_masks < 2 or not 0 < penalty_dropout < 1:
+            raise WorldModelsError(f"dream penalty must be >= 0 with >= 2 masks of a rate in (0, 1), got {penalty}, "
+                                   f"{penalty_masks}, {penalty_dropout}")
         sizes = ("z_dim", "action_dim", "hidden", "n_gaussians")
         for i, other in enumerate(models):
             if any(getattr(other, k) != getattr(mdrnn, k) for k in sizes):
@@ -130,6 +141,9 @@ class DreamEnv:
         self._slot: torch.Tensor | None = None
         self._gather: torch.Tensor | None = None
         self.head_mask = torch.ones(B, H, device=dev, dtype=dt) if self.dropout else None  # (B, H): 0 or 1/(1-p)
+        self.penalty, self.penalty_masks = float(penalty), int(penalty_masks)
+        self.penalty_dropout = float(penalty_dropout)
+        self.uncertainty = torch.zeros(B, device=dev, dtype=dt)  # per member: the penalised spread, summed
         self._keys = rng.stream_keys(self.seed, self._stream_ids)
         self._ep_keys = self._keys
         self.n_steps = 0
@@ -164,6 +178,8 @@ class DreamEnv:
     def _load_weights(self) -> None:
         """Copy M (every M of an ensemble, stacked along a first dimension K) into the dream's fused layout."""
         fused = [self._fuse(m) for m in self.models]
+        # the run's M's reward column (the penalty's spread is M's, also in an ensemble)
+        self._reward_w = fused[0][2][:, 3 * self.mdrnn.z_dim * self.mdrnn.n_gaussians].clone()  # (H,)
         if len(fused) == 1:
             self._w, self._b, self._head_w, self._head_b = fused[0]
         else:
@@ -208,6 +224,12 @@ class DreamEnv:
             self._episodes.fill_(-1)
             self.generator.manual_seed(self.seed)
         self._load_weights()
+        if self.penalty:
+            # shared by every member (common random numbers for the candidates); new ones with each seed
+            g = torch.Generator().manual_seed(self.seed ^ 0x5EED_0F_D0B7)
+            keep = torch.rand(self.penalty_masks, self.mdrnn.hidden, generator=g) >= self.penalty_dropout
+            self._penalty_w = (keep.to(self.dtype) / (1 - self.penalty_dropout)).mul_(
+                self._reward_w.cpu()).t().contiguous().to(self.device)  # (H, masks): each mask's reward weights
         self.n_steps = 0
         self._restart(torch.ones(self.batch_size, dtype=torch.bool, device=self.device))
         for aug in self.augmentations:
@@ -252,6 +274,7 @@ class DreamEnv:
             self._xh[:, A + Z:] = torch.where(keep, self._xh[:, A + Z:], h0[pick])
             self._c.copy_(torch.where(keep, self._c, c0[pick]))
         self.returns *= ~mask
+        self.uncertainty *= ~mask
         self.lengths *= ~mask
         self.done &= ~mask
         return self._obs()
@@ -344,6 +367,10 @@ class DreamEnv:
             reward = out[:, 3 * ZK]
             if self.reward_mode == "nearest":
                 reward = self.reward_values[(reward.unsqueeze(1) - self.reward_values).abs().argmin(1)]
+        if self.penalty:  # the reward's spread over the masks (the head's bias is the same in each)
+            spread = torch.mm(h_new, self._penalty_w).std(1) * keep  # (B,)
+            self.uncertainty += spread
+            reward = reward - self.penalty * spread
         reward = reward * keep
         self.returns += reward
         self.lengths += alive

@@ -4,7 +4,8 @@ A set of controllers of the run's shape: the run's C (its CMA-ES mean, "mean"), 
 (mean + s * N(0, I), s cycling through --scales, "p00", "p01", ...) and any --controllers (controller or run
 folders, named by their path). Each plays --dream-episodes in M's dream, one batched dream per setting (every
 --temperatures tau x every --dream-dropout p x the plain M, and also the ensemble with --dream-models when
-given; and every --dream-starts x --dream-reward, by default the dream C was trained in), and --real-episodes in
+given; every --dream-penalty, the pessimistic dream's weight on M's reward spread, by default 0 and C's own; and
+every --dream-starts x --dream-reward, by default the dream C was trained in), and --real-episodes in
 the real env with the run's V and M. A dream from a first frame is a whole episode and plays as long as a real one
 (--max-steps); a dream from any frame is a piece of one, and plays --dream-max-steps (default: C's training
 horizon), so its return is the fitness C was evolved on. Dreams start from the frames C's training dreams
@@ -49,8 +50,8 @@ from worldmodels.config import option
 from worldmodels.errors import WorldModelsError
 from worldmodels.utils import atomic_write_text
 
-CSV_COLUMNS = ("controller", "scale", "tau", "dropout", "models", "starts", "reward", "dream_mean", "dream_std",
-               "dream_n", "real_mean", "real_std", "real_n")
+CSV_COLUMNS = ("controller", "scale", "tau", "dropout", "models", "starts", "reward", "penalty", "dream_mean",
+               "dream_std", "dream_n", "real_mean", "real_std", "real_n", "uncertainty")
 # Real episodes: train-purpose episode indices from here on; train-controller's fitness uses offset 0 and its
 # mean-solution scores 10**7 (generations x episodes stays far below 10**7 for both).
 REAL_OFFSET = 2 * 10**7
@@ -71,6 +72,8 @@ class Config:
     dream_dropout: list[float] = option(factory=lambda: [0.0], help="dream-ensemble dropout rates to try (0: plain M)")
     dream_models: list[str] = option(factory=list, help="more M folders: every setting is also scored with the "
                                                         "ensemble of M and these (as train-controller --dream-models)")
+    dream_penalty: list[float] = option(factory=list, help="pessimistic dreams to try: the weight on M's reward "
+                                                           "spread over dropout masks (default: 0 and C's own)")
     dream_starts: list[str] = option(factory=list, help="where dreams start, first and/or any (default: where C's "
                                                         "training dreams started)")
     dream_reward: list[str] = option(factory=list, help="what dreams pay: auto, predicted, nearest, survival "
@@ -269,7 +272,8 @@ def _finite(x: float) -> float | None:
 
 def _setting_label(s: dict[str, Any]) -> str:
     return (f"tau {s['tau']:g}, dropout {s['dropout']:g}, {s['models']} M" + ("s" if s["models"] > 1 else "")
-            + f", {s['starts']} starts, {s['reward']} reward, {s['max_steps']} steps")
+            + f", {s['starts']} starts, {s['reward']} reward" + (f", penalty {s['penalty']:g}" if s["penalty"] else "")
+            + f", {s['max_steps']} steps")
 
 
 def _correlations(s: dict[str, Any]) -> str:
@@ -289,6 +293,8 @@ def _check(cfg: Config) -> None:
                                "--controllers")
     if any(t <= 0 for t in cfg.temperatures):
         raise WorldModelsError(f"temperatures must be positive, got {cfg.temperatures}")
+    if any(not p >= 0 for p in cfg.dream_penalty):
+        raise WorldModelsError(f"dream_penalty weights must be >= 0, got {cfg.dream_penalty}")
     if not cfg.dream_dropout or any(not 0 <= p < 1 for p in cfg.dream_dropout):
         raise WorldModelsError(f"dream_dropout rates must be in [0, 1), got {cfg.dream_dropout}")
     for name in ("max_steps", "dream_max_steps"):
@@ -347,6 +353,7 @@ def run(cfg: Config) -> dict[str, Any]:
     max_steps, dream_steps = horizons(cfg, trained_starts, trained_steps, env_steps)
     starts = cfg.dream_starts or [trained_starts]
     rewards = [world.dream_reward(r) for r in cfg.dream_reward] or [trained_reward]
+    penalties = list(cfg.dream_penalty) or sorted({0.0, float(train_cfg.get("dream_penalty") or 0.0)})
     backend = resolve_backend(world.env, cfg.env_backend)
     out_dir = run_dir / "fidelity"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -354,15 +361,19 @@ def run(cfg: Config) -> dict[str, Any]:
     # Dreams: one batched dream per setting, every controller on the same E streams (common random numbers).
     E, params = cfg.dream_episodes, np.stack([c.params for c in cands])
     seed = dream_seed(cfg.seed, 0, DREAM_PURPOSE)
-    settings, dreamed = [], []
-    for start, reward, tau, p, ensemble in itertools.product(starts, rewards, temperatures, cfg.dream_dropout,
-                                                             [False, True] if extra else [False]):
+    settings, dreamed, spread = [], [], []
+    for start, reward, tau, p, penalty, ensemble in itertools.product(
+            starts, rewards, temperatures, cfg.dream_dropout, penalties, [False, True] if extra else [False]):
         models = extra if ensemble else []
         factory = world.dream_factory(tau, dream_steps[start], seed, dropout=p, models=models, streams=E,
-                                      starts=start, reward=reward)
+                                      starts=start, reward=reward, penalty=penalty)
         settings.append({"tau": float(tau), "dropout": float(p), "models": 1 + len(models), "starts": start,
-                         "reward": reward, "max_steps": dream_steps[start]})
-        dreamed.append(world.dream_returns(factory(len(cands) * E), params, E, seed))  # (C, E)
+                         "reward": reward, "penalty": float(penalty), "max_steps": dream_steps[start]})
+        dream = factory(len(cands) * E)
+        dreamed.append(world.dream_returns(dream, params, E, seed))  # (C, E)
+        # per controller: the reward spread over the penalty's masks, summed over a dream (mean over dreams)
+        spread.append(dream.uncertainty.double().cpu().numpy().reshape(len(cands), E).mean(1) if penalty else
+                      np.full(len(cands), np.nan))
 
     real_seeds = population_seeds(cfg.seed, 0, cfg.real_episodes, offset=REAL_OFFSET)
     with exclusive_lock(out_dir / "real_episodes.jsonl", "fidelity"):
@@ -372,14 +383,16 @@ def run(cfg: Config) -> dict[str, Any]:
 
     rows, per_setting, panels = [], [], []
     real_mean = real.mean(axis=1)
-    for s, returns in zip(settings, dreamed):
+    for s, returns, u in zip(settings, dreamed, spread):
         dream_mean = returns.mean(axis=1)
-        for c, d, r in zip(cands, returns, real):
+        for c, d, r, uc in zip(cands, returns, real, u):
             rows.append((c.name, "" if c.scale is None else c.scale, s["tau"], s["dropout"], s["models"],
-                         s["starts"], s["reward"], float(d.mean()), float(d.std()), E, float(r.mean()),
-                         float(r.std()), cfg.real_episodes))
+                         s["starts"], s["reward"], s["penalty"], float(d.mean()), float(d.std()), E, float(r.mean()),
+                         float(r.std()), cfg.real_episodes, "" if np.isnan(uc) else float(uc)))
         per_setting.append({**s, "spearman": _finite(spearman(dream_mean, real_mean)),
                             "pearson": _finite(pearson(dream_mean, real_mean)),
+                            # does being sure (a small reward spread) rank the controllers by themselves?
+                            "spread_spearman": None if np.isnan(u).any() else _finite(spearman(-u, real_mean)),
                             "gap": float((dream_mean - real_mean).mean()), "controllers": len(cands)})
         panels.append((f"{_setting_label(s)}: {_correlations(per_setting[-1])}", dream_mean, real_mean,
                        [c.name for c in cands]))

@@ -59,14 +59,16 @@ from worldmodels.utils import atomic_write_text, exclusive_lock
 ROUND_STRIDE = 2**24
 # Settings a rerun may change: how many rounds, where the work runs, and for the rounds not yet at that stage how
 # long C searches (C still climbing at a round's end is worth more generations) and when V is refit (a refit moves
-# V's latents under C and M: a user may stop refitting); each round records its own.
-CONTINUATION_SAFE = ("run", "rounds", "workers", "device", "generations", "vae_refit_ratio", "param_noise")
+# V's latents under C and M: a user may stop refitting), how C's episodes are perturbed and how pessimistic C's
+# dreams are; each round records its own.
+CONTINUATION_SAFE = ("run", "rounds", "workers", "device", "generations", "vae_refit_ratio", "param_noise",
+                     "dream_penalty")
 # The run's controller settings each round's C is evolved with (unless overridden here).
 CONTROLLER_KEYS = ("temperature", "popsize", "rollouts", "sigma0", "generations", "max_steps", "eval_every",
-                   "eval_episodes", "seed", "obs_mode", "augment", "augment_options", "dream_dropout", "dream_starts",
-                   "dream_reward")
+                   "eval_episodes", "seed", "obs_mode", "augment", "augment_options", "dream_dropout", "dream_penalty",
+                   "dream_starts", "dream_reward")
 COLUMNS = ("round", "real_episodes", "real_frames", "mdrnn_val_loss", "vae_recon_ratio", "vae_refit", "generations",
-           "param_noise", "dream_score", "real_mean", "real_std", "real_n", "seconds_collect", "seconds_vae",
+           "param_noise", "dream_penalty", "dream_score", "real_mean", "real_std", "real_n", "seconds_collect", "seconds_vae",
            "seconds_encode", "seconds_mdrnn", "seconds_controller", "seconds_evaluate", "mdrnn_id", "controller_id")
 
 
@@ -89,6 +91,9 @@ class Config:
     popsize: Optional[int] = option(None, "CMA-ES population (default: the run's controller's)")
     rollouts: Optional[int] = option(None, "dream rollouts per candidate (default: the run's controller's)")
     temperature: Optional[float] = option(None, "dream temperature (default: the run's controller's)")
+    dream_penalty: Optional[float] = option(None, "pessimistic fitness dreams for the rounds' Cs (train-controller "
+                                                  "--dream-penalty; default: the run's controller's); may change "
+                                                  "between rounds, each round's C records its own")
     mdrnn_steps: Optional[int] = option(None, "M's gradient steps per round, from the last M (default: the run's M's)")
     vae_refit_ratio: float = option(1.25, "fine-tune V when its reconstruction error on a round's frames exceeds "
                                           "this many times its error on the original frames")
@@ -120,6 +125,8 @@ def _check(cfg: Config) -> None:
                                "(each round has a block of collection seeds of its own)")
     if cfg.vae_frames < 0:
         raise WorldModelsError(f"vae_frames must be 0 (every frame) or positive, got {cfg.vae_frames}")
+    if cfg.dream_penalty is not None and not cfg.dream_penalty >= 0:
+        raise WorldModelsError(f"dream_penalty must be >= 0, got {cfg.dream_penalty}")
     if cfg.noise < 0 or cfg.param_noise < 0 or cfg.vae_refit_ratio <= 0:
         raise WorldModelsError(f"noise and param_noise must be >= 0 and vae_refit_ratio > 0, got {cfg.noise}, "
                                f"{cfg.param_noise}, {cfg.vae_refit_ratio}")
@@ -360,8 +367,8 @@ def _check_config(cfg: Config, path: Path) -> None:
         if changed:
             raise WorldModelsError(f"{path.parent} was made with " + "; ".join(
                 f"{k}={saved.get(k)!r}, not {new[k]!r}" for k in changed)
-                + "; rerun with the same settings (only --rounds, --generations, --vae-refit-ratio, --workers and "
-                  "--device may change)")
+                + "; rerun with the same settings (only --rounds, --generations, --vae-refit-ratio, --param-noise, "
+                  "--dream-penalty, --workers and --device may change)")
     cfgmod.save(cfg, path)
 
 
@@ -482,17 +489,18 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
     def controller_stage() -> dict[str, Any]:
         saved = _saved_config(run / "controller", "controller")
         own = {k: saved[k] for k in CONTROLLER_KEYS if k in saved}
-        overrides = {k: getattr(cfg, k) for k in ("generations", "popsize", "rollouts", "temperature")
-                     if getattr(cfg, k) is not None}
-        summary = train_controller.run(_stage_config(
-            train_controller, {**own, **overrides}, run=str(out), where="dream", device=cfg.device, workers=0,
-            init=str((prev / "controller").resolve()), fresh=False))
+        overrides = {k: getattr(cfg, k) for k in ("generations", "popsize", "rollouts", "temperature",
+                                                  "dream_penalty") if getattr(cfg, k) is not None}
+        settings = _stage_config(train_controller, {**own, **overrides}, run=str(out), where="dream",
+                                 device=cfg.device, workers=0, init=str((prev / "controller").resolve()), fresh=False)
+        summary = train_controller.run(settings)
         return {"generation": summary["generation"], "best_fitness": summary["best_fitness"],
-                "id": _saved_id(out / "controller", "controller")}
+                "id": _saved_id(out / "controller", "controller"), "dream_penalty": settings.dream_penalty}
 
     ctl = rnd.stage("controller", rounds, controller_stage,
                     lambda s: f"C {s['id'][:8]} evolved in the dream for {s['generation']} generations from the "
-                              f"last C's mean, best fitness {s['best_fitness']:.2f}")
+                              f"last C's mean, best fitness {s['best_fitness']:.2f}"
+                              + (f" (dream penalty {s['dream_penalty']:g})" if s.get("dream_penalty") else ""))
 
     def evaluate_stage() -> dict[str, Any]:
         real = evaluate.run(evaluate.Config(run=str(out), episodes=cfg.eval_episodes, workers=cfg.workers,
@@ -564,9 +572,11 @@ def run(cfg: Config) -> dict[str, Any]:
             else:
                 rnd.record["row"] = run_round(cfg, run_dir, rnd, prev, data, original)
                 rnd.save()
-            # C's generations and the collection's parameter noise come from their stages' records (they may
-            # differ between rounds: --generations, --param-noise)
-            rows.append({**rnd.record["row"], "generations": rnd.record["stages"]["controller"]["generation"],
+            # C's generations and dream penalty and the collection's parameter noise come from their stages'
+            # records (they may differ between rounds: --generations, --dream-penalty, --param-noise)
+            ctl = rnd.record["stages"]["controller"]
+            rows.append({**rnd.record["row"], "generations": ctl["generation"],
+                         "dream_penalty": ctl.get("dream_penalty", 0.0),
                          "param_noise": rnd.record["stages"]["collect"].get("param_noise", 0.0)})
             write_rows(root, rows)
             prev, data = rnd.dir, relocated(rnd.record["stages"]["encode"]["data"], root, original)

@@ -6,6 +6,8 @@ step, cut at 2100); other envs use M's predicted reward. --augment turns on gene
 (worldmodels.augment) in every fitness dream; the periodic mean-solution score stays in the plain dream.
 --dream-dropout and --dream-models make the fitness dreams dream ensembles, likewise: each member's episode
 draws its own M (a dropout mask over M's head input, one of several Ms); the score stays with the run's M.
+--dream-penalty makes the fitness dreams pessimistic: each step pays M's reward less that many times its spread
+over dropout masks (where M cannot tell what a step pays, C gains nothing); the score stays plain.
 --where real: workers (--backend local processes or ray) play the real env (--env-backend: envpool's
 fast CarRacing where installed), each with V and M on CPU and env_batch episodes at once (worldmodels.play)
 (the paper's CarRacing setup). Fitness is the mean return over the rollouts; CMA-ES (the cma library,
@@ -74,6 +76,9 @@ class Config:
                                        "dropout mask of this rate (a dream ensemble; 0: the plain M)")
     dream_models: list[str] = option(factory=list, help="fitness dreams: more M checkpoint folders (M's sizes, "
                                                         "env and V); each member's episode steps one of the Ms")
+    dream_penalty: float = option(0.0, "fitness dreams: each step's reward less this many times the standard "
+                                       "deviation of M's predicted reward over 8 dropout masks (0.1) of h: a "
+                                       "pessimistic dream (0: the plain reward)")
     offline_weighting: Literal["softmax", "minmax", "uniform"] = option(
         "softmax", "--where offline: episode weights from returns (uniform = behaviour cloning)")
     offline_beta: float = option(1.0, "--where offline: softmax sharpness on standardised returns")
@@ -237,7 +242,7 @@ CHECKPOINT_OVERHEAD = 0.1  # at most this share of a search's time goes to writi
 
 # Identity entries that checkpoints from before them lack, with the value those runs had.
 IDENTITY_DEFAULTS: dict[str, Any] = {"augment": [], "dream_dropout": 0.0, "dream_models": [], "dream_starts": "first",
-                                     "dream_reward": "auto"}
+                                     "dream_reward": "auto", "dream_penalty": 0.0}
 
 
 def _resume_state(cfg: Config, path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
@@ -345,9 +350,11 @@ def run(cfg: Config) -> dict[str, Any]:
         raise WorldModelsError("sigma0 and temperature must be positive")
     if cfg.augment and cfg.where != "dream":
         raise WorldModelsError(f"--augment changes dreamed latents; it needs --where dream, not {cfg.where}")
-    if (cfg.dream_dropout or cfg.dream_models) and cfg.where != "dream":
-        raise WorldModelsError(f"--dream-dropout and --dream-models change the dream's M; they need --where dream, "
-                               f"not {cfg.where}")
+    if (cfg.dream_dropout or cfg.dream_models or cfg.dream_penalty) and cfg.where != "dream":
+        raise WorldModelsError(f"--dream-dropout, --dream-models and --dream-penalty change the dream; they need "
+                               f"--where dream, not {cfg.where}")
+    if not cfg.dream_penalty >= 0:
+        raise WorldModelsError(f"dream_penalty must be >= 0, got {cfg.dream_penalty}")
     if not 0 <= cfg.dream_dropout < 1:
         raise WorldModelsError(f"dream_dropout must be in [0, 1), got {cfg.dream_dropout}")
     if cfg.init and cfg.where == "offline":
@@ -374,7 +381,7 @@ def run(cfg: Config) -> dict[str, Any]:
                 "augment": describe(augs), "dream_dropout": cfg.dream_dropout,
                 "dream_models": [m.checkpoint_id for m in extra]}
     if cfg.where == "dream":  # older checkpoints, without these, had the defaults (IDENTITY_DEFAULTS)
-        identity.update(dream_starts=cfg.dream_starts, dream_reward=cfg.dream_reward)
+        identity.update(dream_starts=cfg.dream_starts, dream_reward=cfg.dream_reward, dream_penalty=cfg.dream_penalty)
     env_backend = resolve_backend(world.env, cfg.env_backend) if cfg.where == "real" or cfg.eval_real else None
     if cfg.where == "real":  # the env the fitness was measured on, as resolved on this machine
         identity["env_backend"] = env_backend
@@ -396,12 +403,12 @@ def run(cfg: Config) -> dict[str, Any]:
 
     scorers: dict[str, Scorer] = {}
     if cfg.where == "dream":
-        # Augmentations and dream ensembles perturb the fitness dreams (training); the mean solution is scored
+        # Augmentations, dream ensembles and the penalty change the fitness dreams (training); the mean solution is scored
         # in the plain dream of the run's M.
         kind = {"starts": cfg.dream_starts, "reward": cfg.dream_reward}
         dreams = world.dream_factory(cfg.temperature, max_steps, cfg.seed, augmentations=augs,
-                                     dropout=cfg.dream_dropout, models=extra, **kind)
-        varied = augs or cfg.dream_dropout or extra
+                                     dropout=cfg.dream_dropout, models=extra, penalty=cfg.dream_penalty, **kind)
+        varied = augs or cfg.dream_dropout or extra or cfg.dream_penalty
         plain = world.dream_factory(cfg.temperature, max_steps, cfg.seed, **kind) if varied else dreams
 
         def fitness(params: np.ndarray, gen: int) -> np.ndarray:
