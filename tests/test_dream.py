@@ -271,7 +271,7 @@ def test_dream_stage_records_a_gif(dream_run, tmp_path):
                                             "--out", str(tmp_path / "d.gif"), "--device", "cpu"])
     result = dream_stage.run(cfg)
     gif = imageio.mimread(tmp_path / "d.gif")
-    assert len(gif) == result["frames"] and 2 <= len(gif) <= 6 and gif[0].shape[:2] == (64 * 4, 128 * 4)
+    assert len(gif) == result["frames"] and 2 <= len(gif) <= 6 and gif[0].shape[:2] == (64 * 2, 128 * 2)
     assert result["returns"] == [float(n) for n in result["lengths"]]  # Doom latents: survival reward
     with pytest.raises(WorldModelsError, match="no checkpoint"):
         dream_stage.run(dream_stage.Config(run=str(tmp_path / "nothing")))
@@ -292,9 +292,9 @@ def test_dream_stage_pictures_an_augmented_dream_beside_the_plain_one(dream_run,
         result = dream_stage.run(cfg)
         assert result["png"] == str(out.with_suffix(".png")) and out.with_suffix(".png").stat().st_size > 1000
         assert result["augment"][0]["strength"] == strength
-        gif = np.stack(imageio.mimread(out))[..., :3]  # (T, 256, 512, 3): plain | augmented, upscaled x4
-        assert gif.shape[2] == 2 * gif.shape[1] == 2 * 256
-        return gif[:, :, :256], gif[:, :, 256:], result
+        gif = np.stack(imageio.mimread(out))[..., :3]  # (T, 128, 256, 3): plain | augmented, upscaled x2
+        assert gif.shape[2] == 2 * gif.shape[1] == 2 * 128
+        return gif[:, :, :128], gif[:, :, 128:], result
 
     plain, augmented, result = halves(0.0, 1.0)
     assert np.array_equal(plain, augmented)  # strength 0 is the identity: same seed, same actions, same dream

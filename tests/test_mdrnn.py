@@ -268,7 +268,7 @@ def test_dream_vs_real_picture_with_a_vae(tmp_path):
     import imageio.v2 as imageio
 
     gif = imageio.mimread(out / "dream_vs_real.gif")
-    assert len(gif) == 6 and gif[0].shape[:2] == (64 * 4, 128 * 4)
+    assert len(gif) == 6 and gif[0].shape[:2] == (64 * 2, 128 * 2)
 
 
 def test_cli_errors_are_one_line(tmp_path):
