@@ -212,9 +212,10 @@ def _round_label(evaluation: Path) -> str:
 
 
 def _earlier_finals(root: Path) -> list[Path]:
-    """iterate-final's evaluations of earlier rounds' Cs, on the same 100 tracks as its own."""
+    """iterate-final's evaluations of earlier rounds' Cs, on the same 100 tracks as its own, latest round first."""
     now = _round_of(root / "iterate-final")
-    return [e for e in sorted((root / "iterate-final").glob("eval-test-round-*")) if _round_label(e) != now]
+    found = (root / "iterate-final").glob("eval-test-round-*")
+    return [e for e in sorted(found, key=lambda e: -int(e.name.rsplit("-", 1)[1])) if _round_label(e) != now]
 
 
 def carracing_dream(folder: str) -> str:
