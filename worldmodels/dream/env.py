@@ -178,8 +178,6 @@ class DreamEnv:
     def _load_weights(self) -> None:
         """Copy M (every M of an ensemble, stacked along a first dimension K) into the dream's fused layout."""
         fused = [self._fuse(m) for m in self.models]
-        # the run's M's reward column (the penalty's spread is M's, also in an ensemble)
-        self._reward_w = fused[0][2][:, 3 * self.mdrnn.z_dim * self.mdrnn.n_gaussians].clone()  # (H,)
         if len(fused) == 1:
             self._w, self._b, self._head_w, self._head_b = fused[0]
         else:
@@ -225,11 +223,14 @@ class DreamEnv:
             self.generator.manual_seed(self.seed)
         self._load_weights()
         if self.penalty:
-            # shared by every member (common random numbers for the candidates); new ones with each seed
+            # the run's M's reward column (model 0 of an ensemble's stacked heads: the spread is M's)
+            head_w = self._head_w if self._head_w.ndim == 2 else self._head_w[0]
+            reward_w = head_w[:, 3 * self.mdrnn.z_dim * self.mdrnn.n_gaussians].cpu()  # (H,)
+            # masks shared by every member (common random numbers for the candidates); new ones with each seed
             g = torch.Generator().manual_seed(self.seed ^ 0x5EED_0F_D0B7)
             keep = torch.rand(self.penalty_masks, self.mdrnn.hidden, generator=g) >= self.penalty_dropout
             self._penalty_w = (keep.to(self.dtype) / (1 - self.penalty_dropout)).mul_(
-                self._reward_w.cpu()).t().contiguous().to(self.device)  # (H, masks): each mask's reward weights
+                reward_w).t().contiguous().to(self.device)  # (H, masks): each mask's reward weights
         self.n_steps = 0
         self._restart(torch.ones(self.batch_size, dtype=torch.bool, device=self.device))
         for aug in self.augmentations:
