@@ -139,8 +139,31 @@ def carracing(folder: str) -> str:
         r = returns(root / "random_policy.csv")
         lines.append(f"| brownian random policy | {len(r)} | {fmt(r)} | — |")
     lines += ["", "Mean ± std over unseen tracks (env seeds never used in collection or training)."]
+    lines += _carracing_search(root)
     lines += _carracing_ablation(root)
     return "\n".join(lines)
+
+
+def _carracing_search(root: Path) -> list[str]:
+    """The full model's kept 100-track evaluations (eval-test*, one per C the search returned), by search length,
+    each paired with the one before on the same tracks: how the real score grows with generations."""
+    kept, seen = [], set()
+    for g, f in sorted((g, f) for f in (root / "real-zh").glob("eval-test*") if (g := _generations(f)) is not None):
+        c = json.loads((f / "summary.json").read_text()).get("controller_id")
+        if c not in seen:  # eval-test/ and a kept copy of the same C's evaluation
+            seen.add(c)
+            kept.append((g, f))
+    if len(kept) < 2:
+        return []
+    lines = ["", "**The full model as its search ran** (each C the search returned, on the same 100 reference tracks):",
+             "", "| generations | mean solution of generation | real | median | tracks > 800 | − the C before, per track "
+             "[95 % bootstrap interval] |", "|---:|---:|---:|---:|---:|---:|"]
+    for i, (g, f) in enumerate(kept):
+        r = returns(f / "returns.csv")
+        before = _paired(f / "returns.csv", kept[i - 1][1] / "returns.csv") if i else ""
+        lines.append(f"| {g} | {_generations(f, of_c=True)} | {fmt(r)} | {np.median(r):.0f} | {(r > 800).sum()} "
+                     f"| {before} |")
+    return lines
 
 
 def _generations(folder: Path, of_c: bool = False) -> int | None:
