@@ -149,7 +149,7 @@ def _carracing_search(root: Path) -> list[str]:
     each paired with the one before on the same tracks: how the real score grows with generations."""
     kept, seen = [], set()
     for g, f in sorted((g, f) for f in (root / "real-zh").glob("eval-test*") if (g := _generations(f)) is not None):
-        c = json.loads((f / "summary.json").read_text()).get("controller_id")
+        c = json.loads((f / "summary.json").read_text()).get("controller_id"), g  # the search, and how far it ran
         if c not in seen:  # eval-test/ and a kept copy of the same C's evaluation
             seen.add(c)
             kept.append((g, f))
