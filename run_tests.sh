@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/venv.sh "[dev,distributed,tensorboard]"
 # Two test processes of one thread each (WM_TEST_WORKERS=0 runs in this one), each module in one of them
-# (--dist loadfile): a module's fixtures are built once. On 2 cores: 230 s, against 414 s in one process.
+# (--dist loadfile): a module's fixtures are built once. On 2 AMD EPYC cores: 180 s, against 414 s in one process.
 workers=${WM_TEST_WORKERS:-2}
 if [ "$workers" = 0 ]; then exec python -m pytest -q "$@"; fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
