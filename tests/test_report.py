@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from worldmodels import cli
 from worldmodels.checkpoint import save_checkpoint
@@ -130,3 +131,25 @@ def test_report_says_where_the_run_falls_against_its_presets_spread(run_dir: Pat
     (presets / "expected.json").write_text(json.dumps({"default": {}}))  # nothing measured for smoke
     report.run(report.Config(run=str(run_dir), out=str(tmp_path / "none.md")))
     assert "healthy" not in (tmp_path / "none.md").read_text()
+
+
+def test_a_warm_started_run_s_evaluations_count_generations_over_the_whole_search(tmp_path: Path) -> None:
+    """A search continued across machines numbers each segment from 1: the report names the generation of this run
+    and of the whole search for the evaluations of this run's C, and leaves another C's as recorded."""
+    run = tmp_path / "run"
+    save_checkpoint(tmp_path / "init", "controller", {"id": "before", "generation": 48, "mean": np.zeros(3)})
+    save_checkpoint(run / "controller", "controller", {"id": "this", "generation": 52, "mean": np.zeros(3)})
+    (run / "controller" / "config.yaml").write_text(yaml.safe_dump(
+        {"generations": 52, "popsize": 64, "rollouts": 4, "where": "real", "init": str(tmp_path / "init")}))
+    for name, cid, which in (("eval-test", "this", "mean solution of generation 32 (periodic score 788.68)"),
+                             ("eval-test-old", "other", "mean solution of generation 10 (periodic score 634.55)"),
+                             ("eval-train", "this", "the search's best candidate")):
+        (run / name).mkdir()
+        (run / name / "summary.json").write_text(json.dumps(
+            {"env": "carracing", "episodes": 2, "mean": 1.0, "std": 0.0, "generation": 52, "controller_id": cid,
+             "controller": which}))
+    text, _ = report.build_report(run, run / "report.md")
+    rows = {line.split("|")[1].strip(" `"): line for line in text.splitlines() if line.startswith("| `eval")}
+    assert "mean solution of generation 80 of the search (32 of this run; periodic score 788.68)" in rows["eval-test"]
+    assert "mean solution of generation 10 (periodic score 634.55)" in rows["eval-test-old"]
+    assert "the search's best candidate" in rows["eval-train"]

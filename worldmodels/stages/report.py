@@ -16,6 +16,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -162,14 +163,37 @@ def _sizes(configs: dict[str, dict[str, Any] | None], generations: int | None = 
     return f"This run: {', '.join(parts)}." if parts else ""
 
 
+def _init_generations(init: str | None) -> int | None:
+    """How far the search a warm start (train-controller --init) came from had run, if its checkpoint is here."""
+    try:
+        return int(load_checkpoint(init, kind="controller")["generation"]) if init else None
+    except (WorldModelsError, OSError, KeyError, ValueError):
+        return None
+
+
+def _controller_id(run_dir: Path) -> str | None:
+    try:
+        return str(load_checkpoint(run_dir / "controller", kind="controller")["id"])
+    except (WorldModelsError, OSError, KeyError, ValueError):
+        return None
+
+
+def _of_search(controller: str, before: int | None) -> str:
+    """An evaluation's "mean solution of generation N" of a warm-started run, with N counted over the whole search
+    too (a search continued across machines numbers each segment from 1)."""
+    if not before:
+        return controller
+    def count(m: re.Match) -> str:
+        return f"generation {int(m[1]) + before} of the search ({m[1]} of this run" + ("; " if m[2] else ")")
+    return re.sub(r"generation (\d+)( \()?", count, controller, count=1)
+
+
 def _warm_start(init: str | None) -> str:
     """C's warm start (train-controller --init), with how far the search it started from had run, if readable."""
     if not init:
         return ""
-    try:
-        note = f" (a search of {int(load_checkpoint(init, kind='controller')['generation'])} generations)"
-    except (WorldModelsError, OSError, KeyError, ValueError):
-        note = ""
+    before = _init_generations(init)
+    note = f" (a search of {before} generations)" if before is not None else ""
     return f"warm-started from `{init}`{note}"
 
 
@@ -253,12 +277,18 @@ def build_report(run_dir: Path, out: Path) -> tuple[str, dict[str, Any]]:
     lines += ["", "## Evaluation", ""]
     if evals:
         ran = next((s["generation"] for _, s in evals if isinstance(s.get("generation"), int)), None)
+        # the evaluations of this run's C (a kept copy of an earlier one too, if it came from the same run)
+        this_run = _controller_id(run_dir)
+        before = _init_generations(c_cfg.get("init"))
         rows = []
         for name, s in evals:
+            controller = str(s.get("controller", ""))
+            if this_run is not None and s.get("controller_id") == this_run:
+                controller = _of_search(controller, before)
             rows.append([f"`{name}`", str(s.get("env", env)), str(s.get("env_backend", "reference")),
                          str(s.get("episodes", "?")),
                          f"{s['mean']:.2f} ± {s['std']:.2f}", f"{s.get('min', float('nan')):.2f} .. "
-                         f"{s.get('max', float('nan')):.2f}", str(s.get("controller", "")),
+                         f"{s.get('max', float('nan')):.2f}", controller,
                          paper_dream_score(str(s.get("env", env)), s.get("trained_temperature"), s.get("temperature"))
                          if s.get("where") == "dream" else
                          paper_score(str(s.get("env", env)), s.get("temperature", c_cfg.get("temperature")),
