@@ -275,9 +275,9 @@ def carracing_dream(folder: str) -> str:
     finals = (("final C, shipped float16 V and M" if half else "final C, shipped V and M",
                root / "final" / "eval-test" / "returns.csv"),
               ("final C, float32 V and M", root / "final_float32_returns.csv"),
-              (f"iterate's last C ({_round_of(root / 'iterate-final')}), its M, the kept V",
+              (f"iterate-final: {_round_of(root / 'iterate-final')}'s C, its M, the kept V",
                root / "iterate-final" / "eval-test" / "returns.csv"),
-              *((f"an earlier last C ({_round_label(e)}), its M, the kept V", e / "returns.csv")
+              *((f"an earlier round's C ({_round_label(e)}), its M, the kept V", e / "returns.csv")
                 for e in _earlier_finals(root)),
               ("brownian random policy", root.parent / "carracing" / "random_policy.csv"))
     for name, path in finals:
@@ -286,7 +286,7 @@ def carracing_dream(folder: str) -> str:
             lines.append(f"| {name} | {len(r)} | {fmt(r)} | {r.std() / np.sqrt(len(r)):.0f} |")
     last = root / "iterate-final" / "eval-test" / "returns.csv"
     for e in _earlier_finals(root):  # the same tracks: paired
-        lines.append(f"| last C − {_round_label(e)}'s, per track [95 % bootstrap interval] | | "
+        lines.append(f"| iterate-final − {_round_label(e)}'s, per track [95 % bootstrap interval] | | "
                      f"{_paired(last, e / 'returns.csv')} | |")
     lines += [f"| {name} | {n} | {score} | — |" for name, score, n in ANCHORS_DREAM]
     lines += ["", "Real scores on the reference env (gymnasium CarRacing-v3), mean ± std over unseen tracks; the "
