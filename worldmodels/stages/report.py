@@ -163,17 +163,11 @@ def _sizes(configs: dict[str, dict[str, Any] | None], generations: int | None = 
     return f"This run: {', '.join(parts)}." if parts else ""
 
 
-def _init_generations(init: str | None) -> int | None:
-    """How far the search a warm start (train-controller --init) came from had run, if its checkpoint is here."""
+def _controller_field(path: str | Path | None, key: str) -> Any:
+    """One field of the controller checkpoint at ``path`` (its ``id``, how many ``generation``\ s its search had
+    run), or None where there is no readable one: a report still shows what it can."""
     try:
-        return int(load_checkpoint(init, kind="controller")["generation"]) if init else None
-    except (WorldModelsError, OSError, KeyError, ValueError):
-        return None
-
-
-def _controller_id(run_dir: Path) -> str | None:
-    try:
-        return str(load_checkpoint(run_dir / "controller", kind="controller")["id"])
+        return load_checkpoint(path, kind="controller")[key] if path else None
     except (WorldModelsError, OSError, KeyError, ValueError):
         return None
 
@@ -192,8 +186,8 @@ def _warm_start(init: str | None) -> str:
     """C's warm start (train-controller --init), with how far the search it started from had run, if readable."""
     if not init:
         return ""
-    before = _init_generations(init)
-    note = f" (a search of {before} generations)" if before is not None else ""
+    before = _controller_field(init, "generation")
+    note = f" (a search of {int(before)} generations)" if before is not None else ""
     return f"warm-started from `{init}`{note}"
 
 
@@ -278,13 +272,13 @@ def build_report(run_dir: Path, out: Path) -> tuple[str, dict[str, Any]]:
     if evals:
         ran = next((s["generation"] for _, s in evals if isinstance(s.get("generation"), int)), None)
         # the evaluations of this run's C (a kept copy of an earlier one too, if it came from the same run)
-        this_run = _controller_id(run_dir)
-        before = _init_generations(c_cfg.get("init"))
+        this_run = _controller_field(run_dir / "controller", "id")
+        before = _controller_field(c_cfg.get("init"), "generation")
         rows = []
         for name, s in evals:
             controller = str(s.get("controller", ""))
-            if this_run is not None and s.get("controller_id") == this_run:
-                controller = _of_search(controller, before)
+            if this_run is not None and s.get("controller_id") == str(this_run):
+                controller = _of_search(controller, int(before) if before is not None else None)
             rows.append([f"`{name}`", str(s.get("env", env)), str(s.get("env_backend", "reference")),
                          str(s.get("episodes", "?")),
                          f"{s['mean']:.2f} ± {s['std']:.2f}", f"{s.get('min', float('nan')):.2f} .. "
