@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from worldmodels.data import open_latents
+from worldmodels.errors import WorldModelsError
 from worldmodels.models.mdrnn import load_mdrnn
 
 HELD_OUT = 40
@@ -74,4 +75,7 @@ def main(world: str) -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         raise SystemExit(__doc__.strip().splitlines()[0] + "\nusage: python results/procgen-study/reward_probe.py WORLD")
-    main(sys.argv[1])
+    try:
+        main(sys.argv[1])
+    except WorldModelsError as err:
+        raise SystemExit(f"reward_probe: {err}") from None
