@@ -549,6 +549,33 @@ def test_nearest_reward_snaps_m_s_reward_to_the_given_values():
         DreamEnv(*args, reward="nearest")
 
 
+def test_calibrated_reward_snaps_to_the_value_whose_center_is_nearest():
+    """The calibrated reward compares M's prediction with each value's center and pays that value: centers equal
+    to the values are the nearest reward; centers that put 10 at 0.05 pay 10 where nearest pays 0."""
+    m = make_model(dtype=torch.float64, done_bias=0.0)
+    args = (None, m, initial(dtype=torch.float64), 1.1, 6, "cpu", 8)
+    near = DreamEnv(*args, seed=3, reward="nearest", reward_values=[0, 10])
+    same = DreamEnv(*args, seed=3, reward="calibrated", reward_values=[10, 0], reward_centers=[10, 0])
+    plain = DreamEnv(*args, seed=3)
+    low = DreamEnv(*args, seed=3, reward="calibrated", reward_values=[0, 10], reward_centers=[0.0, 0.05])
+    for d in (near, same, plain, low):
+        d.reset()
+    paid = 0
+    for t in range(8):
+        a = torch.rand(6, A, generator=torch.Generator().manual_seed(t), dtype=torch.float64)
+        alive = ~plain.done
+        r_plain = plain.step(a)[1]
+        r_near, r_same, r_low = near.step(a)[1], same.step(a)[1], low.step(a)[1]
+        assert torch.equal(r_near, r_same)
+        assert torch.equal(r_low, torch.where(r_plain > 0.025, 10.0, 0.0).double() * alive)
+        paid += int((r_low > 0).sum()) - int((r_near > 0).sum())
+    assert paid > 0  # the low centers pay 10 on steps nearest pays 0
+    for bad in (dict(reward_values=[0, 10]), dict(reward_values=[0, 10], reward_centers=[0.0]),
+                dict(reward_values=[0, 0], reward_centers=[0.0, 1.0])):
+        with pytest.raises(WorldModelsError, match="calibrated"):
+            DreamEnv(*args, reward="calibrated", **bad)
+
+
 def test_any_starts_carry_m_s_state_from_the_real_frames_before_them(dream_run):
     """dream_starts any: every drawn frame's mu and logvar, with the state M reaches teacher-forced on the frames
     before it in its episode (zero at a first frame), however the episodes are chunked; a drawn subset is rows
@@ -579,3 +606,42 @@ def test_any_starts_carry_m_s_state_from_the_real_frames_before_them(dream_run):
     assert obs.shape == (4, world.input_dim) and obs[:, world.z_dim:].abs().sum() > 0  # most starts are mid-episode
     with pytest.raises(WorldModelsError, match="distinct"):
         world.dream_factory(1.0, 10, 0, reward="nearest")
+
+
+def test_reward_centers_are_m_s_median_prediction_per_reward_seen(dream_run, tmp_path):
+    """teacher_forced_rewards is M run on each whole episode (z = mu, the actions taken), however the episodes are
+    chunked; reward_centers is the median of its prediction per reward of the data; a calibrated dream pays those
+    rewards only."""
+    from worldmodels.agent import load_world, teacher_forced_rewards
+    from worldmodels.data import open_latents
+    from worldmodels.stages.train_mdrnn import actions_to_input
+
+    import shutil
+
+    import h5py
+
+    latents = tmp_path / "latents.h5"  # the fixture's frames with a sparse reward: 10 where mu_0 > 0.5, else 0
+    shutil.copy(dream_run / "latents.h5", latents)
+    with h5py.File(latents, "r+") as h:
+        h["reward"][:] = np.where(h["mu"][:, 0] > 0.5, 10.0, 0.0)
+    world = load_world(dream_run / "run", latents=str(latents))
+    with open_latents(latents) as f:
+        rows, desc = f.episodes[:], dict(f.attrs["action_space"])
+        reward, predicted = teacher_forced_rewards(f, world.mdrnn, chunk=3)
+        assert np.array_equal(reward, f.read("reward", 0, f.n_frames))
+        with torch.no_grad():
+            for s, n in zip(rows["start"], rows["length"]):
+                z = torch.from_numpy(np.asarray(f.read("mu", s, s + n)))
+                a = torch.from_numpy(actions_to_input(f.read("action", s, s + n), desc))
+                out, _ = world.mdrnn(z[None], a[None])
+                np.testing.assert_allclose(predicted[s:s + n], out.reward[0].double().numpy(), atol=1e-5)
+        np.testing.assert_allclose(teacher_forced_rewards(f, world.mdrnn, chunk=100)[1], predicted, atol=1e-5)
+    values = world.reward_values()
+    assert values == [0.0, 10.0]
+    assert world.reward_centers() == [float(np.median(predicted[reward == v])) for v in values]
+    assert len(set(predicted.round(6))) > 1  # a real spread: the median is not a constant's
+    dream = world.dream_factory(1.0, 10, 0, starts="any", reward="calibrated")(4)
+    dream.reset(seed=0)
+    paid = torch.cat([dream.step(torch.zeros(4, world.mdrnn.action_dim))[1] for _ in range(5)])
+    assert set(paid.tolist()) <= set(values)
+

@@ -15,7 +15,7 @@ import torch
 from worldmodels.errors import WorldModelsError
 
 DREAM_STARTS = ("first", "any")
-DREAM_REWARDS = ("auto", "predicted", "nearest", "survival")
+DREAM_REWARDS = ("auto", "predicted", "nearest", "calibrated", "survival")
 ANY_STARTS = 20_000  # dream starts drawn from all frames (dream_starts any): ~40 MB of (h, c) at h 256
 NEAREST_MAX_VALUES = 32  # more distinct rewards than this and snapping to them is not a sparse reward
 
@@ -38,6 +38,7 @@ class World:
         self.action_desc, self.latents_path, self.obs_mode = action_desc, latents_path, obs_mode
         self.missing_latents: Path | None = None  # a recorded latents file that is not on this machine
         self._starts: dict[str, tuple[torch.Tensor, ...]] = {}  # initial_latents, once per kind
+        self._centers: list[float] | None = None  # reward_centers, once
         self.z_dim = int(vae.z_dim)
         self.hidden = int(getattr(mdrnn, "hidden", 0) or mdrnn.lstm.hidden_size)
         self.action_map = make_action_map(self.family, action_desc)
@@ -87,13 +88,15 @@ class World:
         rollouts) gets the same E episodes' draws, i.e. common random numbers across candidates (default: a
         stream per member). ``starts`` and ``reward``: where each episode starts and what it pays
         (:meth:`initial_latents`; ``auto`` is survival for Doom, M's predicted reward otherwise, ``nearest``
-        that prediction snapped to the nearest reward seen in the data); ``penalty``: the pessimistic dream's
+        that prediction snapped to the nearest reward seen in the data, ``calibrated`` snapped to the reward whose
+        real frames M's head predicts nearest, :meth:`reward_centers`); ``penalty``: the pessimistic dream's
         weight on M's reward spread over dropout masks (:class:`worldmodels.dream.DreamEnv`; 0: none)."""
         from worldmodels.dream import DreamEnv
 
         initial = self.initial_latents(starts)
         reward = self.dream_reward(reward)
-        values = self.reward_values() if reward == "nearest" else ()
+        values = self.reward_values() if reward in ("nearest", "calibrated") else ()
+        centers = self.reward_centers() if reward == "calibrated" else ()
         dreams: dict[int, Any] = {}
 
         def make(batch: int):
@@ -101,7 +104,7 @@ class World:
                 dreams[batch] = DreamEnv(self.vae, self.mdrnn, initial, temperature, batch, self.device, max_steps,
                                          reward=reward, obs_mode=self.obs_mode, seed=seed,
                                          augmentations=augmentations, dropout=dropout, models=models,
-                                         reward_values=values, penalty=penalty,
+                                         reward_values=values, reward_centers=centers, penalty=penalty,
                                          stream_ids=None if streams is None else torch.arange(batch) % streams)
             return dreams[batch]
 
@@ -151,6 +154,19 @@ class World:
                                    f"{self.env} has {len(values)} distinct ones (at most {NEAREST_MAX_VALUES}); use "
                                    "the predicted reward")
         return values.tolist()
+
+    def reward_centers(self) -> list[float]:
+        """Per reward of :meth:`reward_values` (in its order), the median of M's predicted reward on the collected
+        frames that paid it, teacher-forced (z = mu): where M's head puts that reward, which the ``calibrated``
+        dream reward snaps to (a rare reward of 10 that the head learned at ~3 still pays 10)."""
+        from worldmodels.data import open_latents
+
+        if self._centers is None:
+            values = self.reward_values()
+            with open_latents(self._latents_file("the rewards seen in the data")) as f:
+                reward, predicted = teacher_forced_rewards(f, self.mdrnn)
+            self._centers = [float(np.median(predicted[reward == v])) for v in values]
+        return self._centers
 
     def real_latents(self, latents: str | Path | None = None) -> torch.Tensor:
         """Every collected frame's mu (N, Z), e.g. the bank of ``random_swing`` with ``source: real``."""
@@ -216,6 +232,32 @@ def any_starts(src: Any, mdrnn: Any, limit: int, seed: int = 0, chunk: int = 256
                 c_out[mine[hit]] = state[1][rows_of[hit]].cpu()
     mu, logvar = (torch.as_tensor(np.asarray(src.take(k, frames))) for k in ("mu", "logvar"))
     return mu, logvar, h_out, c_out
+
+
+@torch.no_grad()
+def teacher_forced_rewards(src: Any, mdrnn: Any, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(real reward, M's predicted reward) of every frame of ``src`` (a latents file), in file order: M run on
+    each whole episode with z = mu and the actions taken, ``chunk`` episodes at a time (padded to the longest)."""
+    from worldmodels.stages.train_mdrnn import actions_to_input
+
+    rows = src.episodes[:]
+    desc = dict(src.attrs["action_space"])
+    dtype, device = next(mdrnn.parameters()).dtype, next(mdrnn.parameters()).device
+    reward = np.asarray(src.read("reward", 0, src.n_frames), dtype=np.float64)
+    predicted = np.empty(src.n_frames, np.float64)
+    for lo in range(0, len(rows), chunk):
+        group = rows[lo:lo + chunk]
+        T = int(group["length"].max())
+        z = torch.zeros(len(group), T, mdrnn.z_dim, dtype=dtype, device=device)
+        a = torch.zeros(len(group), T, mdrnn.action_dim, dtype=dtype, device=device)
+        for j, (s, n) in enumerate(zip(group["start"].astype(np.int64), group["length"].astype(np.int64))):
+            z[j, :n] = torch.from_numpy(np.asarray(src.read("mu", s, s + n))).to(dtype)
+            a[j, :n] = torch.from_numpy(actions_to_input(np.asarray(src.read("action", s, s + n)), desc)).to(dtype)
+        out, _ = mdrnn(z, a)
+        r = out.reward.double().cpu().numpy()
+        for j, (s, n) in enumerate(zip(group["start"].astype(np.int64), group["length"].astype(np.int64))):
+            predicted[s:s + n] = r[j, :n]
+    return reward, predicted
 
 
 def load_world(run_dir: Path, obs_mode: str = "zh", device: torch.device | str = "cpu",

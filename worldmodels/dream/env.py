@@ -19,7 +19,10 @@ paper. ``initial_latents`` may also carry M's LSTM state (h, c) per start, so a 
 frame with the state M reached on the real frames before it (:meth:`worldmodels.agent.World.initial_latents`).
 The ``nearest`` reward snaps M's predicted reward to the nearest of ``reward_values`` (the rewards seen in
 the data): in sparse-reward games M's near-zero reward bias, summed over a long dream, otherwise outweighs
-the rare real rewards and is what C learns to maximise.
+the rare real rewards and is what C learns to maximise. The ``calibrated`` reward snaps it the same way but
+compares it with ``reward_centers``, what M's head predicts on the real frames of each value: a head that
+learned a rare reward of 10 at ~3 (a regression shrinks rare events) then still pays 10 where ``nearest``
+pays 0.
 
 Pessimism (docs/mdrnn.md, "A pessimistic dream"): with ``penalty`` > 0 every step pays M's reward minus
 ``penalty`` times the spread of the rewards M predicts through ``penalty_masks`` dropout masks over h (MC dropout;
@@ -41,7 +44,7 @@ from worldmodels.errors import WorldModelsError
 from worldmodels.models.mdrnn import MDRNN
 
 OBS_MODES = ("zh", "zch", "z")
-REWARDS = ("predicted", "survival", "nearest")
+REWARDS = ("predicted", "survival", "nearest", "calibrated")
 
 
 @dataclasses.dataclass
@@ -65,13 +68,16 @@ class DreamEnv:
                  max_steps: int = 1000, reward: str = "predicted", obs_mode: str = "zh", seed: int | None = None,
                  augmentations: Sequence[Any] = (), stream_ids: torch.Tensor | Sequence[int] | None = None,
                  dropout: float = 0.0, models: Sequence[MDRNN] = (), reward_values: Sequence[float] = (),
-                 penalty: float = 0.0, penalty_masks: int = 8, penalty_dropout: float = 0.1):
+                 penalty: float = 0.0, penalty_masks: int = 8, penalty_dropout: float = 0.1,
+                 reward_centers: Sequence[float] = ()):
         """``initial_latents`` = (mu, logvar) (N, Z) of real first frames, or (mu, logvar, h, c) with M's
         state (N, H) at each start (h = c = 0 otherwise); ``stream_ids`` (B,) picks each
         member's random stream (default 0..B-1). ``dropout``: each member's episode reads M's head through
         its own dropout mask of that rate; ``models``: more Ms of M's sizes, each member's episode steps
         one of the 1 + len(models) drawn uniformly (dream ensembles; 0 and () are the plain dream);
-        ``reward_values``: the rewards the ``nearest`` reward snaps M's prediction to. ``penalty``: each step's
+        ``reward_values``: the rewards the ``nearest`` reward snaps M's prediction to; ``reward_centers``: for
+        the ``calibrated`` reward, M's typical prediction at each of ``reward_values`` (in their order): a step
+        pays the value whose center is nearest M's prediction. ``penalty``: each step's
         reward loses this many times the standard deviation of M's predicted reward over ``penalty_masks``
         dropout masks of rate ``penalty_dropout`` over h (0: the plain dream's reward, nothing computed)."""
         if reward not in REWARDS:
@@ -107,10 +113,17 @@ class DreamEnv:
                                    f"got {[tuple(x.shape) for x in state0]}")
         self.initial_mu, self.initial_sigma = mu0, torch.exp(0.5 * logvar0)
         self.initial_state = tuple(state0) if state0 else None
-        if reward == "nearest" and len(reward_values) == 0:
-            raise WorldModelsError("the nearest dream reward needs reward_values (the rewards seen in the data)")
-        self.reward_values = torch.as_tensor(sorted(set(float(v) for v in reward_values)), device=self.device,
-                                             dtype=self.dtype)
+        if reward in ("nearest", "calibrated") and len(reward_values) == 0:
+            raise WorldModelsError(f"the {reward} dream reward needs reward_values (the rewards seen in the data)")
+        if reward == "calibrated":
+            if len(reward_centers) != len(reward_values) or len(set(float(v) for v in reward_values)) != len(reward_values):
+                raise WorldModelsError(f"the calibrated dream reward needs one center per distinct reward value, got "
+                                       f"{len(reward_centers)} centers for values {list(reward_values)}")
+            pairs = sorted(zip((float(v) for v in reward_values), (float(c) for c in reward_centers)))
+        else:
+            pairs = [(v, v) for v in sorted(set(float(v) for v in reward_values))]
+        self.reward_values = torch.as_tensor([v for v, _ in pairs], device=self.device, dtype=self.dtype)
+        self._reward_centers = torch.as_tensor([c for _, c in pairs], device=self.device, dtype=self.dtype)
         self.temperature, self.batch_size, self.max_steps = float(temperature), batch_size, max_steps
         self.reward_mode, self.obs_mode = reward, obs_mode
         self.augmentations = list(augmentations)
@@ -366,8 +379,8 @@ class DreamEnv:
             reward = self._survival
         else:
             reward = out[:, 3 * ZK]
-            if self.reward_mode == "nearest":
-                reward = self.reward_values[(reward.unsqueeze(1) - self.reward_values).abs().argmin(1)]
+            if self.reward_mode in ("nearest", "calibrated"):
+                reward = self.reward_values[(reward.unsqueeze(1) - self._reward_centers).abs().argmin(1)]
         if self.penalty:  # the reward's spread over the masks (the head's bias is the same in each)
             spread = torch.mm(h_new, self._penalty_w).std(1) * keep  # (B,)
             self.uncertainty += spread

@@ -76,8 +76,8 @@ class Config:
                                                            "spread over dropout masks (default: 0 and C's own)")
     dream_starts: list[str] = option(factory=list, help="where dreams start, first and/or any (default: where C's "
                                                         "training dreams started)")
-    dream_reward: list[str] = option(factory=list, help="what dreams pay: auto, predicted, nearest, survival "
-                                                        "(default: what C's training dreams paid)")
+    dream_reward: list[str] = option(factory=list, help="what dreams pay: auto, predicted, nearest, calibrated, "
+                                                        "survival (default: what C's training dreams paid)")
     latents: Optional[str] = option(None, "latents file(s), comma-separated, whose frames start the dreams, e.g. "
                                           "C's own real episodes for dreams from any frame of them (default: "
                                           "those C's training dreams started from)")

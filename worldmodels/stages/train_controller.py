@@ -68,10 +68,11 @@ class Config:
     dream_starts: Literal["first", "any"] = option(
         "first", "where a dream episode starts: a real first frame with h = 0 (the paper's), or any real frame "
                  "with M's state from the real frames before it (sparse rewards: dreams begin near them)")
-    dream_reward: Literal["auto", "predicted", "nearest", "survival"] = option(
+    dream_reward: Literal["auto", "predicted", "nearest", "calibrated", "survival"] = option(
         "auto", "what a dream step pays: M's predicted reward, that snapped to the nearest reward seen in the data "
-                "(sparse rewards: M's small bias cannot add up), or 1 (survival); auto: survival for Doom, "
-                "predicted otherwise")
+                "(sparse rewards: M's small bias cannot add up), snapped to the reward whose real frames M's head "
+                "predicts nearest (calibrated: a rare reward M learned too small still pays), or 1 (survival); "
+                "auto: survival for Doom, predicted otherwise")
     dream_dropout: float = option(0.0, "fitness dreams: each member's episode reads M's head through its own "
                                        "dropout mask of this rate (a dream ensemble; 0: the plain M)")
     dream_models: list[str] = option(factory=list, help="fitness dreams: more M checkpoint folders (M's sizes, "
