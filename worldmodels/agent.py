@@ -247,15 +247,16 @@ def teacher_forced_rewards(src: Any, mdrnn: Any, chunk: int = 64) -> tuple[np.nd
     predicted = np.empty(src.n_frames, np.float64)
     for lo in range(0, len(rows), chunk):
         group = rows[lo:lo + chunk]
+        spans = list(zip(group["start"].astype(np.int64), group["length"].astype(np.int64)))
         T = int(group["length"].max())
         z = torch.zeros(len(group), T, mdrnn.z_dim, dtype=dtype, device=device)
         a = torch.zeros(len(group), T, mdrnn.action_dim, dtype=dtype, device=device)
-        for j, (s, n) in enumerate(zip(group["start"].astype(np.int64), group["length"].astype(np.int64))):
+        for j, (s, n) in enumerate(spans):
             z[j, :n] = torch.from_numpy(np.asarray(src.read("mu", s, s + n))).to(dtype)
             a[j, :n] = torch.from_numpy(actions_to_input(np.asarray(src.read("action", s, s + n)), desc)).to(dtype)
         out, _ = mdrnn(z, a)
         r = out.reward.double().cpu().numpy()
-        for j, (s, n) in enumerate(zip(group["start"].astype(np.int64), group["length"].astype(np.int64))):
+        for j, (s, n) in enumerate(spans):
             predicted[s:s + n] = r[j, :n]
     return reward, predicted
 
