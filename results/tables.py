@@ -258,15 +258,18 @@ def carracing_dream(folder: str) -> str:
         extra = any(p != "—" for p in paired)  # the rounds' per-track returns are shipped (results/ship.py iterate)
         noise = [float(r.get("param_noise") or 0) for r in table]  # rounds from before the columns: none
         penalty = [float(r.get("dream_penalty") or 0) for r in table]
+        dropout = [r.get("dream_dropout") or "" for r in table]  # rounds from before the column: not shown
+        varied = len(set(dropout)) > 1  # a column only where the rounds' dream dropout changed
         lines = ["| round | real frames (M's data) | V refit | C generations |" + (" parameter noise |" if any(noise) else "")
-                 + (" dream penalty |" if any(penalty) else "") + " dream | real (20 reference tracks) |"
+                 + (" dream penalty |" if any(penalty) else "") + (" dream dropout |" if varied else "")
+                 + " dream | real (20 reference tracks) |"
                  + (" real − the round before, per track [95 % bootstrap interval] |" if extra else ""),
                  "|---|---:|---|---:|" + ("---:|" if any(noise) else "") + ("---:|" if any(penalty) else "")
-                 + "---:|---:|" + ("---:|" if extra else "")]
-        for r, p, n, pen in zip(table, paired, noise, penalty):
+                 + ("---:|" if varied else "") + "---:|---:|" + ("---:|" if extra else "")]
+        for r, p, n, pen, drop in zip(table, paired, noise, penalty, dropout):
             lines.append(f"| {r['round']} | {int(r['real_frames']):,} | {'yes' if r['vae_refit'] == 'True' else 'no'} | "
                          f"{r.get('generations') or '?'} |" + (f" {n:g} |" if any(noise) else "")
-                         + (f" {pen:g} |" if any(penalty) else "")
+                         + (f" {pen:g} |" if any(penalty) else "") + (f" {drop} |" if varied else "")
                          + f" {float(r['dream_score']):.0f} | "
                          f"{float(r['real_mean']):.0f} ± {float(r['real_std']):.0f} |" + (f" {p} |" if extra else ""))
         lines.append("")

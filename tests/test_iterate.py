@@ -44,11 +44,11 @@ def _iterate(run: Path, *extra: str) -> dict:
 
 @pytest.fixture(scope="module")
 def iterated(base_run, tmp_path_factory) -> Path:
-    """Two rounds, the second continued with --param-noise 0.5 and --dream-penalty 2 (settings that may change
-    between rounds)."""
+    """Two rounds, the second continued with --param-noise 0.5, --dream-penalty 2 and --dream-dropout 0.3
+    (settings that may change between rounds)."""
     run = _copy(base_run, tmp_path_factory.mktemp("iterated"))
     _iterate(run, "--rounds", "1")
-    _iterate(run, "--param-noise", "0.5", "--dream-penalty", "2")
+    _iterate(run, "--param-noise", "0.5", "--dream-penalty", "2", "--dream-dropout", "0.3")
     return run
 
 
@@ -86,7 +86,11 @@ def test_rounds_grow_the_data_by_exactly_what_they_collect(iterated, base_run):
     text = Path(report["path"]).read_text()
     assert "## Rounds" in text and f"| 2 | {rows[1]['real_episodes']} | {rows[1]['real_frames']} |" in text
     assert "iterate/rounds.png" in report["figures"] and "rounds.png)" in text
-    assert "| parameter noise | dream penalty | dream score |" in text and "| 0.5 | 2 |" in text
+    assert "| parameter noise | dream penalty | dream dropout | dream score |" in text and "| 0.5 | 2 | 0.3 |" in text
+    base_dropout = float(load_checkpoint(base_run / "controller")["config"].get("dream_dropout") or 0.0)
+    assert [float(r["dream_dropout"]) for r in rows] == [base_dropout, 0.3]  # round 1: the run's C's
+    for r, dropout in ((1, base_dropout), (2, 0.3)):  # each round's C was evolved in the dream it records
+        assert load_checkpoint(iterated / "iterate" / f"round-{r}" / "controller")["config"]["dream_dropout"] == dropout
 
 
 def test_m_and_c_are_warm_started_from_the_last_round(iterated, base_run):
@@ -124,6 +128,9 @@ def test_rerun_does_no_new_work_and_a_changed_setting_is_refused(iterated, capsy
     assert cli.main(["iterate", *ARGS, "--run", str(iterated), "--noise", "0.3"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "noise=0.1, not 0.3" in err
+    assert cli.main(["iterate", *ARGS, "--run", str(iterated), "--dream-dropout", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "dream_dropout must be in [0, 1), got 1.0" in err
     assert state() == before
 
 
