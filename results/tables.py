@@ -258,7 +258,7 @@ def carracing_dream(folder: str) -> str:
         extra = any(p != "—" for p in paired)  # the rounds' per-track returns are shipped (results/ship.py iterate)
         noise = [float(r.get("param_noise") or 0) for r in table]  # rounds from before the columns: none
         penalty = [float(r.get("dream_penalty") or 0) for r in table]
-        dropout = [r.get("dream_dropout") or "" for r in table]  # rounds from before the column: not shown
+        dropout = [f"{float(r['dream_dropout']):g}" if r.get("dream_dropout") else "" for r in table]  # before the column: ""
         varied = len(set(dropout)) > 1  # a column only where the rounds' dream dropout changed
         lines = ["| round | real frames (M's data) | V refit | C generations |" + (" parameter noise |" if any(noise) else "")
                  + (" dream penalty |" if any(penalty) else "") + (" dream dropout |" if varied else "")

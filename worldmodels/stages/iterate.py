@@ -68,8 +68,8 @@ CONTROLLER_KEYS = ("temperature", "popsize", "rollouts", "sigma0", "generations"
                    "eval_episodes", "seed", "obs_mode", "augment", "augment_options", "dream_dropout", "dream_penalty",
                    "dream_starts", "dream_reward")
 COLUMNS = ("round", "real_episodes", "real_frames", "mdrnn_val_loss", "vae_recon_ratio", "vae_refit", "generations",
-           "param_noise", "dream_penalty", "dream_dropout", "dream_score", "real_mean", "real_std", "real_n", "seconds_collect", "seconds_vae",
-           "seconds_encode", "seconds_mdrnn", "seconds_controller", "seconds_evaluate", "mdrnn_id", "controller_id")
+           "param_noise", "dream_penalty", "dream_dropout", "dream_score", "real_mean", "real_std", "real_n",
+           "seconds_collect", "seconds_vae", "seconds_encode", "seconds_mdrnn", "seconds_controller", "seconds_evaluate", "mdrnn_id", "controller_id")
 
 
 @dataclasses.dataclass
