@@ -809,3 +809,42 @@ def test_dream_ensemble_misuse_is_a_clear_error(tiny_run, tmp_path):
     for folder, why in (("wide", "sizes"), ("doom", "models doom-takecover"), ("other", "another V")):
         with pytest.raises(WorldModelsError, match=f"--dream-models .*{folder}: .*{why}"):
             tc.run(stage_cfg(run, dream_models=[str(tmp_path / folder)], fresh=True))
+
+
+def test_dream_return_cap_reaches_the_fitness_and_score_dreams_and_resumes_only_with_it(tiny_run, tmp_path, monkeypatch):
+    """--dream-return-cap ends every dream (fitness and the mean-solution score) at the cap: no fitness or score
+    exceeds it where the plain dream's did; it is in the identity (a resume with another is refused, one from
+    before it resumes without a cap) and needs --where dream."""
+    from worldmodels import agent, cli
+    from worldmodels.checkpoint import save_checkpoint
+
+    run = _copy_run(tiny_run, tmp_path)
+    assert cli.parse_stage_args("train-controller", ["--dream-return-cap", "9"])[1].dream_return_cap == 9.0
+    tc.run(stage_cfg(run, generations=1, eval_every=1, fresh=True))
+    plain = read_metrics(run / "controller" / "metrics.jsonl")[0]
+    cap = (plain["cmaes/best"] + plain["cmaes/worst"]) / 2  # the best candidates' dreams pass it, the worst's not
+    factories, real_factory = [], agent.World.dream_factory
+
+    def recording(self, *args, **kw):
+        factories.append(kw)
+        return real_factory(self, *args, **kw)
+    monkeypatch.setattr(agent.World, "dream_factory", recording)
+    tc.run(stage_cfg(run, generations=1, eval_every=1, fresh=True, dream_return_cap=cap))
+    assert [kw["return_cap"] for kw in factories] == [cap]  # no variation: the score dreams are the fitness's
+    capped = read_metrics(run / "controller" / "metrics.jsonl")[0]
+    top = cap + 1e-6 * abs(cap)  # the dream's float32 return, at the cap
+    assert capped["cmaes/best"] <= top and cap < plain["cmaes/best"] and capped["cmaes/worst"] == plain["cmaes/worst"]
+    assert capped["eval/mean"] <= min(plain["eval/mean"], top)
+    assert load_checkpoint(run / "controller")["identity"]["dream_return_cap"] == cap
+    with pytest.raises(WorldModelsError, match="different dream_return_cap"):
+        tc.run(stage_cfg(run, generations=2, eval_every=0, dream_return_cap=cap + 1))
+    tc.run(stage_cfg(run, generations=1, eval_every=0, fresh=True))
+    state = load_checkpoint(run / "controller")
+    del state["identity"]["dream_return_cap"]
+    save_checkpoint(run / "controller" / "checkpoint.pt", "controller", state)
+    assert tc.run(stage_cfg(run, generations=2, eval_every=0))["generation"] == 2
+    with pytest.raises(WorldModelsError, match="need --where dream, not real"):
+        tc.run(stage_cfg(run, where="real", dream_return_cap=5.0))
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(WorldModelsError, match="dream_return_cap must be a positive number"):
+            tc.run(stage_cfg(run, dream_return_cap=bad))

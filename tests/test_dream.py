@@ -645,3 +645,48 @@ def test_reward_centers_are_m_s_median_prediction_per_reward_seen(dream_run, tmp
     paid = torch.cat([dream.step(torch.zeros(4, world.mdrnn.action_dim))[1] for _ in range(5)])
     assert set(paid.tolist()) <= set(values)
 
+
+
+def test_return_cap_ends_an_episode_when_its_return_reaches_the_cap_and_pays_no_more():
+    """Until a member's return reaches the cap its dream is the plain dream's; the step it does, it pays what is
+    left below the cap and ends (terminated), its return exactly the cap; a cap no one reaches is the plain
+    dream bit for bit; a restarted member counts from 0 again."""
+    m = make_model(dtype=torch.float64)
+    with torch.no_grad():
+        m.head.bias[3 * Z * K] = 1.0  # ~1 a step, so returns climb past the cap
+    args = (None, m, initial(dtype=torch.float64), 1.1, 6, "cpu", 12)
+    g = torch.Generator().manual_seed(2)
+    actions = [torch.rand(6, A, generator=g, dtype=torch.float64) * 2 - 1 for _ in range(12)]
+
+    def play(env):
+        env.reset()
+        trace = []
+        for a in actions:
+            obs, reward, done, info = env.step(a)
+            trace.append((obs.clone(), reward.clone(), done.clone(), info["terminated"].clone(), env.returns.clone()))
+        return trace
+
+    plain = play(DreamEnv(*args, seed=3))
+    assert all(torch.equal(x, y) for p, q in zip(plain, play(DreamEnv(*args, seed=3, return_cap=1e6))) for x, y in zip(p, q))
+    cumulative = torch.cumsum(torch.stack([t[1] for t in plain]), 0)  # (steps, B): the plain returns
+    cap = float(cumulative[5].median())  # some members reach it within 6 steps, some later or never
+    capped = play(DreamEnv(*args, seed=3, return_cap=cap))
+    reached = [int(torch.nonzero(cumulative[:, b] >= cap)[0]) if (cumulative[:, b] >= cap).any() else None
+               for b in range(6)]
+    assert any(r is not None and r < 11 for r in reached) and len(set(reached)) > 1
+    for b, at in enumerate(reached):
+        end = len(actions) if at is None else at
+        for t in range(end):  # before the cap: the plain dream
+            assert torch.equal(capped[t][0][b], plain[t][0][b]) and capped[t][1][b] == plain[t][1][b]
+        if at is not None:
+            before = cumulative[at - 1, b] if at else 0.0
+            torch.testing.assert_close(capped[at][1][b], cap - before, atol=1e-12, rtol=0)
+            assert capped[at][3][b] and capped[at][2][b] and capped[at][4][b] == cap
+            assert all(capped[t][1][b] == 0 and capped[t][4][b] == cap for t in range(at + 1, len(actions)))
+    env = DreamEnv(*args, seed=3, return_cap=cap)
+    play(env)
+    env.reset_members(torch.arange(6) < 2)
+    assert (env.returns[:2] == 0).all() and not env.done[:2].any()
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(WorldModelsError, match="dream return cap must be a positive number"):
+            DreamEnv(*args, return_cap=bad)

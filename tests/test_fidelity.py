@@ -129,6 +129,32 @@ def test_fidelity_compares_pessimistic_dreams_on_the_same_trajectories(tiny_run_
         fd.run(fid_cfg(run, dream_penalty=[-1.0]))
 
 
+def test_fidelity_compares_return_caps_on_the_same_dreams(tiny_run_copy):
+    """--dream-return-cap adds settings whose dreams pay the plain ones' capped (each controller's dream mean at
+    most the cap, and under the plain one where that passed it); a C evolved with a cap is measured at it and
+    without one."""
+    run = tiny_run_copy
+    tc.run(stage_cfg(run, generations=1, eval_every=0))
+    plain = fd.run(fid_cfg(run))
+    with open(run / "fidelity" / "fidelity.csv") as fh:
+        means = [float(r["dream_mean"]) for r in csv.DictReader(fh)]
+    cap = float(np.median(means)) + 1e-3
+    summary = fd.run(fid_cfg(run, dream_return_cap=[0.0, cap]))
+    with open(run / "fidelity" / "fidelity.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [float(r["return_cap"]) for r in rows] == [0.0] * 3 + [cap] * 3
+    assert [float(r["dream_mean"]) for r in rows[:3]] == means and plain["settings"][0]["return_cap"] == 0.0
+    for a, b in zip(rows[:3], rows[3:]):
+        assert float(b["dream_mean"]) <= min(float(a["dream_mean"]), cap) + 1e-9
+    assert any(float(b["dream_mean"]) < float(a["dream_mean"]) for a, b in zip(rows[:3], rows[3:]))
+    assert [s["return_cap"] for s in summary["settings"]] == [0.0, cap]
+    tc.run(stage_cfg(run, generations=1, eval_every=0, fresh=True, dream_return_cap=cap))
+    summary = fd.run(fid_cfg(run))
+    assert [s["return_cap"] for s in summary["settings"]] == [0.0, cap] and summary["trained_dream"]["return_cap"] == cap
+    with pytest.raises(WorldModelsError, match="dream_return_cap values must be positive caps or 0"):
+        fd.run(fid_cfg(run, dream_return_cap=[-1.0]))
+
+
 def test_horizons_real_episodes_play_whole_for_a_c_trained_on_pieces_of_episodes():
     # a C trained on whole-episode dreams: real and first-frame dreams share its limit, or --max-steps
     assert fd.horizons(fd.Config(), "first", 300, 1000) == (300, {"first": 300, "any": 300})
@@ -153,7 +179,7 @@ def test_fidelity_dreams_as_c_was_trained_and_compares_dream_kinds(tiny_run_copy
 
     summary = fd.run(fid_cfg(run, perturbations=1))
     assert asked == [(8, "any", "nearest")]
-    assert summary["trained_dream"] == {"starts": "any", "reward": "nearest", "max_steps": 8}
+    assert summary["trained_dream"] == {"starts": "any", "reward": "nearest", "max_steps": 8, "return_cap": None}
     assert [(s["starts"], s["reward"], s["max_steps"]) for s in summary["settings"]] == [("any", "nearest", 8)]
     with open(run / "fidelity" / "fidelity.csv") as fh:
         rows = list(csv.DictReader(fh))

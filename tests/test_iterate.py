@@ -44,11 +44,12 @@ def _iterate(run: Path, *extra: str) -> dict:
 
 @pytest.fixture(scope="module")
 def iterated(base_run, tmp_path_factory) -> Path:
-    """Two rounds, the second continued with --param-noise 0.5, --dream-penalty 2 and --dream-dropout 0.3
-    (settings that may change between rounds)."""
+    """Two rounds, the second continued with --param-noise 0.5, --dream-penalty 2, --dream-dropout 0.3,
+    --dream-return-cap 50 and --temperature 1.3 (settings that may change between rounds)."""
     run = _copy(base_run, tmp_path_factory.mktemp("iterated"))
     _iterate(run, "--rounds", "1")
-    _iterate(run, "--param-noise", "0.5", "--dream-penalty", "2", "--dream-dropout", "0.3")
+    _iterate(run, "--param-noise", "0.5", "--dream-penalty", "2", "--dream-dropout", "0.3", "--dream-return-cap", "50",
+             "--temperature", "1.3")
     return run
 
 
@@ -86,11 +87,18 @@ def test_rounds_grow_the_data_by_exactly_what_they_collect(iterated, base_run):
     text = Path(report["path"]).read_text()
     assert "## Rounds" in text and f"| 2 | {rows[1]['real_episodes']} | {rows[1]['real_frames']} |" in text
     assert "iterate/rounds.png" in report["figures"] and "rounds.png)" in text
-    assert "| parameter noise | dream penalty | dream dropout | dream score |" in text and "| 0.5 | 2 | 0.3 |" in text
+    base_tau = load_checkpoint(base_run / "controller")["config"]["temperature"]
+    assert "| parameter noise | dream τ | dream penalty | dream dropout | dream return cap | dream score |" in text
+    assert "| 0.5 | 1.3 | 2 | 0.3 | 50 |" in text and f"| 0 | {base_tau:g} | 0 | 0 | none |" in text
     base_dropout = float(load_checkpoint(base_run / "controller")["config"].get("dream_dropout") or 0.0)
     assert [float(r["dream_dropout"]) for r in rows] == [base_dropout, 0.3]  # round 1: the run's C's
-    for r, dropout in ((1, base_dropout), (2, 0.3)):  # each round's C was evolved in the dream it records
-        assert load_checkpoint(iterated / "iterate" / f"round-{r}" / "controller")["config"]["dream_dropout"] == dropout
+    assert [r["dream_return_cap"] for r in rows] == ["", "50.0"]  # round 1: the run's C's, no cap
+    assert [float(r["temperature"]) for r in rows] == [base_tau, 1.3] and base_tau != 1.3
+    for r, dropout, cap, tau in ((1, base_dropout, None, base_tau), (2, 0.3, 50.0, 1.3)):  # each round's C was
+        ctl = load_checkpoint(iterated / "iterate" / f"round-{r}" / "controller")  # evolved in the dream it records
+        assert ctl["config"]["dream_dropout"] == dropout and ctl["config"]["dream_return_cap"] == cap
+        assert ctl["config"]["temperature"] == tau
+        assert ctl["identity"]["dream_return_cap"] == cap
 
 
 def test_m_and_c_are_warm_started_from_the_last_round(iterated, base_run):
@@ -131,6 +139,9 @@ def test_rerun_does_no_new_work_and_a_changed_setting_is_refused(iterated, capsy
     assert cli.main(["iterate", *ARGS, "--run", str(iterated), "--dream-dropout", "1"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "dream_dropout must be in [0, 1), got 1.0" in err
+    assert cli.main(["iterate", *ARGS, "--run", str(iterated), "--dream-return-cap", "-5"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "dream_return_cap must be a positive cap or 0 (none), got -5.0" in err
     assert state() == before
 
 

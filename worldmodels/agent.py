@@ -80,7 +80,8 @@ class World:
 
     def dream_factory(self, temperature: float, max_steps: int, seed: int, augmentations: Sequence[Any] = (),
                       dropout: float = 0.0, models: Sequence[Any] = (), streams: int | None = None,
-                      starts: str = "first", reward: str = "auto", penalty: float = 0.0):
+                      starts: str = "first", reward: str = "auto", penalty: float = 0.0,
+                      return_cap: float | None = None):
         """``batch -> DreamEnv`` of that many members (built once per batch size, per factory), with
         ``augmentations`` (:mod:`worldmodels.augment`) applied inside every step of its dreams, and a dream
         ensemble when asked: a ``dropout`` mask per member's episode, or one of M and ``models`` per episode.
@@ -90,7 +91,8 @@ class World:
         (:meth:`initial_latents`; ``auto`` is survival for Doom, M's predicted reward otherwise, ``nearest``
         that prediction snapped to the nearest reward seen in the data, ``calibrated`` snapped to the reward whose
         real frames M's head predicts nearest, :meth:`reward_centers`); ``penalty``: the pessimistic dream's
-        weight on M's reward spread over dropout masks (:class:`worldmodels.dream.DreamEnv`; 0: none)."""
+        weight on M's reward spread over dropout masks (:class:`worldmodels.dream.DreamEnv`; 0: none);
+        ``return_cap``: an episode ends when its return reaches it (None: no cap)."""
         from worldmodels.dream import DreamEnv
 
         initial = self.initial_latents(starts)
@@ -105,6 +107,7 @@ class World:
                                          reward=reward, obs_mode=self.obs_mode, seed=seed,
                                          augmentations=augmentations, dropout=dropout, models=models,
                                          reward_values=values, reward_centers=centers, penalty=penalty,
+                                         return_cap=return_cap,
                                          stream_ids=None if streams is None else torch.arange(batch) % streams)
             return dreams[batch]
 

@@ -28,6 +28,11 @@ Pessimism (docs/mdrnn.md, "A pessimistic dream"): with ``penalty`` > 0 every ste
 ``penalty`` times the spread of the rewards M predicts through ``penalty_masks`` dropout masks over h (MC dropout;
 the same masks for every member, drawn from the seed at each ``reset``), so a controller gains nothing by
 driving the dream where M cannot tell what happens.
+
+A return cap (docs/mdrnn.md, "A dream that ends where the game would"): with ``return_cap``, a member's episode
+ends (terminated) the step its return reaches the cap, and that step pays only what is left below it. M's done
+head may never have seen a game end by success (CarRacing ends when a lap is done, ~930 at best), and a dream
+that pays past it rewards a speed the game does not: capped, a controller can only gain on the dreams it loses.
 """
 
 from __future__ import annotations
@@ -69,7 +74,7 @@ class DreamEnv:
                  augmentations: Sequence[Any] = (), stream_ids: torch.Tensor | Sequence[int] | None = None,
                  dropout: float = 0.0, models: Sequence[MDRNN] = (), reward_values: Sequence[float] = (),
                  penalty: float = 0.0, penalty_masks: int = 8, penalty_dropout: float = 0.1,
-                 reward_centers: Sequence[float] = ()):
+                 reward_centers: Sequence[float] = (), return_cap: float | None = None):
         """``initial_latents`` = (mu, logvar) (N, Z) of real first frames, or (mu, logvar, h, c) with M's
         state (N, H) at each start (h = c = 0 otherwise); ``stream_ids`` (B,) picks each
         member's random stream (default 0..B-1). ``dropout``: each member's episode reads M's head through
@@ -79,7 +84,8 @@ class DreamEnv:
         the ``calibrated`` reward, M's typical prediction at each of ``reward_values`` (in their order): a step
         pays the value whose center is nearest M's prediction. ``penalty``: each step's
         reward loses this many times the standard deviation of M's predicted reward over ``penalty_masks``
-        dropout masks of rate ``penalty_dropout`` over h (0: the plain dream's reward, nothing computed)."""
+        dropout masks of rate ``penalty_dropout`` over h (0: the plain dream's reward, nothing computed).
+        ``return_cap`` (> 0): an episode ends the step its return reaches it, paying at most the rest (None: no cap)."""
         if reward not in REWARDS:
             raise WorldModelsError(f"dream reward must be one of {', '.join(REWARDS)}, got {reward!r}")
         if obs_mode not in OBS_MODES:
@@ -93,6 +99,8 @@ class DreamEnv:
         if not penalty >= 0 or penalty_masks < 2 or not 0 < penalty_dropout < 1:
             raise WorldModelsError(f"dream penalty must be >= 0 with >= 2 masks of a rate in (0, 1), got {penalty}, "
                                    f"{penalty_masks}, {penalty_dropout}")
+        if return_cap is not None and not (math.isfinite(return_cap) and return_cap > 0):
+            raise WorldModelsError(f"dream return cap must be a positive number (or none), got {return_cap}")
         sizes = ("z_dim", "action_dim", "hidden", "n_gaussians")
         for i, other in enumerate(models):
             if any(getattr(other, k) != getattr(mdrnn, k) for k in sizes):
@@ -156,6 +164,7 @@ class DreamEnv:
         self.head_mask = torch.ones(B, H, device=dev, dtype=dt) if self.dropout else None  # (B, H): 0 or 1/(1-p)
         self.penalty, self.penalty_masks = float(penalty), int(penalty_masks)
         self.penalty_dropout = float(penalty_dropout)
+        self.return_cap = None if return_cap is None else float(return_cap)
         self.uncertainty = torch.zeros(B, device=dev, dtype=dt)  # per member: the penalised spread, summed
         self._keys = rng.stream_keys(self.seed, self._stream_ids)
         self._ep_keys = self._keys
@@ -386,9 +395,16 @@ class DreamEnv:
             self.uncertainty += spread
             reward = reward - self.penalty * spread
         reward = reward * keep
+        capped = None
+        if self.return_cap is not None:  # (finished members pay 0 and are not alive)
+            capped = alive & (self.returns + reward >= self.return_cap)
+            reward = torch.where(capped, self.return_cap - self.returns, reward)
         self.returns += reward
         self.lengths += alive
         terminated = alive & (out[:, 3 * ZK + 1] > 0)
+        if capped is not None:
+            self.returns.masked_fill_(capped, self.return_cap)  # exactly the cap, whatever the float rounding
+            terminated |= capped
         truncated = alive & ~terminated & (self.lengths >= self.max_steps)
         self.done |= terminated | truncated
         self.n_steps += 1

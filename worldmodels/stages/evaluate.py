@@ -223,8 +223,10 @@ def _evaluate_in_dream(cfg: Config, run_dir: Path, world: Any, state: dict[str, 
     if tau <= 0:
         raise WorldModelsError(f"temperature must be positive, got {tau}")
     max_steps = cfg.max_steps or train_cfg.get("max_steps") or DEFAULT_MAX_STEPS.get(world.family, 1000)
-    # the dream C was trained in: its starts and reward (checkpoints from before these options: the defaults)
-    kind = {"starts": train_cfg.get("dream_starts") or "first", "reward": train_cfg.get("dream_reward") or "auto"}
+    # the dream C was trained in: its starts, reward and return cap (checkpoints from before these options: the
+    # defaults)
+    kind = {"starts": train_cfg.get("dream_starts") or "first", "reward": train_cfg.get("dream_reward") or "auto",
+            "return_cap": train_cfg.get("dream_return_cap")}
     dream = world.dream_factory(tau, max_steps, cfg.seed, **kind)(cfg.episodes)
     ctrl = BatchedController(params[None], world.input_dim, world.action_map.output_dim, world.action_map.bias,
                              cfg.episodes, device=world.device)
@@ -240,7 +242,7 @@ def _evaluate_in_dream(cfg: Config, run_dir: Path, world: Any, state: dict[str, 
                "controller": label, "controller_id": state["id"], "generation": state["generation"],
                "vae_id": world.vae_id, "mdrnn_id": world.mdrnn_id, "obs_mode": state["identity"]["obs_mode"],
                "trained_where": train_cfg.get("where"), "trained_temperature": train_cfg.get("temperature"),
-               "dream_starts": kind["starts"], "dream_reward": kind["reward"]}
+               "dream_starts": kind["starts"], "dream_reward": kind["reward"], "dream_return_cap": kind["return_cap"]}
     _write_results(out_dir, rows, summary)
     print(f"evaluate: {world.env} in the dream at tau {tau:g}, {cfg.episodes} episodes: "
           f"{summary['mean']:.2f} ± {summary['std']:.2f}  -> {out_dir}")

@@ -5,7 +5,8 @@ A set of controllers of the run's shape: the run's C (its CMA-ES mean, "mean"), 
 folders, named by their path). Each plays --dream-episodes in M's dream, one batched dream per setting (every
 --temperatures tau x every --dream-dropout p x the plain M, and also the ensemble with --dream-models when
 given; every --dream-penalty, the pessimistic dream's weight on M's reward spread, by default 0 and C's own; and
-every --dream-starts x --dream-reward, by default the dream C was trained in), and --real-episodes in
+every --dream-starts x --dream-reward, by default the dream C was trained in; every --dream-return-cap, by
+default none and C's own), and --real-episodes in
 the real env with the run's V and M. A dream from a first frame is a whole episode and plays as long as a real one
 (--max-steps); a dream from any frame is a piece of one, and plays --dream-max-steps (default: C's training
 horizon), so its return is the fitness C was evolved on. Dreams start from the frames C's training dreams
@@ -50,7 +51,7 @@ from worldmodels.config import option
 from worldmodels.errors import WorldModelsError
 from worldmodels.utils import atomic_write_text
 
-CSV_COLUMNS = ("controller", "scale", "tau", "dropout", "models", "starts", "reward", "penalty", "dream_mean",
+CSV_COLUMNS = ("controller", "scale", "tau", "dropout", "models", "starts", "reward", "penalty", "return_cap", "dream_mean",
                "dream_std", "dream_n", "real_mean", "real_std", "real_n", "uncertainty")
 # Real episodes: train-purpose episode indices from here on; train-controller's fitness uses offset 0 and its
 # mean-solution scores 10**7 (generations x episodes stays far below 10**7 for both).
@@ -74,6 +75,8 @@ class Config:
                                                         "ensemble of M and these (as train-controller --dream-models)")
     dream_penalty: list[float] = option(factory=list, help="pessimistic dreams to try: the weight on M's reward "
                                                            "spread over dropout masks (default: 0 and C's own)")
+    dream_return_cap: list[float] = option(factory=list, help="return caps to try: a dream ends when its return "
+                                                              "reaches the cap (0: no cap; default: 0 and C's own)")
     dream_starts: list[str] = option(factory=list, help="where dreams start, first and/or any (default: where C's "
                                                         "training dreams started)")
     dream_reward: list[str] = option(factory=list, help="what dreams pay: auto, predicted, nearest, calibrated, "
@@ -273,6 +276,7 @@ def _finite(x: float) -> float | None:
 def _setting_label(s: dict[str, Any]) -> str:
     return (f"tau {s['tau']:g}, dropout {s['dropout']:g}, {s['models']} M" + ("s" if s["models"] > 1 else "")
             + f", {s['starts']} starts, {s['reward']} reward" + (f", penalty {s['penalty']:g}" if s["penalty"] else "")
+            + (f", return cap {s['return_cap']:g}" if s["return_cap"] else "")
             + f", {s['max_steps']} steps")
 
 
@@ -295,6 +299,8 @@ def _check(cfg: Config) -> None:
         raise WorldModelsError(f"temperatures must be positive, got {cfg.temperatures}")
     if any(not p >= 0 for p in cfg.dream_penalty):
         raise WorldModelsError(f"dream_penalty weights must be >= 0, got {cfg.dream_penalty}")
+    if any(not (np.isfinite(c) and c >= 0) for c in cfg.dream_return_cap):
+        raise WorldModelsError(f"dream_return_cap values must be positive caps or 0 (none), got {cfg.dream_return_cap}")
     if not cfg.dream_dropout or any(not 0 <= p < 1 for p in cfg.dream_dropout):
         raise WorldModelsError(f"dream_dropout rates must be in [0, 1), got {cfg.dream_dropout}")
     for name in ("max_steps", "dream_max_steps"):
@@ -354,6 +360,7 @@ def run(cfg: Config) -> dict[str, Any]:
     starts = cfg.dream_starts or [trained_starts]
     rewards = [world.dream_reward(r) for r in cfg.dream_reward] or [trained_reward]
     penalties = list(cfg.dream_penalty) or sorted({0.0, float(train_cfg.get("dream_penalty") or 0.0)})
+    caps = list(cfg.dream_return_cap) or sorted({0.0, float(train_cfg.get("dream_return_cap") or 0.0)})
     backend = resolve_backend(world.env, cfg.env_backend)
     out_dir = run_dir / "fidelity"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -362,13 +369,14 @@ def run(cfg: Config) -> dict[str, Any]:
     E, params = cfg.dream_episodes, np.stack([c.params for c in cands])
     seed = dream_seed(cfg.seed, 0, DREAM_PURPOSE)
     settings, dreamed, spread = [], [], []
-    for start, reward, tau, p, penalty, ensemble in itertools.product(
-            starts, rewards, temperatures, cfg.dream_dropout, penalties, [False, True] if extra else [False]):
+    for start, reward, tau, p, penalty, cap, ensemble in itertools.product(
+            starts, rewards, temperatures, cfg.dream_dropout, penalties, caps, [False, True] if extra else [False]):
         models = extra if ensemble else []
         factory = world.dream_factory(tau, dream_steps[start], seed, dropout=p, models=models, streams=E,
-                                      starts=start, reward=reward, penalty=penalty)
+                                      starts=start, reward=reward, penalty=penalty, return_cap=cap or None)
         settings.append({"tau": float(tau), "dropout": float(p), "models": 1 + len(models), "starts": start,
-                         "reward": reward, "penalty": float(penalty), "max_steps": dream_steps[start]})
+                         "reward": reward, "penalty": float(penalty), "return_cap": float(cap),
+                         "max_steps": dream_steps[start]})
         dream = factory(len(cands) * E)
         dreamed.append(world.dream_returns(dream, params, E, seed))  # (C, E)
         # per controller: the reward spread over the penalty's masks, summed over a dream (mean over dreams)
@@ -387,7 +395,7 @@ def run(cfg: Config) -> dict[str, Any]:
         dream_mean = returns.mean(axis=1)
         for c, d, r, uc in zip(cands, returns, real, u):
             rows.append((c.name, "" if c.scale is None else c.scale, s["tau"], s["dropout"], s["models"],
-                         s["starts"], s["reward"], s["penalty"], float(d.mean()), float(d.std()), E, float(r.mean()),
+                         s["starts"], s["reward"], s["penalty"], s["return_cap"], float(d.mean()), float(d.std()), E, float(r.mean()),
                          float(r.std()), cfg.real_episodes, "" if np.isnan(uc) else float(uc)))
         per_setting.append({**s, "spearman": _finite(spearman(dream_mean, real_mean)),
                             "pearson": _finite(pearson(dream_mean, real_mean)),
@@ -399,7 +407,8 @@ def run(cfg: Config) -> dict[str, Any]:
     summary = {"env": world.env, "env_backend": backend, "levels": "train", "max_steps": max_steps,
                "controller_id": state["id"], "generation": state["generation"], "vae_id": world.vae_id,
                "mdrnn_id": world.mdrnn_id, "dream_models": [m.checkpoint_id for m in extra],
-               "trained_dream": {"starts": trained_starts, "reward": trained_reward, "max_steps": trained_steps},
+               "trained_dream": {"starts": trained_starts, "reward": trained_reward, "max_steps": trained_steps,
+                                 "return_cap": train_cfg.get("dream_return_cap")},
                "dream_starts_from": str(world.latents_path) if world.latents_path else None,
                "dream_episodes": E, "real_episodes": cfg.real_episodes, "settings": per_setting,
                "reward_head": head,

@@ -62,13 +62,13 @@ ROUND_STRIDE = 2**24
 # V's latents under C and M: a user may stop refitting), how C's episodes are perturbed and how pessimistic C's
 # dreams are; each round records its own.
 CONTINUATION_SAFE = ("run", "rounds", "workers", "device", "generations", "vae_refit_ratio", "param_noise",
-                     "dream_penalty", "dream_dropout")
+                     "temperature", "dream_penalty", "dream_dropout", "dream_return_cap")
 # The run's controller settings each round's C is evolved with (unless overridden here).
 CONTROLLER_KEYS = ("temperature", "popsize", "rollouts", "sigma0", "generations", "max_steps", "eval_every",
                    "eval_episodes", "seed", "obs_mode", "augment", "augment_options", "dream_dropout", "dream_penalty",
-                   "dream_starts", "dream_reward")
+                   "dream_starts", "dream_reward", "dream_return_cap")
 COLUMNS = ("round", "real_episodes", "real_frames", "mdrnn_val_loss", "vae_recon_ratio", "vae_refit", "generations",
-           "param_noise", "dream_penalty", "dream_dropout", "dream_score", "real_mean", "real_std", "real_n",
+           "param_noise", "temperature", "dream_penalty", "dream_dropout", "dream_return_cap", "dream_score", "real_mean", "real_std", "real_n",
            "seconds_collect", "seconds_vae", "seconds_encode", "seconds_mdrnn", "seconds_controller", "seconds_evaluate", "mdrnn_id", "controller_id")
 
 
@@ -90,7 +90,9 @@ class Config:
     generations: Optional[int] = option(None, "CMA-ES generations per round (default: the run's controller's)")
     popsize: Optional[int] = option(None, "CMA-ES population (default: the run's controller's)")
     rollouts: Optional[int] = option(None, "dream rollouts per candidate (default: the run's controller's)")
-    temperature: Optional[float] = option(None, "dream temperature (default: the run's controller's)")
+    temperature: Optional[float] = option(None, "dream temperature of the rounds' Cs (default: the run's "
+                                                "controller's); may change between rounds, each round's C records "
+                                                "its own")
     dream_penalty: Optional[float] = option(None, "pessimistic fitness dreams for the rounds' Cs (train-controller "
                                                   "--dream-penalty; default: the run's controller's); may change "
                                                   "between rounds, each round's C records its own")
@@ -98,6 +100,10 @@ class Config:
                                                   "(train-controller --dream-dropout; default: the run's "
                                                   "controller's); may change between rounds, each round's C "
                                                   "records its own")
+    dream_return_cap: Optional[float] = option(None, "the rounds' Cs' dreams end when their return reaches this "
+                                                     "(train-controller --dream-return-cap; 0: no cap; default: "
+                                                     "the run's controller's); may change between rounds, each "
+                                                     "round's C records its own")
     mdrnn_steps: Optional[int] = option(None, "M's gradient steps per round, from the last M (default: the run's M's)")
     vae_refit_ratio: float = option(1.25, "fine-tune V when its reconstruction error on a round's frames exceeds "
                                           "this many times its error on the original frames")
@@ -133,6 +139,8 @@ def _check(cfg: Config) -> None:
         raise WorldModelsError(f"dream_penalty must be >= 0, got {cfg.dream_penalty}")
     if cfg.dream_dropout is not None and not 0 <= cfg.dream_dropout < 1:
         raise WorldModelsError(f"dream_dropout must be in [0, 1), got {cfg.dream_dropout}")
+    if cfg.dream_return_cap is not None and not (math.isfinite(cfg.dream_return_cap) and cfg.dream_return_cap >= 0):
+        raise WorldModelsError(f"dream_return_cap must be a positive cap or 0 (none), got {cfg.dream_return_cap}")
     if cfg.noise < 0 or cfg.param_noise < 0 or cfg.vae_refit_ratio <= 0:
         raise WorldModelsError(f"noise and param_noise must be >= 0 and vae_refit_ratio > 0, got {cfg.noise}, "
                                f"{cfg.param_noise}, {cfg.vae_refit_ratio}")
@@ -373,8 +381,8 @@ def _check_config(cfg: Config, path: Path) -> None:
         if changed:
             raise WorldModelsError(f"{path.parent} was made with " + "; ".join(
                 f"{k}={saved.get(k)!r}, not {new[k]!r}" for k in changed)
-                + "; rerun with the same settings (only --rounds, --generations, --vae-refit-ratio, --param-noise, "
-                  "--dream-penalty, --workers and --device may change)")
+                + "; rerun with the same settings (only " + ", ".join(
+                    "--" + k.replace("_", "-") for k in CONTINUATION_SAFE if k != "run") + " may change)")
     cfgmod.save(cfg, path)
 
 
@@ -497,18 +505,22 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
         own = {k: saved[k] for k in CONTROLLER_KEYS if k in saved}
         overrides = {k: getattr(cfg, k) for k in ("generations", "popsize", "rollouts", "temperature",
                                                   "dream_penalty", "dream_dropout") if getattr(cfg, k) is not None}
+        if cfg.dream_return_cap is not None:
+            overrides["dream_return_cap"] = cfg.dream_return_cap or None
         settings = _stage_config(train_controller, {**own, **overrides}, run=str(out), where="dream",
                                  device=cfg.device, workers=0, init=str((prev / "controller").resolve()), fresh=False)
         summary = train_controller.run(settings)
         return {"generation": summary["generation"], "best_fitness": summary["best_fitness"],
                 "id": _saved_id(out / "controller", "controller"), "dream_penalty": settings.dream_penalty,
-                "dream_dropout": settings.dream_dropout}
+                "dream_dropout": settings.dream_dropout, "dream_return_cap": settings.dream_return_cap,
+                "temperature": settings.temperature}
 
     ctl = rnd.stage("controller", rounds, controller_stage,
                     lambda s: f"C {s['id'][:8]} evolved in the dream for {s['generation']} generations from the "
                               f"last C's mean, best fitness {s['best_fitness']:.2f}"
                               + (f" (dream penalty {s['dream_penalty']:g})" if s.get("dream_penalty") else "")
-                              + (f" (dream dropout {s['dream_dropout']:g})" if s.get("dream_dropout") else ""))
+                              + (f" (dream dropout {s['dream_dropout']:g})" if s.get("dream_dropout") else "")
+                              + (f" (dream return cap {s['dream_return_cap']:g})" if s.get("dream_return_cap") else ""))
 
     def evaluate_stage() -> dict[str, Any]:
         real = evaluate.run(evaluate.Config(run=str(out), episodes=cfg.eval_episodes, workers=cfg.workers,
@@ -569,7 +581,8 @@ def run(cfg: Config) -> dict[str, Any]:
         _check_config(cfg, root / "config.yaml")
         _check_base(run_dir, root)
         original = original_data(run_dir)
-        run_dropout = float(_saved_config(run_dir / "controller", "controller").get("dream_dropout") or 0.0)
+        run_ctl = _saved_config(run_dir / "controller", "controller")
+        run_dropout = float(run_ctl.get("dream_dropout") or 0.0)
         prev, data, rows = run_dir, original, []
         for r in range(1, cfg.rounds + 1):
             rnd = Round(root, r)
@@ -583,11 +596,15 @@ def run(cfg: Config) -> dict[str, Any]:
                 rnd.save()
             # C's generations, dream penalty and dropout and the collection's parameter noise come from their
             # stages' records (they may differ between rounds: --generations, --dream-penalty, --dream-dropout,
-            # --param-noise); rounds from before --dream-dropout dreamt with the run's C's
+            # --dream-return-cap, --param-noise); rounds from before --dream-dropout and --dream-return-cap dreamt with
+            # the run's C's
             ctl = rnd.record["stages"]["controller"]
             rows.append({**rnd.record["row"], "generations": ctl["generation"],
                          "dream_penalty": ctl.get("dream_penalty", 0.0),
                          "dream_dropout": ctl.get("dream_dropout", run_dropout),
+                         "dream_return_cap": ctl.get("dream_return_cap", run_ctl.get("dream_return_cap")),
+                         # C's score dream plays at C's own temperature
+                         "temperature": ctl.get("temperature", rnd.record["stages"]["evaluate"]["dream"]["temperature"]),
                          "param_noise": rnd.record["stages"]["collect"].get("param_noise", 0.0)})
             write_rows(root, rows)
             prev, data = rnd.dir, relocated(rnd.record["stages"]["encode"]["data"], root, original)

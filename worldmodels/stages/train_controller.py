@@ -8,6 +8,8 @@ step, cut at 2100); other envs use M's predicted reward. --augment turns on gene
 draws its own M (a dropout mask over M's head input, one of several Ms); the score stays with the run's M.
 --dream-penalty makes the fitness dreams pessimistic: each step pays M's reward less that many times its spread
 over dropout masks (where M cannot tell what a step pays, C gains nothing); the score stays plain.
+--dream-return-cap ends every dream (fitness and score) when its return reaches the cap, as the game ends at its
+best (a finished lap): beyond it the dream pays nothing, so C gains only on the dreams it loses.
 --where real: workers (--backend local processes or ray) play the real env (--env-backend: envpool's
 fast CarRacing where installed), each with V and M on CPU and env_batch episodes at once (worldmodels.play)
 (the paper's CarRacing setup). Fitness is the mean return over the rollouts; CMA-ES (the cma library,
@@ -24,6 +26,7 @@ Rerunning the same command resumes exactly where it stopped; --fresh starts over
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pickle
 import time
@@ -80,6 +83,10 @@ class Config:
     dream_penalty: float = option(0.0, "fitness dreams: each step's reward less this many times the standard "
                                        "deviation of M's predicted reward over 8 dropout masks (0.1) of h: a "
                                        "pessimistic dream (0: the plain reward)")
+    dream_return_cap: Optional[float] = option(
+        None, "a dream episode ends when its return reaches this, paying no more (the game's best return, e.g. "
+              "CarRacing's finished lap, which M's done head may never have seen end a game); applies to the fitness "
+              "and score dreams alike (default: no cap)")
     offline_weighting: Literal["softmax", "minmax", "uniform"] = option(
         "softmax", "--where offline: episode weights from returns (uniform = behaviour cloning)")
     offline_beta: float = option(1.0, "--where offline: softmax sharpness on standardised returns")
@@ -243,7 +250,8 @@ CHECKPOINT_OVERHEAD = 0.1  # at most this share of a search's time goes to writi
 
 # Identity entries that checkpoints from before them lack, with the value those runs had.
 IDENTITY_DEFAULTS: dict[str, Any] = {"augment": [], "dream_dropout": 0.0, "dream_models": [], "dream_starts": "first",
-                                     "dream_reward": "auto", "dream_penalty": 0.0}
+                                     "dream_reward": "auto", "dream_penalty": 0.0,
+                                     "dream_return_cap": None}
 
 
 def _resume_state(cfg: Config, path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
@@ -351,9 +359,12 @@ def run(cfg: Config) -> dict[str, Any]:
         raise WorldModelsError("sigma0 and temperature must be positive")
     if cfg.augment and cfg.where != "dream":
         raise WorldModelsError(f"--augment changes dreamed latents; it needs --where dream, not {cfg.where}")
-    if (cfg.dream_dropout or cfg.dream_models or cfg.dream_penalty) and cfg.where != "dream":
-        raise WorldModelsError(f"--dream-dropout, --dream-models and --dream-penalty change the dream; they need "
-                               f"--where dream, not {cfg.where}")
+    if (cfg.dream_dropout or cfg.dream_models or cfg.dream_penalty or cfg.dream_return_cap is not None) \
+            and cfg.where != "dream":
+        raise WorldModelsError(f"--dream-dropout, --dream-models, --dream-penalty and --dream-return-cap change the "
+                               f"dream; they need --where dream, not {cfg.where}")
+    if cfg.dream_return_cap is not None and not (math.isfinite(cfg.dream_return_cap) and cfg.dream_return_cap > 0):
+        raise WorldModelsError(f"dream_return_cap must be a positive number (or none), got {cfg.dream_return_cap}")
     if not cfg.dream_penalty >= 0:
         raise WorldModelsError(f"dream_penalty must be >= 0, got {cfg.dream_penalty}")
     if not 0 <= cfg.dream_dropout < 1:
@@ -382,7 +393,8 @@ def run(cfg: Config) -> dict[str, Any]:
                 "augment": describe(augs), "dream_dropout": cfg.dream_dropout,
                 "dream_models": [m.checkpoint_id for m in extra]}
     if cfg.where == "dream":  # older checkpoints, without these, had the defaults (IDENTITY_DEFAULTS)
-        identity.update(dream_starts=cfg.dream_starts, dream_reward=cfg.dream_reward, dream_penalty=cfg.dream_penalty)
+        identity.update(dream_starts=cfg.dream_starts, dream_reward=cfg.dream_reward, dream_penalty=cfg.dream_penalty,
+                        dream_return_cap=cfg.dream_return_cap)
     env_backend = resolve_backend(world.env, cfg.env_backend) if cfg.where == "real" or cfg.eval_real else None
     if cfg.where == "real":  # the env the fitness was measured on, as resolved on this machine
         identity["env_backend"] = env_backend
@@ -406,7 +418,7 @@ def run(cfg: Config) -> dict[str, Any]:
     if cfg.where == "dream":
         # Augmentations, dream ensembles and the penalty change the fitness dreams (training); the mean solution is scored
         # in the plain dream of the run's M.
-        kind = {"starts": cfg.dream_starts, "reward": cfg.dream_reward}
+        kind = {"starts": cfg.dream_starts, "reward": cfg.dream_reward, "return_cap": cfg.dream_return_cap}
         dreams = world.dream_factory(cfg.temperature, max_steps, cfg.seed, augmentations=augs,
                                      dropout=cfg.dream_dropout, models=extra, penalty=cfg.dream_penalty, **kind)
         varied = augs or cfg.dream_dropout or extra or cfg.dream_penalty
