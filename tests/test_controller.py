@@ -721,12 +721,22 @@ def test_dream_ensemble_run_records_its_settings_and_resumes_only_with_them(tiny
     assert tc.run(stage_cfg(run, generations=2, eval_every=0))["generation"] == 2
 
 
+def _resumes_from_a_checkpoint_without(run, key):
+    """A checkpoint from before identity entry ``key`` existed resumes (as IDENTITY_DEFAULTS says it ran)."""
+    from worldmodels.checkpoint import save_checkpoint
+
+    tc.run(stage_cfg(run, generations=1, eval_every=0, fresh=True))
+    state = load_checkpoint(run / "controller")
+    del state["identity"][key]
+    save_checkpoint(run / "controller" / "checkpoint.pt", "controller", state)
+    assert tc.run(stage_cfg(run, generations=2, eval_every=0))["generation"] == 2
+
+
 def test_dream_penalty_reaches_the_fitness_dreams_only_and_resumes_only_with_it(tiny_run, tmp_path, monkeypatch):
     """--dream-penalty makes the fitness dreams pessimistic (lower fitness on the same CMA-ES samples, as the
     penalty only takes away) while the mean-solution score stays plain; it is in the identity (a resume with
     another is refused, one from before it resumes at 0) and needs --where dream."""
     from worldmodels import agent, cli
-    from worldmodels.checkpoint import save_checkpoint
 
     run = _copy_run(tiny_run, tmp_path)
     assert cli.parse_stage_args("train-controller", ["--dream-penalty", "3"])[1].dream_penalty == 3.0
@@ -747,11 +757,7 @@ def test_dream_penalty_reaches_the_fitness_dreams_only_and_resumes_only_with_it(
     assert load_checkpoint(run / "controller")["identity"]["dream_penalty"] == 3.0
     with pytest.raises(WorldModelsError, match="different dream_penalty"):
         tc.run(stage_cfg(run, generations=2, eval_every=0, dream_penalty=1.0))
-    tc.run(stage_cfg(run, generations=1, eval_every=0, fresh=True))
-    state = load_checkpoint(run / "controller")
-    del state["identity"]["dream_penalty"]
-    save_checkpoint(run / "controller" / "checkpoint.pt", "controller", state)
-    assert tc.run(stage_cfg(run, generations=2, eval_every=0))["generation"] == 2
+    _resumes_from_a_checkpoint_without(run, "dream_penalty")
     with pytest.raises(WorldModelsError, match="need --where dream, not real"):
         tc.run(stage_cfg(run, where="real", dream_penalty=1.0))
     with pytest.raises(WorldModelsError, match="dream_penalty must be >= 0"):
@@ -811,12 +817,12 @@ def test_dream_ensemble_misuse_is_a_clear_error(tiny_run, tmp_path):
             tc.run(stage_cfg(run, dream_models=[str(tmp_path / folder)], fresh=True))
 
 
-def test_dream_return_cap_reaches_the_fitness_and_score_dreams_and_resumes_only_with_it(tiny_run, tmp_path, monkeypatch):
+def test_dream_return_cap_reaches_the_fitness_and_score_dreams_and_resumes_only_with_it(tiny_run, tmp_path,
+                                                                                       monkeypatch):
     """--dream-return-cap ends every dream (fitness and the mean-solution score) at the cap: no fitness or score
     exceeds it where the plain dream's did; it is in the identity (a resume with another is refused, one from
     before it resumes without a cap) and needs --where dream."""
     from worldmodels import agent, cli
-    from worldmodels.checkpoint import save_checkpoint
 
     run = _copy_run(tiny_run, tmp_path)
     assert cli.parse_stage_args("train-controller", ["--dream-return-cap", "9"])[1].dream_return_cap == 9.0
@@ -838,11 +844,7 @@ def test_dream_return_cap_reaches_the_fitness_and_score_dreams_and_resumes_only_
     assert load_checkpoint(run / "controller")["identity"]["dream_return_cap"] == cap
     with pytest.raises(WorldModelsError, match="different dream_return_cap"):
         tc.run(stage_cfg(run, generations=2, eval_every=0, dream_return_cap=cap + 1))
-    tc.run(stage_cfg(run, generations=1, eval_every=0, fresh=True))
-    state = load_checkpoint(run / "controller")
-    del state["identity"]["dream_return_cap"]
-    save_checkpoint(run / "controller" / "checkpoint.pt", "controller", state)
-    assert tc.run(stage_cfg(run, generations=2, eval_every=0))["generation"] == 2
+    _resumes_from_a_checkpoint_without(run, "dream_return_cap")
     with pytest.raises(WorldModelsError, match="need --where dream, not real"):
         tc.run(stage_cfg(run, where="real", dream_return_cap=5.0))
     for bad in (0.0, -1.0, float("nan")):

@@ -51,7 +51,8 @@ from worldmodels.config import option
 from worldmodels.errors import WorldModelsError
 from worldmodels.utils import atomic_write_text
 
-CSV_COLUMNS = ("controller", "scale", "tau", "dropout", "models", "starts", "reward", "penalty", "return_cap", "dream_mean",
+CSV_COLUMNS = ("controller", "scale", "tau", "dropout", "models", "starts", "reward", "penalty", "return_cap",
+               "dream_mean",
                "dream_std", "dream_n", "real_mean", "real_std", "real_n", "uncertainty")
 # Real episodes: train-purpose episode indices from here on; train-controller's fitness uses offset 0 and its
 # mean-solution scores 10**7 (generations x episodes stays far below 10**7 for both).
@@ -395,7 +396,8 @@ def run(cfg: Config) -> dict[str, Any]:
         dream_mean = returns.mean(axis=1)
         for c, d, r, uc in zip(cands, returns, real, u):
             rows.append((c.name, "" if c.scale is None else c.scale, s["tau"], s["dropout"], s["models"],
-                         s["starts"], s["reward"], s["penalty"], s["return_cap"], float(d.mean()), float(d.std()), E, float(r.mean()),
+                         s["starts"], s["reward"], s["penalty"], s["return_cap"], float(d.mean()), float(d.std()), E,
+                         float(r.mean()),
                          float(r.std()), cfg.real_episodes, "" if np.isnan(uc) else float(uc)))
         per_setting.append({**s, "spearman": _finite(spearman(dream_mean, real_mean)),
                             "pearson": _finite(pearson(dream_mean, real_mean)),

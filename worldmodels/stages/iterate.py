@@ -68,8 +68,9 @@ CONTROLLER_KEYS = ("temperature", "popsize", "rollouts", "sigma0", "generations"
                    "eval_episodes", "seed", "obs_mode", "augment", "augment_options", "dream_dropout", "dream_penalty",
                    "dream_starts", "dream_reward", "dream_return_cap")
 COLUMNS = ("round", "real_episodes", "real_frames", "mdrnn_val_loss", "vae_recon_ratio", "vae_refit", "generations",
-           "param_noise", "temperature", "dream_penalty", "dream_dropout", "dream_return_cap", "dream_score", "real_mean", "real_std", "real_n",
-           "seconds_collect", "seconds_vae", "seconds_encode", "seconds_mdrnn", "seconds_controller", "seconds_evaluate", "mdrnn_id", "controller_id")
+           "param_noise", "temperature", "dream_penalty", "dream_dropout", "dream_return_cap", "dream_score",
+           "real_mean", "real_std", "real_n", "seconds_collect", "seconds_vae", "seconds_encode", "seconds_mdrnn",
+           "seconds_controller", "seconds_evaluate", "mdrnn_id", "controller_id")
 
 
 @dataclasses.dataclass
@@ -604,7 +605,8 @@ def run(cfg: Config) -> dict[str, Any]:
                          "dream_dropout": ctl.get("dream_dropout", run_dropout),
                          "dream_return_cap": ctl.get("dream_return_cap", run_ctl.get("dream_return_cap")),
                          # C's score dream plays at C's own temperature
-                         "temperature": ctl.get("temperature", rnd.record["stages"]["evaluate"]["dream"]["temperature"]),
+                         "temperature": ctl.get("temperature",
+                                                rnd.record["stages"]["evaluate"]["dream"]["temperature"]),
                          "param_noise": rnd.record["stages"]["collect"].get("param_noise", 0.0)})
             write_rows(root, rows)
             prev, data = rnd.dir, relocated(rnd.record["stages"]["encode"]["data"], root, original)
