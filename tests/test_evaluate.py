@@ -166,3 +166,29 @@ def test_dream_evaluation_uses_the_dream_c_was_trained_in(trained_run, tmp_path)
     save_checkpoint(run / "controller" / "checkpoint.pt", "controller", state)
     anywhere = ev.run(ev.Config(run=str(run), where="dream", episodes=6))
     assert anywhere["dream_starts"] == "any" and anywhere["mean"] != plain["mean"]
+
+
+def test_action_noise_plays_a_stochastic_policy_around_c_apart_from_its_own_scores(trained_run, monkeypatch):
+    """--noise explores C's actions from each episode's own stream (the same episodes for any batching), and
+    writes eval-<levels>-noise<std>/, never C's own eval-<levels>/."""
+    import worldmodels.play as agent
+
+    own = ev.run(ev.Config(run=str(trained_run), episodes=2, workers=0, max_steps=40, seed=5, levels="train",
+                           gif=False))
+    sent, real_batch = [], agent.worker_batch
+    monkeypatch.setattr(agent, "worker_batch", lambda task: sent.append(task[4]) or real_batch(task))
+    noisy = ev.run(ev.Config(run=str(trained_run), episodes=2, workers=0, max_steps=40, seed=5, levels="train",
+                             gif=False, noise=0.5))
+    assert sent == [0.5]
+    out = trained_run / "eval-train-noise0.5"
+    assert json.loads((out / "summary.json").read_text())["noise"] == 0.5 and own["noise"] == 0.0
+    assert json.loads((trained_run / "eval-train" / "summary.json").read_text()) == own  # untouched
+    rows = read_rows(out / "returns.csv")
+    assert [r["seed"] for r in rows] == [r["seed"] for r in read_rows(trained_run / "eval-train" / "returns.csv")]
+    assert noisy["mean"] != own["mean"]  # the noise reached the car (gas clipped at 0 becomes some gas)
+    one_by_one = ev.run(ev.Config(run=str(trained_run), episodes=2, workers=0, max_steps=40, seed=5,
+                                  levels="train", gif=False, noise=0.5, env_batch=1))
+    assert one_by_one["mean"] == noisy["mean"] and read_rows(out / "returns.csv") == rows
+    for bad, where in ((-0.1, "real"), (float("nan"), "real"), (0.1, "dream")):
+        with pytest.raises(WorldModelsError, match="--noise"):
+            ev.run(ev.Config(run=str(trained_run), episodes=1, workers=0, noise=bad, where=where))

@@ -143,13 +143,16 @@ def test_a_warm_started_run_s_evaluations_count_generations_over_the_whole_searc
         {"generations": 52, "popsize": 64, "rollouts": 4, "where": "real", "init": str(tmp_path / "init")}))
     for name, cid, which in (("eval-test", "this", "mean solution of generation 32 (periodic score 788.68)"),
                              ("eval-test-old", "other", "mean solution of generation 10 (periodic score 634.55)"),
-                             ("eval-train", "this", "the search's best candidate")):
+                             ("eval-train", "this", "the search's best candidate"),
+                             ("eval-test-noise0.1", "other", "mean solution of generation 10 (periodic score 634.55)")):
         (run / name).mkdir()
         (run / name / "summary.json").write_text(json.dumps(
             {"env": "carracing", "episodes": 2, "mean": 1.0, "std": 0.0, "generation": 52, "controller_id": cid,
-             "controller": which}))
+             "controller": which, "noise": 0.1 if "noise" in name else 0.0}))
     text, _ = report.build_report(run, run / "report.md")
     rows = {line.split("|")[1].strip(" `"): line for line in text.splitlines() if line.startswith("| `eval")}
     assert "mean solution of generation 80 of the search (32 of this run; periodic score 788.68)" in rows["eval-test"]
     assert "mean solution of generation 10 (periodic score 634.55)" in rows["eval-test-old"]
     assert "the search's best candidate" in rows["eval-train"]
+    assert "periodic score 634.55), with action noise 0.1" in rows["eval-test-noise0.1"]  # a stochastic policy
+    assert "action noise" not in rows["eval-test-old"]

@@ -23,6 +23,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from worldmodels.errors import WorldModelsError
 from worldmodels.models.controller import ActionMap, BatchedController, action_map_from_dict, controller_input
 
 
@@ -153,6 +154,13 @@ class BatchAgent:
         return results
 
 
+def check_noise(noise: float, env: str, discrete: bool) -> None:
+    """A one-line error unless ``noise`` is a valid exploration noise for ``env``'s actions (:func:`explore`)."""
+    if not np.isfinite(noise) or noise < 0 or (discrete and noise > 1):
+        raise WorldModelsError(f"--noise must be >= 0 (for {env}'s discrete actions: a probability, at most 1), "
+                               f"got {noise}")
+
+
 def explore(action: torch.Tensor, action_map: ActionMap, noise: float,
             rngs: Sequence[np.random.Generator]) -> torch.Tensor:
     """C's actions (B, ...) with exploration noise, member b's drawn from ``rngs[b]`` (its episode's stream):
@@ -195,7 +203,7 @@ def init_worker(spec: dict[str, Any]) -> None:
                                                           spec["obs_mode"], spec["input_dim"]))
 
 
-Task = tuple[np.ndarray, list[int], list[bool], "int | None"]  # params (B, N), seeds, record, stall_steps
+Task = tuple[np.ndarray, list[int], list[bool], "int | None", float]  # params (B, N), seeds, record, stall_steps, noise
 
 
 def worker_rollouts(task: tuple[np.ndarray, Sequence[int], float]) -> list[dict[str, Any]]:
@@ -208,21 +216,22 @@ def worker_rollouts(task: tuple[np.ndarray, Sequence[int], float]) -> list[dict[
 
 
 def worker_batch(task: Task) -> list[dict[str, Any]]:
-    """``(params (B, N), seeds (B,), record (B,), stall_steps)`` -> :meth:`BatchAgent.play`'s results, in
-    a worker set up by :func:`init_worker`."""
-    params, seeds, record, stall_steps = task
+    """``(params (B, N), seeds (B,), record (B,), stall_steps, noise)`` -> :meth:`BatchAgent.play`'s results,
+    in a worker set up by :func:`init_worker`."""
+    params, seeds, record, stall_steps, noise = task
     with one_torch_thread():
         return _WORKER["agent"].play(_WORKER["envs"], params, seeds, _WORKER["spec"].get("max_steps"), record,
-                                     stall_steps)
+                                     stall_steps, noise)
 
 
 def batch_tasks(params: np.ndarray, seeds: Sequence[int], env_batch: int, record: Sequence[bool] = (),
-                stall_steps: int | None = None) -> list[Task]:
-    """Members (params[i], seeds[i]) cut into consecutive tasks of ``env_batch`` members."""
+                stall_steps: int | None = None, noise: float = 0.0) -> list[Task]:
+    """Members (params[i], seeds[i]) cut into consecutive tasks of ``env_batch`` members (``noise``: C's
+    actions explored as in :meth:`BatchAgent.play`)."""
     params = np.asarray(params)
     record = list(record) + [False] * (len(seeds) - len(record))
     return [(params[i:i + env_batch], [int(s) for s in seeds[i:i + env_batch]], record[i:i + env_batch],
-             stall_steps) for i in range(0, len(seeds), env_batch)]
+             stall_steps, float(noise)) for i in range(0, len(seeds), env_batch)]
 
 
 def play_members(pool: Any, params: np.ndarray, seeds: Sequence[int], env_batch: int,

@@ -171,7 +171,7 @@ def controller_episodes(run_dir: Path, out: Path, seeds: list[int], noise: float
     from worldmodels.agent import load_world
     from worldmodels.checkpoint import load_checkpoint
     from worldmodels.envs import resolve_backend
-    from worldmodels.play import init_worker, worker_rollouts
+    from worldmodels.play import check_noise, init_worker, worker_rollouts
     from worldmodels.stages.evaluate import controller_params
     from worldmodels.stages.train_controller import n_workers
 
@@ -181,10 +181,8 @@ def controller_episodes(run_dir: Path, out: Path, seeds: list[int], noise: float
     resolved = resolve_backend(world.env, env_backend)
     spec = world.worker_spec(max_steps, levels="train", env_backend=resolved)
     discrete = world.action_desc["type"] == "discrete"
-    if noise < 0 or (discrete and noise > 1):
-        raise WorldModelsError(f"--noise must be >= 0 (for {world.env}'s discrete actions: a probability, at most "
-                               f"1), got {noise}")
-    if param_noise < 0:
+    check_noise(noise, world.env, discrete)
+    if not np.isfinite(param_noise) or param_noise < 0:
         raise WorldModelsError(f"--param-noise must be >= 0, got {param_noise}")
     attrs = dict(env=world.env, env_kwargs=spec["env_kwargs"], action_space=world.action_desc,
                  policy=POLICY_CONTROLLER, max_steps=max_steps, controller_id=state["id"],

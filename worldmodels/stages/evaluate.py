@@ -14,6 +14,11 @@ Episodes are played env_batch at a time by each worker (one V/M/C forward per st
 on --env-backend reference by default: every number reported beside the paper's is measured there.
 A fast-backend evaluation writes <run>/eval-<levels>-fast/ instead, so the two never mix.
 
+--noise plays C with exploration noise on its actions, as collect does (continuous: Gaussian noise of that std,
+the sum clipped to the action space; discrete: a uniformly random action with that probability), drawn from
+each episode's own stream: a stochastic policy around C, still never trained on a real return. It writes
+<run>/eval-<levels>[-fast]-noise<std>/, apart from C's own scores.
+
 Writes <run>/eval-<levels>/: returns.csv (episode, seed, level, return, length, env_backend), summary.json
 (mean, std, min, max, ... and what was evaluated) and episode.gif (episode 0, frames upscaled).
 Finished episodes go to returns.partial.jsonl as they come: rerunning a killed evaluation with the
@@ -53,6 +58,9 @@ class Config:
     levels: Literal["train", "test"] = option("test", "ProcGen levels: test = never seen in collection")
     max_steps: Optional[int] = option(None, "episode step limit (default: the env's own)")
     seed: int = option(0, "evaluation seed: episode i plays env seed episode_seed(seed, i, 'eval')")
+    noise: float = option(0.0, "play C with exploration noise on its actions, as collect --noise does: continuous, "
+                               "the std of Gaussian noise added (clipped to the action space); discrete, the "
+                               "probability of a random action (0: C as evolved; written to eval-<levels>-noise<std>/)")
     params: Literal["auto", "best", "mean"] = option(
         "auto", "which controller: best = best candidate of any generation, mean = CMA-ES mean now, "
                 "auto = the mean solution with the best periodic score (best if none was scored)")
@@ -118,7 +126,7 @@ def run(cfg: Config) -> dict[str, Any]:
     from worldmodels.checkpoint import load_checkpoint
     from worldmodels.envs import episode_seed, resolve_backend
     from worldmodels.parallel import WorkerPool
-    from worldmodels.play import batch_tasks, init_worker, worker_batch
+    from worldmodels.play import batch_tasks, check_noise, init_worker, worker_batch
     from worldmodels.stages.train_controller import n_workers
     from worldmodels.utils import pick_device
 
@@ -135,16 +143,20 @@ def run(cfg: Config) -> dict[str, Any]:
             raise WorldModelsError(f"{run_dir}: the controller was evolved with a different {key.split('_')[0]} "
                                    f"than the one in the run now; retrain the controller (--fresh)")
     params, label = controller_params(state, cfg.params)
+    check_noise(cfg.noise, world.env, world.action_map.discrete)
+    if cfg.noise and cfg.where == "dream":
+        raise WorldModelsError("--noise plays the real env; a dream score is C's own (drop --noise or --where dream)")
     if cfg.where == "dream":
         return _evaluate_in_dream(cfg, run_dir, world, state, params, label)
     backend = resolve_backend(world.env, cfg.env_backend)
     spec = world.worker_spec(cfg.max_steps, levels=cfg.levels, env_backend=backend)
-    out_dir = run_dir / (f"eval-{cfg.levels}" + ("-fast" if backend == "fast" else ""))
+    out_dir = run_dir / (f"eval-{cfg.levels}" + ("-fast" if backend == "fast" else "")
+                         + (f"-noise{cfg.noise:g}" if cfg.noise else ""))
     seeds = [episode_seed(cfg.seed, i, "eval") for i in range(cfg.episodes)]
     # Finished episodes are appended to a progress file, so a killed evaluation resumes where it stopped.
     key = {"controller_id": state["id"], "generation": state["generation"], "params": cfg.params,
            "seed": cfg.seed, "levels": cfg.levels, "max_steps": cfg.max_steps, "env_backend": backend,
-           "env_batch": cfg.env_batch}
+           "env_batch": cfg.env_batch, "noise": cfg.noise}
     progress = out_dir / "returns.partial.jsonl"
     done = _read_progress(progress, key)
     want_gif = cfg.gif and (0 not in done or not (out_dir / "episode.gif").exists())
@@ -155,7 +167,7 @@ def run(cfg: Config) -> dict[str, Any]:
         members = [i for i in range(start, min(start + cfg.env_batch, cfg.episodes)) if i in todo]
         if members:
             tasks += batch_tasks(np.repeat(params[None], len(members), 0), [seeds[i] for i in members],
-                                 len(members), [want_gif and i == 0 for i in members])
+                                 len(members), [want_gif and i == 0 for i in members], noise=cfg.noise)
             task_episodes.append(members)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not done:
@@ -182,13 +194,14 @@ def run(cfg: Config) -> dict[str, Any]:
                "max": float(returns.max()), "median": float(np.median(returns)),
                "mean_length": float(np.mean([r[4] for r in rows])),
                "top_action": float(np.mean([r[6] for r in rows])) if rows[0][6] is not None else None,
-               "seed": cfg.seed, "params": cfg.params,
+               "seed": cfg.seed, "params": cfg.params, "noise": cfg.noise,
                "controller": label, "controller_id": state["id"], "generation": state["generation"],
                "vae_id": world.vae_id, "mdrnn_id": world.mdrnn_id, "obs_mode": identity["obs_mode"],
                "trained_where": train_cfg.get("where"), "temperature": train_cfg.get("temperature")}
     _write_results(out_dir, rows, summary)
     progress.unlink()
-    print(f"evaluate: {world.env} ({backend} env, {cfg.levels} levels), {len(rows)} episodes: "
+    print(f"evaluate: {world.env} ({backend} env, {cfg.levels} levels"
+          + (f", action noise {cfg.noise:g}" if cfg.noise else "") + f"), {len(rows)} episodes: "
           f"{summary['mean']:.2f} ± {summary['std']:.2f}  -> {out_dir}")
     return summary
 

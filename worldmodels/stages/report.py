@@ -284,6 +284,8 @@ def build_report(run_dir: Path, out: Path) -> tuple[str, dict[str, Any]]:
             controller = str(s.get("controller", ""))
             if this_run is not None and s.get("controller_id") == str(this_run):
                 controller = _of_search(controller, int(before) if before is not None else None)
+            if s.get("noise"):
+                controller += f", with action noise {s['noise']:g}"
             rows.append([f"`{name}`", str(s.get("env", env)), str(s.get("env_backend", "reference")),
                          str(s.get("episodes", "?")),
                          f"{s['mean']:.2f} ± {s['std']:.2f}", f"{s.get('min', float('nan')):.2f} .. "
