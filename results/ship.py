@@ -135,13 +135,13 @@ def snapshot(src: str, init: str, out: str | None = None) -> None:
     print(f"{out}: the search's state after {total} generations (sigma {sigma:.4f}){moved}")
 
 
-def scored(run: str) -> bool:
-    """Whether RUN/eval-test/summary.json is an evaluation of RUN's controller as it is now (same training run, same
+def scored(run: str, evaluation: str = "eval-test") -> bool:
+    """Whether RUN/EVALUATION/summary.json is an evaluation of RUN's controller as it is now (same training run, same
     generation): a campaign rerun then skips the 100-track evaluation (`worldmodels evaluate` itself always plays)."""
     import json
 
     try:
-        summary = json.loads((Path(run) / "eval-test" / "summary.json").read_text())
+        summary = json.loads((Path(run) / evaluation / "summary.json").read_text())
     except (OSError, ValueError):
         return False
     state = load_checkpoint(Path(run) / "controller", kind="controller")
@@ -170,6 +170,6 @@ if __name__ == "__main__":
     elif sys.argv[1] == "iterate":
         iterate(sys.argv[2], sys.argv[3], half="--half" in sys.argv[4:])
     elif sys.argv[1] == "scored":
-        sys.exit(0 if scored(sys.argv[2]) else 1)
+        sys.exit(0 if scored(*sys.argv[2:4]) else 1)
     else:
         starts(*sys.argv[2:4])

@@ -241,6 +241,18 @@ def _earlier_finals(root: Path) -> list[Path]:
     return [e for e in sorted(found, key=lambda e: -int(e.name.rsplit("-", 1)[1])) if _round_label(e) != now]
 
 
+def _noisy(root: Path) -> list[tuple[str, Path, Path]]:
+    """iterate-final's evaluations with action noise (evaluate --noise; run.sh stage 7), its own C's and earlier
+    rounds' kept ones: (label, noisy returns, the same C's returns without noise), on the same tracks."""
+    fin, found = root / "iterate-final", []
+    for e in sorted((root / "iterate-final").glob("eval-test-noise*")):
+        sigma, _, earlier = e.name[len("eval-test-noise"):].partition("-")
+        which = earlier.replace("-", " ") if earlier else _round_of(fin)
+        plain = fin / (f"eval-test-{earlier}" if earlier else "eval-test") / "returns.csv"
+        found.append((f"{which}'s C with action noise {sigma}", e / "returns.csv", plain))
+    return found
+
+
 def carracing_dream(folder: str) -> str:
     """The rounds of `worldmodels iterate` (rounds.csv, where it ran) and the final C on 100 reference tracks (float16 V and M
     as shipped, and float32), beside the brownian random policy of results/carracing and the public anchors."""
@@ -289,6 +301,7 @@ def carracing_dream(folder: str) -> str:
                root / "iterate-final" / "eval-test" / "returns.csv"),
               *((f"an earlier round's C ({_round_label(e)}), its M, the kept V", e / "returns.csv")
                 for e in _earlier_finals(root)),
+              *((f"{label} (a stochastic policy around it)", noisy) for label, noisy, _ in _noisy(root)),
               ("brownian random policy", root.parent / "carracing" / "random_policy.csv"))
     for name, path in finals:
         if path.exists():
@@ -298,6 +311,8 @@ def carracing_dream(folder: str) -> str:
     for e in _earlier_finals(root):  # the same tracks: paired
         lines.append(f"| iterate-final − {_round_label(e)}'s, per track [95 % bootstrap interval] | | "
                      f"{_paired(last, e / 'returns.csv')} | |")
+    for label, noisy, plain in _noisy(root):
+        lines.append(f"| {label} − without noise, per track [95 % bootstrap interval] | | {_paired(noisy, plain)} | |")
     lines += [f"| {name} | {n} | {score} | — |" for name, score, n in ANCHORS_DREAM]
     lines += ["", "Real scores on the reference env (gymnasium CarRacing-v3), mean ± std over unseen tracks; the "
               "anchors' envs and data differ (see ../shared/REFERENCE.md)."]

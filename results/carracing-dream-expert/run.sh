@@ -13,7 +13,8 @@
 #     iterate section); each round's records and slim M and C are shipped to iterate/ as it lands, so a fresh
 #     machine continues: it collects the data again (stage 1) and iterate plays the rounds' episodes again;
 #  6. the last round's C on the 100 reference tracks, shipped as iterate-final/ (V, M, C); an earlier round's C
-#     scored there keeps its evaluation as iterate-final/eval-test-round-K.
+#     scored there keeps its evaluation as iterate-final/eval-test-round-K;
+#  7. that C again on the same tracks with action noise 0.1 (iterate-final/eval-test-noise0.1).
 # Every stage resumes when rerun; wall-clock per stage goes to timings.tsv.
 #   bash results/carracing-dream-expert/run.sh   (GENERATIONS=200; ROUNDS=0)
 set -euo pipefail
@@ -119,13 +120,19 @@ if [ "$ROUNDS" -gt 0 ]; then
   mkdir -p "$FIN"
   # An earlier round's C scored here keeps its 100 tracks as eval-test-round-K (the same tracks: paired).
   BEFORE=$(basename "$(dirname "$(readlink "$FIN/mdrnn" 2>/dev/null || echo none/none)")")
-  if [ "$BEFORE" != "round-$ROUNDS" ] && [ -f "$FIN/eval-test/summary.json" ] && [ ! -e "$FIN/eval-test-$BEFORE" ]; then
-    cp -r "$FIN/eval-test" "$FIN/eval-test-$BEFORE"
-  fi
+  for ev in eval-test eval-test-noise0.1; do
+    if [ "$BEFORE" != "round-$ROUNDS" ] && [ -f "$FIN/$ev/summary.json" ] && [ ! -e "$FIN/$ev-$BEFORE" ]; then
+      cp -r "$FIN/$ev" "$FIN/$ev-$BEFORE"
+    fi
+  done
   python results/ship.py slim "$LAST/controller" "$FIN/controller"
   ln -sfn "../iterate/round-$ROUNDS/mdrnn" "$FIN/mdrnn"
   ln -sfn ../models/vae "$FIN/vae"
   python results/ship.py scored "$FIN" || timed "evaluate iterate-final (round $ROUNDS)" wm evaluate --run "$FIN" --no-gif
+  # 7. The same C played with action noise 0.1 (the rounds' collection noise; action-noise/README.md), the same
+  #    tracks: a stochastic policy around C, which still never saw a real return. Its own folder, once per C.
+  python results/ship.py scored "$FIN" eval-test-noise0.1 ||
+    timed "evaluate iterate-final (round $ROUNDS) with action noise 0.1" wm evaluate --run "$FIN" --no-gif --noise 0.1
   worldmodels report --run "$FIN"
   python results/tables.py carracing-dream "$HERE" > "$HERE/results.md"
 fi
