@@ -102,6 +102,48 @@ def toy_cfg(tmp_path, **kw):
     return tc.Config(**{**base, **kw})
 
 
+class RecordingDream(ToyDream):
+    """A ToyDream that keeps every action it was stepped with."""
+
+    def reset(self, seed=None):
+        self.actions = []
+        return super().reset(seed)
+
+    def step(self, actions):
+        self.actions.append(actions.clone())
+        return super().step(actions)
+
+
+def test_dream_action_noise_explores_like_the_real_env_and_is_seeded():
+    """rollout_dream(noise=σ) steps the dream with C's actions plus clipped Gaussian noise of std σ (discrete: a random
+    action with probability σ), drawn from the dream's seed: the same seed plays the same episodes."""
+    amap = make_action_map("carracing", CAR)
+    ctrl = BatchedController(np.zeros((1, 3 * 5)), 4, 3, True, 4000)  # raw 0: steer 0, gas 0.5, brake 0
+
+    def play(noise, seed):
+        dream = RecordingDream(ctrl.batch_size)
+        returns = rollout_dream(dream, ctrl, amap, seed, noise=noise)
+        return returns, torch.cat(dream.actions)
+
+    plain_returns, plain = play(0.0, 1)
+    assert torch.equal(plain, torch.tensor([[0.0, 0.5, 0.0]]).expand_as(plain))
+    returns, noisy = play(0.1, 1)
+    assert np.array_equal(returns, play(0.1, 1)[0]) and not np.array_equal(returns, play(0.1, 2)[0])
+    delta = noisy - plain
+    assert abs(delta[:, 0].std().item() - 0.1) < 0.005 and abs(delta[:, 1].mean().item()) < 0.005  # unclipped
+    brake = noisy[:, 2]  # clipped at 0: half the steps brake, by |noise|
+    assert brake.min() == 0 and abs((brake > 0).float().mean().item() - 0.5) < 0.02
+    assert abs(brake.mean().item() - 0.1 / np.sqrt(2 * np.pi)) < 0.003
+    discrete = make_action_map("procgen", {"type": "discrete", "n": 15})
+    weights = np.zeros((1, 15 * 5))
+    weights[0, 15 * 4 + 7] = 1.0  # bias: always action 7
+    dctrl = BatchedController(weights, 4, 15, True, 2000)
+    dream = RecordingDream(dctrl.batch_size, target=7.0)
+    rollout_dream(dream, dctrl, discrete, 3, noise=0.3)
+    swapped = (torch.cat(dream.actions) != 7).float().mean().item()
+    assert abs(swapped - 0.3 * 14 / 15) < 0.02  # a random action is 7 one time in 15
+
+
 def test_cmaes_solves_toy_dream(tmp_path):
     cfg = toy_cfg(tmp_path)
     n, fitness, scorers = toy_problem(cfg)
@@ -850,3 +892,31 @@ def test_dream_return_cap_reaches_the_fitness_and_score_dreams_and_resumes_only_
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(WorldModelsError, match="dream_return_cap must be a positive number"):
             tc.run(stage_cfg(run, dream_return_cap=bad))
+
+
+def test_action_noise_reaches_every_dream_and_resumes_only_with_it(tiny_run, tmp_path):
+    """--action-noise evolves C as the stochastic policy collect and evaluate --noise play: the fitness and score
+    dreams step noisy actions (other returns on the same CMA-ES samples), it is in the identity (a resume with another
+    is refused, one from before it resumes without noise), evaluate --where dream scores C with it, and it needs
+    --where dream."""
+    from worldmodels import cli
+    from worldmodels.stages import evaluate as ev
+
+    run = _copy_run(tiny_run, tmp_path)
+    assert cli.parse_stage_args("train-controller", ["--action-noise", "0.1"])[1].action_noise == 0.1
+    tc.run(stage_cfg(run, generations=1, eval_every=1, fresh=True))
+    plain = read_metrics(run / "controller" / "metrics.jsonl")[0]
+    tc.run(stage_cfg(run, generations=1, eval_every=1, fresh=True, action_noise=0.5))
+    noisy = read_metrics(run / "controller" / "metrics.jsonl")[0]
+    assert noisy["cmaes/mean"] != plain["cmaes/mean"] and noisy["eval/mean"] != plain["eval/mean"]
+    assert load_checkpoint(run / "controller")["identity"]["action_noise"] == 0.5
+    scored = ev.run(ev.Config(run=str(run), where="dream", episodes=4))
+    assert scored["action_noise"] == 0.5
+    with pytest.raises(WorldModelsError, match="different action_noise"):
+        tc.run(stage_cfg(run, generations=2, eval_every=0, action_noise=0.2))
+    _resumes_from_a_checkpoint_without(run, "action_noise")
+    with pytest.raises(WorldModelsError, match="--action-noise .* needs --where dream, not real"):
+        tc.run(stage_cfg(run, where="real", action_noise=0.1))
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(WorldModelsError, match="--action-noise must be >= 0"):
+            tc.run(stage_cfg(run, action_noise=bad, fresh=True))

@@ -179,13 +179,14 @@ class World:
         with open_latents(path) as f:
             return torch.as_tensor(np.asarray(f.read("mu", 0, f.n_frames)))
 
-    def dream_returns(self, dream: Any, params: np.ndarray, rollouts: int, seed: int) -> np.ndarray:
-        """Returns (P, rollouts) of candidates ``params`` (P, N), all played in one batched dream."""
+    def dream_returns(self, dream: Any, params: np.ndarray, rollouts: int, seed: int, noise: float = 0.0) -> np.ndarray:
+        """Returns (P, rollouts) of candidates ``params`` (P, N), all played in one batched dream (``noise``: C's
+        actions explored, :func:`worldmodels.models.controller.rollout_dream`)."""
         from worldmodels.models.controller import BatchedController, rollout_dream
 
         ctrl = BatchedController(params, self.input_dim, self.action_map.output_dim, self.action_map.bias,
                                  rollouts, device=self.device)
-        return rollout_dream(dream, ctrl, self.action_map, seed).reshape(len(params), rollouts)
+        return rollout_dream(dream, ctrl, self.action_map, seed, noise=noise).reshape(len(params), rollouts)
 
 
 @torch.no_grad()

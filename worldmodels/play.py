@@ -154,10 +154,10 @@ class BatchAgent:
         return results
 
 
-def check_noise(noise: float, env: str, discrete: bool) -> None:
+def check_noise(noise: float, env: str, discrete: bool, flag: str = "--noise") -> None:
     """A one-line error unless ``noise`` is a valid exploration noise for ``env``'s actions (:func:`explore`)."""
     if not np.isfinite(noise) or noise < 0 or (discrete and noise > 1):
-        raise WorldModelsError(f"--noise must be >= 0 (for {env}'s discrete actions: a probability, at most 1), "
+        raise WorldModelsError(f"{flag} must be >= 0 (for {env}'s discrete actions: a probability, at most 1), "
                                f"got {noise}")
 
 
@@ -235,11 +235,11 @@ def batch_tasks(params: np.ndarray, seeds: Sequence[int], env_batch: int, record
 
 
 def play_members(pool: Any, params: np.ndarray, seeds: Sequence[int], env_batch: int,
-                 stall_steps: int | None = None) -> tuple[np.ndarray, int]:
-    """Returns (M,) of members (params[i], seeds[i]), played in batches on ``pool``'s workers, and the
-    number of env steps they took."""
-    results = [r for batch in pool.map(worker_batch, batch_tasks(params, seeds, env_batch, stall_steps=stall_steps))
-               for r in batch]
+                 stall_steps: int | None = None, noise: float = 0.0) -> tuple[np.ndarray, int]:
+    """Returns (M,) of members (params[i], seeds[i]), played in batches on ``pool``'s workers (``noise``: C's
+    actions explored), and the number of env steps they took."""
+    tasks = batch_tasks(params, seeds, env_batch, stall_steps=stall_steps, noise=noise)
+    results = [r for batch in pool.map(worker_batch, tasks) for r in batch]
     return np.array([r["return"] for r in results]), sum(r["length"] for r in results)
 
 

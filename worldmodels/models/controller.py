@@ -185,20 +185,43 @@ class BatchedController:
         return raw + self.bias if self.bias is not None else raw
 
 
+ACTION_NOISE_STREAM = 0x5EED  # the dream's action noise draws apart from the dream's own randomness
+
+
+def explore_batch(action: torch.Tensor, action_map: ActionMap, noise: float, generator: torch.Generator) -> torch.Tensor:
+    """A batch of C's actions with exploration noise, as the real env's :func:`worldmodels.play.explore` adds it:
+    continuous, Gaussian noise of std ``noise`` and the sum clipped to the action space; discrete, with
+    probability ``noise`` a uniformly random action instead. Drawn from one ``generator`` for the batch."""
+    if action_map.discrete:
+        swap = torch.rand(action.shape[0], generator=generator, device=action.device) < noise
+        random = torch.randint(action_map.n_actions, action.shape, generator=generator, device=action.device)
+        return torch.where(swap, random.to(action.dtype), action)
+    eps = torch.randn(action.shape, generator=generator, device=action.device, dtype=action.dtype)
+    return action_map.clip(action + noise * eps)
+
+
 @torch.no_grad()
 def rollout_dream(dream: Any, controller: BatchedController, action_map: ActionMap, seed: int | None = None,
-                  max_steps: int | None = None) -> np.ndarray:
+                  max_steps: int | None = None, noise: float = 0.0) -> np.ndarray:
     """Play one batched dream to the end with per-member controllers; returns ``dream.returns`` (B,).
 
     ``dream`` is a :class:`worldmodels.dream.DreamEnv` (or anything with its ``reset``/``step``/
     ``returns``) whose batch size equals ``controller.batch_size``; finished members stay frozen.
+    ``noise`` > 0 plays C with exploration noise on its actions (:func:`explore_batch`, seeded from ``seed``),
+    the stochastic policy that ``collect`` and ``evaluate --noise`` play in the real env; M steps the actions taken.
     """
     obs = dream.reset(seed=seed)  # (B, obs_dim)
     if obs.shape[0] != controller.batch_size:
         raise WorldModelsError(f"dream batch {obs.shape[0]} != {controller.batch_size} controllers")
+    generator = None
+    if noise:
+        generator = torch.Generator(device=obs.device).manual_seed((int(seed or 0) + ACTION_NOISE_STREAM) % 2**63)
     steps = 0
     while max_steps is None or steps < max_steps:
-        obs, _, done, _ = dream.step(action_map(controller(obs)))
+        action = action_map(controller(obs))
+        if noise:
+            action = explore_batch(action, action_map, noise, generator)
+        obs, _, done, _ = dream.step(action)
         steps += 1
         if bool(done.all()):
             break

@@ -197,7 +197,8 @@ def run(cfg: Config) -> dict[str, Any]:
                "seed": cfg.seed, "params": cfg.params, "noise": cfg.noise,
                "controller": label, "controller_id": state["id"], "generation": state["generation"],
                "vae_id": world.vae_id, "mdrnn_id": world.mdrnn_id, "obs_mode": identity["obs_mode"],
-               "trained_where": train_cfg.get("where"), "temperature": train_cfg.get("temperature")}
+               "trained_where": train_cfg.get("where"), "temperature": train_cfg.get("temperature"),
+               "trained_action_noise": train_cfg.get("action_noise") or 0.0}
     _write_results(out_dir, rows, summary)
     progress.unlink()
     print(f"evaluate: {world.env} ({backend} env, {cfg.levels} levels"
@@ -244,7 +245,8 @@ def _evaluate_in_dream(cfg: Config, run_dir: Path, world: Any, state: dict[str, 
     ctrl = BatchedController(params[None], world.input_dim, world.action_map.output_dim, world.action_map.bias,
                              cfg.episodes, device=world.device)
     seed = dream_seed(cfg.seed, 0, DREAM_EVAL_PURPOSE)
-    returns = rollout_dream(dream, ctrl, world.action_map, seed)
+    noise = float(train_cfg.get("action_noise") or 0.0)  # C evolved as a stochastic policy is scored as one
+    returns = rollout_dream(dream, ctrl, world.action_map, seed, noise=noise)
     lengths = dream.lengths.cpu().numpy()
     rows = [(i, seed, -1, float(returns[i]), int(lengths[i]), "dream", None) for i in range(cfg.episodes)]
     out_dir = run_dir / f"eval-dream-{tau:g}"
@@ -255,7 +257,8 @@ def _evaluate_in_dream(cfg: Config, run_dir: Path, world: Any, state: dict[str, 
                "controller": label, "controller_id": state["id"], "generation": state["generation"],
                "vae_id": world.vae_id, "mdrnn_id": world.mdrnn_id, "obs_mode": state["identity"]["obs_mode"],
                "trained_where": train_cfg.get("where"), "trained_temperature": train_cfg.get("temperature"),
-               "dream_starts": kind["starts"], "dream_reward": kind["reward"], "dream_return_cap": kind["return_cap"]}
+               "dream_starts": kind["starts"], "dream_reward": kind["reward"], "dream_return_cap": kind["return_cap"],
+               "action_noise": noise}
     _write_results(out_dir, rows, summary)
     print(f"evaluate: {world.env} in the dream at tau {tau:g}, {cfg.episodes} episodes: "
           f"{summary['mean']:.2f} ± {summary['std']:.2f}  -> {out_dir}")

@@ -87,6 +87,11 @@ class Config:
         None, "a dream episode ends when its return reaches this, paying no more (the game's best return, e.g. "
               "CarRacing's finished lap, which M's done head may never have seen end a game); applies to the fitness "
               "and score dreams alike (default: no cap)")
+    action_noise: float = option(0.0, "dream runs: C's actions get exploration noise in every dream, fitness and "
+                                      "scores (--eval-real too), as collect and evaluate --noise play it: the std of "
+                                      "Gaussian noise on continuous actions (clipped to the action space), the "
+                                      "probability of a random action on discrete ones; C is evolved as the "
+                                      "stochastic policy it collects with and is played as (0: none)")
     offline_weighting: Literal["softmax", "minmax", "uniform"] = option(
         "softmax", "--where offline: episode weights from returns (uniform = behaviour cloning)")
     offline_beta: float = option(1.0, "--where offline: softmax sharpness on standardised returns")
@@ -251,7 +256,7 @@ CHECKPOINT_OVERHEAD = 0.1  # at most this share of a search's time goes to writi
 # Identity entries that checkpoints from before them lack, with the value those runs had.
 IDENTITY_DEFAULTS: dict[str, Any] = {"augment": [], "dream_dropout": 0.0, "dream_models": [], "dream_starts": "first",
                                      "dream_reward": "auto", "dream_penalty": 0.0,
-                                     "dream_return_cap": None}
+                                     "dream_return_cap": None, "action_noise": 0.0}
 
 
 def _resume_state(cfg: Config, path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
@@ -350,7 +355,7 @@ def run(cfg: Config) -> dict[str, Any]:
     from worldmodels.augment import describe
     from worldmodels.envs import resolve_backend
     from worldmodels.parallel import WorkerPool
-    from worldmodels.play import init_worker, play_members
+    from worldmodels.play import check_noise, init_worker, play_members
 
     for name in ("popsize", "rollouts", "generations", "eval_episodes", "env_batch"):
         if getattr(cfg, name) < 1:
@@ -363,6 +368,9 @@ def run(cfg: Config) -> dict[str, Any]:
             and cfg.where != "dream":
         raise WorldModelsError(f"--dream-dropout, --dream-models, --dream-penalty and --dream-return-cap change the "
                                f"dream; they need --where dream, not {cfg.where}")
+    if cfg.action_noise and cfg.where != "dream":
+        raise WorldModelsError(f"--action-noise plays C's dreams with exploration noise; it needs --where dream, "
+                               f"not {cfg.where}")
     if cfg.dream_return_cap is not None and not (math.isfinite(cfg.dream_return_cap) and cfg.dream_return_cap > 0):
         raise WorldModelsError(f"dream_return_cap must be a positive number (or none), got {cfg.dream_return_cap}")
     if not cfg.dream_penalty >= 0:
@@ -381,6 +389,7 @@ def run(cfg: Config) -> dict[str, Any]:
                                "has none; drop --backend ray (the dream runs batched in this process)")
     device = pick_device(cfg.device) if cfg.where != "real" else torch.device("cpu")
     world = load_world(Path(cfg.run), cfg.obs_mode, device, latents=cfg.latents)
+    check_noise(cfg.action_noise, world.env, world.action_map.discrete, "--action-noise")
     out_dir = Path(cfg.run) / "controller"
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.where == "offline":
@@ -394,7 +403,7 @@ def run(cfg: Config) -> dict[str, Any]:
                 "dream_models": [m.checkpoint_id for m in extra]}
     if cfg.where == "dream":  # older checkpoints, without these, had the defaults (IDENTITY_DEFAULTS)
         identity.update(dream_starts=cfg.dream_starts, dream_reward=cfg.dream_reward, dream_penalty=cfg.dream_penalty,
-                        dream_return_cap=cfg.dream_return_cap)
+                        dream_return_cap=cfg.dream_return_cap, action_noise=cfg.action_noise)
     env_backend = resolve_backend(world.env, cfg.env_backend) if cfg.where == "real" or cfg.eval_real else None
     if cfg.where == "real":  # the env the fitness was measured on, as resolved on this machine
         identity["env_backend"] = env_backend
@@ -407,10 +416,11 @@ def run(cfg: Config) -> dict[str, Any]:
 
     steps = {"fitness": 0}  # real env steps of the last generation's fitness rollouts
 
-    def real_returns(params: np.ndarray, seeds: list[int], stall_steps: int | None = None) -> np.ndarray:
+    def real_returns(params: np.ndarray, seeds: list[int], stall_steps: int | None = None,
+                     noise: float = 0.0) -> np.ndarray:
         """Returns (P, R): every candidate on every seed, members candidate-major, in batches of env_batch."""
         members = np.repeat(np.asarray(params), len(seeds), axis=0)
-        returns, played = play_members(pool, members, list(seeds) * len(params), cfg.env_batch, stall_steps)
+        returns, played = play_members(pool, members, list(seeds) * len(params), cfg.env_batch, stall_steps, noise)
         steps["fitness"] = played
         return returns.reshape(len(params), len(seeds))
 
@@ -426,10 +436,10 @@ def run(cfg: Config) -> dict[str, Any]:
 
         def fitness(params: np.ndarray, gen: int) -> np.ndarray:
             return world.dream_returns(dreams(len(params) * cfg.rollouts), params, cfg.rollouts,
-                                       dream_seed(cfg.seed, gen, 0))
+                                       dream_seed(cfg.seed, gen, 0), cfg.action_noise)
 
         scorers["eval"] = lambda mean, gen: world.dream_returns(
-            plain(cfg.eval_episodes), mean[None], cfg.eval_episodes, dream_seed(cfg.seed, gen, 1))[0]
+            plain(cfg.eval_episodes), mean[None], cfg.eval_episodes, dream_seed(cfg.seed, gen, 1), cfg.action_noise)[0]
     else:
         def fitness(params: np.ndarray, gen: int) -> np.ndarray:
             return real_returns(params, population_seeds(cfg.seed, gen, cfg.rollouts), cfg.stall_steps)
@@ -437,7 +447,7 @@ def run(cfg: Config) -> dict[str, Any]:
     if cfg.where == "real" or cfg.eval_real:
         # Fresh train-purpose seeds, far past those the candidates played (10**7 > generations * rollouts).
         scorers["eval_real" if cfg.where == "dream" else "eval"] = lambda mean, gen: real_returns(
-            mean[None], population_seeds(cfg.seed, gen, cfg.eval_episodes, offset=10**7))[0]
+            mean[None], population_seeds(cfg.seed, gen, cfg.eval_episodes, offset=10**7), noise=cfg.action_noise)[0]
 
     with exclusive_lock(out_dir / "checkpoint.pt", "train-controller"):
         try:
