@@ -274,18 +274,21 @@ def carracing_dream(folder: str) -> str:
         varied = len(set(dropout)) > 1  # a column only where the rounds' dream dropout changed
         cap = [f"{float(r['dream_return_cap']):g}" if r.get("dream_return_cap") else "none" for r in table]
         tau = [f"{float(r['temperature']):g}" if r.get("temperature") else "" for r in table]  # before the column: ""
-        capped, heated = len(set(cap)) > 1, len(set(tau)) > 1
-        lines = ["| round | real frames (M's data) | V refit | C generations |" + (" parameter noise |" if any(noise) else "")
+        act = [f"{float(r['noise']):g}" if r.get("noise") else "" for r in table]  # before the column: ""
+        capped, heated, shaken = len(set(cap)) > 1, len(set(tau)) > 1, len(set(act)) > 1
+        lines = ["| round | real frames (M's data) | V refit | C generations |" + (" action noise |" if shaken else "")
+                 + (" parameter noise |" if any(noise) else "")
                  + (" dream penalty |" if any(penalty) else "") + (" dream τ |" if heated else "")
                  + (" dream dropout |" if varied else "")
                  + (" dream return cap |" if capped else "") + " dream | real (20 reference tracks) |"
                  + (" real − the round before, per track [95 % bootstrap interval] |" if extra else ""),
-                 "|---|---:|---|---:|" + ("---:|" if any(noise) else "") + ("---:|" if any(penalty) else "")
+                 "|---|---:|---|---:|" + ("---:|" if shaken else "") + ("---:|" if any(noise) else "") + ("---:|" if any(penalty) else "")
                  + ("---:|" if heated else "") + ("---:|" if varied else "") + ("---:|" if capped else "")
                  + "---:|---:|" + ("---:|" if extra else "")]
-        for r, p, n, pen, drop, c, t in zip(table, paired, noise, penalty, dropout, cap, tau):
+        for r, p, n, pen, drop, c, t, a in zip(table, paired, noise, penalty, dropout, cap, tau, act):
             lines.append(f"| {r['round']} | {int(r['real_frames']):,} | {'yes' if r['vae_refit'] == 'True' else 'no'} | "
-                         f"{r.get('generations') or '?'} |" + (f" {n:g} |" if any(noise) else "")
+                         f"{r.get('generations') or '?'} |" + (f" {a or '?'} |" if shaken else "")
+                         + (f" {n:g} |" if any(noise) else "")
                          + (f" {pen:g} |" if any(penalty) else "") + (f" {t} |" if heated else "")
                          + (f" {drop} |" if varied else "")
                          + (f" {c} |" if capped else "")

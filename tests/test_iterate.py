@@ -44,11 +44,11 @@ def _iterate(run: Path, *extra: str) -> dict:
 
 @pytest.fixture(scope="module")
 def iterated(base_run, tmp_path_factory) -> Path:
-    """Two rounds, the second continued with --param-noise 0.5, --dream-penalty 2, --dream-dropout 0.3,
+    """Two rounds, the second continued with --noise 0.2, --param-noise 0.5, --dream-penalty 2, --dream-dropout 0.3,
     --dream-return-cap 50 and --temperature 1.3 (settings that may change between rounds)."""
     run = _copy(base_run, tmp_path_factory.mktemp("iterated"))
     _iterate(run, "--rounds", "1")
-    _iterate(run, "--param-noise", "0.5", "--dream-penalty", "2", "--dream-dropout", "0.3", "--dream-return-cap", "50",
+    _iterate(run, "--noise", "0.2", "--param-noise", "0.5", "--dream-penalty", "2", "--dream-dropout", "0.3", "--dream-return-cap", "50",
              "--temperature", "1.3")
     return run
 
@@ -67,7 +67,8 @@ def test_rounds_grow_the_data_by_exactly_what_they_collect(iterated, base_run):
     seen = set(original_seeds)
     for r, row in enumerate(rows, 1):
         with open_rollouts(iterated / "iterate" / f"round-{r}" / "rollouts.h5") as f:
-            assert f.attrs["round"] == r and f.attrs["policy"] == "controller+noise" and f.attrs["noise"] == 0.1
+            assert f.attrs["round"] == r and f.attrs["policy"] == "controller+noise"
+            assert f.attrs["noise"] == float(row["noise"]) == (0.1, 0.2)[r - 1]  # each round at its own
             assert f.attrs["controller_id"] == controllers[r - 1]  # played by the last round's C
             frames, episodes = frames + f.n_frames, episodes + f.n_episodes
             seeds = set(f.episodes["seed"].tolist())
@@ -88,8 +89,9 @@ def test_rounds_grow_the_data_by_exactly_what_they_collect(iterated, base_run):
     assert "## Rounds" in text and f"| 2 | {rows[1]['real_episodes']} | {rows[1]['real_frames']} |" in text
     assert "iterate/rounds.png" in report["figures"] and "rounds.png)" in text
     base_tau = load_checkpoint(base_run / "controller")["config"]["temperature"]
-    assert "| parameter noise | dream τ | dream penalty | dream dropout | dream return cap | dream score |" in text
-    assert "| 0.5 | 1.3 | 2 | 0.3 | 50 |" in text and f"| 0 | {base_tau:g} | 0 | 0 | none |" in text
+    assert ("| action noise | parameter noise | dream τ | dream penalty | dream dropout | dream return cap | dream score |"
+            in text)
+    assert "| 0.2 | 0.5 | 1.3 | 2 | 0.3 | 50 |" in text and f"| 0.1 | 0 | {base_tau:g} | 0 | 0 | none |" in text
     base_dropout = float(load_checkpoint(base_run / "controller")["config"].get("dream_dropout") or 0.0)
     assert [float(r["dream_dropout"]) for r in rows] == [base_dropout, 0.3]  # round 1: the run's C's
     assert [r["dream_return_cap"] for r in rows] == ["", "50.0"]  # round 1: the run's C's, no cap
@@ -133,9 +135,9 @@ def test_rerun_does_no_new_work_and_a_changed_setting_is_refused(iterated, capsy
     _iterate(iterated)
     assert state() == before and _rows(iterated) == rows
     assert capsys.readouterr().out.count("finished before, kept") == 2
-    assert cli.main(["iterate", *ARGS, "--run", str(iterated), "--noise", "0.3"]) == 1
+    assert cli.main(["iterate", *ARGS, "--run", str(iterated), "--episodes", "3"]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "noise=0.1, not 0.3" in err
+    assert err.count("\n") == 1 and "episodes=2, not 3" in err and "--noise" in err  # may change
     assert cli.main(["iterate", *ARGS, "--run", str(iterated), "--dream-dropout", "1"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "dream_dropout must be in [0, 1), got 1.0" in err
@@ -179,7 +181,11 @@ def test_rounds_moved_without_their_data_are_played_again_and_continue(base_run,
     assert cli.main(["iterate", *ARGS, "--run", str(moved), "--rounds", "3"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot be played again" in err
+    # a round recorded before its noise was: it ran at the iteration's noise, which could not change then
+    del record["stages"]["collect"]["noise"]
     path.write_text(json.dumps(record))
+    config = moved / "iterate" / "config.yaml"
+    config.write_text(config.read_text().replace("noise: 0.2", "noise: 0.1"))
 
     done = int(_rows(iterated)[0]["generations"])
     _iterate(moved, "--rounds", "3", "--generations", str(done + 2), "--vae-refit-ratio", "0.001")  # V refit
@@ -196,6 +202,7 @@ def test_rounds_moved_without_their_data_are_played_again_and_continue(base_run,
     rows = _rows(moved)
     assert [int(row["round"]) for row in rows] == [1, 2, 3] and rows[:2] == _rows(iterated)
     assert [float(r["param_noise"]) for r in rows] == [0.0, 0.5, 0.0]  # round 2 replayed at its own 0.5
+    assert [float(r["noise"]) for r in rows] == [0.1, 0.2, 0.1]  # and at its own action noise
     assert [float(r["dream_penalty"]) for r in rows] == [0.0, 2.0, 0.0]  # round 3: the run's C's own (none)
     assert [int(r["generations"]) for r in rows] == [done, done, done + 2]
     assert [r["vae_refit"] for r in rows] == ["False", "False", "True"]
@@ -301,8 +308,8 @@ def test_parameter_noise_plays_each_episode_with_its_own_perturbed_c_again_on_a_
     old = {k: v for k, v in cfgmod.to_dict(iterate.Config(run="r")).items() if k != "param_noise"}
     saved.write_text(yaml.safe_dump(old))
     iterate._check_config(iterate.Config(run="r"), saved)
-    with pytest.raises(WorldModelsError, match="noise=0.1, not 0.3"):
-        iterate._check_config(iterate.Config(run="r", noise=0.3), saved)
+    with pytest.raises(WorldModelsError, match="episodes=100, not 3"):
+        iterate._check_config(iterate.Config(run="r", episodes=3), saved)
 
 
 def test_parameter_noise_and_dream_penalty_set_later_apply_to_the_next_rounds(iterated):

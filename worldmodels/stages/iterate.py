@@ -59,16 +59,16 @@ from worldmodels.utils import atomic_write_text, exclusive_lock
 ROUND_STRIDE = 2**24
 # Settings a rerun may change: how many rounds, where the work runs, and for the rounds not yet at that stage how
 # long C searches (C still climbing at a round's end is worth more generations) and when V is refit (a refit moves
-# V's latents under C and M: a user may stop refitting), how C's episodes are perturbed and how pessimistic C's
+# V's latents under C and M: a user may stop refitting), how C's episodes are explored and how pessimistic C's
 # dreams are; each round records its own.
-CONTINUATION_SAFE = ("run", "rounds", "workers", "device", "generations", "vae_refit_ratio", "param_noise",
+CONTINUATION_SAFE = ("run", "rounds", "workers", "device", "generations", "vae_refit_ratio", "noise", "param_noise",
                      "temperature", "dream_penalty", "dream_dropout", "dream_return_cap")
 # The run's controller settings each round's C is evolved with (unless overridden here).
 CONTROLLER_KEYS = ("temperature", "popsize", "rollouts", "sigma0", "generations", "max_steps", "eval_every",
                    "eval_episodes", "seed", "obs_mode", "augment", "augment_options", "dream_dropout", "dream_penalty",
                    "dream_starts", "dream_reward", "dream_return_cap")
 COLUMNS = ("round", "real_episodes", "real_frames", "mdrnn_val_loss", "vae_recon_ratio", "vae_refit", "generations",
-           "param_noise", "temperature", "dream_penalty", "dream_dropout", "dream_return_cap", "dream_score",
+           "noise", "param_noise", "temperature", "dream_penalty", "dream_dropout", "dream_return_cap", "dream_score",
            "real_mean", "real_std", "real_n", "seconds_collect", "seconds_vae", "seconds_encode", "seconds_mdrnn",
            "seconds_controller", "seconds_evaluate", "mdrnn_id", "controller_id")
 
@@ -83,7 +83,8 @@ class Config:
                                             "shapes M's data, and C here still evolves only in the dream; later "
                                             "rounds collect with the last round's C")
     noise: float = option(0.1, "exploration: std of Gaussian noise added to continuous actions (then clipped to "
-                               "the action space); discrete actions: probability of a uniformly random action")
+                               "the action space); discrete actions: probability of a uniformly random action; "
+                               "may change between rounds, each round records its own")
     param_noise: float = option(0.0, "exploration in C's parameters: each collected episode is played by the last "
                                      "C plus this std of Gaussian noise (drawn per episode from its seed), as "
                                      "CMA-ES's candidates around C are, so M learns where the search goes")
@@ -198,19 +199,21 @@ def _collection_settings(data: list[dict[str, Any]]) -> tuple[int, int | None]:
 
 # ------------------------------------------------------------------------------------------------ stages
 def collect(cfg: Config, r: int, prev: Path, out: Path, seed: int, max_steps: int | None,
-            env_backend: Optional[str] = None, param_noise: Optional[float] = None) -> dict[str, Any]:
-    """Round ``r``'s episodes, played by the C of run folder ``prev`` with exploration noise (``param_noise``:
-    the one the round recorded, else --param-noise), into ``out`` (resumes a killed collection: episode i always
-    plays the same seed)."""
+            env_backend: Optional[str] = None, param_noise: Optional[float] = None,
+            noise: Optional[float] = None) -> dict[str, Any]:
+    """Round ``r``'s episodes, played by the C of run folder ``prev`` with exploration noise (``noise`` and
+    ``param_noise``: those the round recorded, else --noise and --param-noise), into ``out`` (resumes a killed
+    collection: episode i always plays the same seed)."""
     from worldmodels.envs import episode_seed
     from worldmodels.stages.collect import controller_episodes
 
     param_noise = cfg.param_noise if param_noise is None else param_noise
+    noise = cfg.noise if noise is None else noise
     seeds = [episode_seed(seed, ROUND_STRIDE * r + i, "collect") for i in range(cfg.episodes)]
-    summary = controller_episodes(prev, out, seeds, cfg.noise, max_steps, env_backend or cfg.env_backend,
+    summary = controller_episodes(prev, out, seeds, noise, max_steps, env_backend or cfg.env_backend,
                                   cfg.env_batch, cfg.workers, {"seed": seed, "round": r}, desc=f"collect round {r}",
                                   param_noise=param_noise)
-    return {**summary, "seed": seed, "max_steps": max_steps, "param_noise": param_noise}
+    return {**summary, "seed": seed, "max_steps": max_steps, "noise": noise, "param_noise": param_noise}
 
 
 def player(cfg: Config, run: Path, root: Path, r: int) -> Path:
@@ -284,7 +287,7 @@ def restore(cfg: Config, run: Path, root: Path, entries: list[dict[str, Any]], s
                                            f"C {wanted['controller_id'][:8]} on the same seeds with the same noise")
             # the settings the round recorded (rounds collected before it recorded them: the run's)
             collect(cfg, r, by, rollouts, wanted.get("seed", seed), wanted.get("max_steps", cfg.max_steps or max_steps),
-                    wanted.get("env_backend"), wanted.get("param_noise", 0.0))
+                    wanted.get("env_backend"), wanted.get("param_noise", 0.0), wanted.get("noise"))
         with open_rollouts(rollouts) as f:
             frames = f.n_frames
         encoded(rollouts, latents)
@@ -379,12 +382,24 @@ def _check_config(cfg: Config, path: Path) -> None:
         saved = cfgmod.read_yaml(path)
         defaults = cfgmod.to_dict(Config())  # a setting added since the rounds began: they ran at its default
         changed = [k for k in new if k not in CONTINUATION_SAFE and saved.get(k, defaults[k]) != new[k]]
+        _record_noise(path.parent, saved.get("noise", defaults["noise"]))
         if changed:
             raise WorldModelsError(f"{path.parent} was made with " + "; ".join(
                 f"{k}={saved.get(k)!r}, not {new[k]!r}" for k in changed)
                 + "; rerun with the same settings (only " + ", ".join(
                     "--" + k.replace("_", "-") for k in CONTINUATION_SAFE if k != "run") + " may change)")
     cfgmod.save(cfg, path)
+
+
+def _record_noise(root: Path, noise: float) -> None:
+    """Rounds collected before their records held the action noise ran at the iteration's one (it could not change
+    then): write it into them before --noise may change, so a replay plays each round at its own."""
+    for path in sorted(root.glob("round-*/round.json")):
+        record = json.loads(path.read_text())
+        collected = record.get("stages", {}).get("collect")
+        if collected is not None and "noise" not in collected:
+            collected["noise"] = noise
+            atomic_write_text(path, json.dumps(record, indent=2) + "\n")
 
 
 def _check_base(run_dir: Path, root: Path) -> None:
@@ -435,7 +450,7 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
     by = player(cfg, run, out.parent, r)
     rnd.stage("collect", rounds, lambda: collect(cfg, r, by, rollouts, seed, cfg.max_steps or max_steps),
               lambda s: f"{s['new_episodes']} episodes played, {s['episodes']} episodes ({s['frames']} frames) "
-                        f"by controller {s['controller_id'][:8]} with noise {cfg.noise}"
+                        f"by controller {s['controller_id'][:8]} with noise {s.get('noise', cfg.noise)}"
                         + (f", parameter noise {s['param_noise']}" if s.get("param_noise") else ""))
 
     def vae_stage() -> dict[str, Any]:
@@ -607,6 +622,7 @@ def run(cfg: Config) -> dict[str, Any]:
                          # C's score dream plays at C's own temperature
                          "temperature": ctl.get("temperature",
                                                 rnd.record["stages"]["evaluate"]["dream"]["temperature"]),
+                         "noise": rnd.record["stages"]["collect"].get("noise", cfg.noise),
                          "param_noise": rnd.record["stages"]["collect"].get("param_noise", 0.0)})
             write_rows(root, rows)
             prev, data = rnd.dir, relocated(rnd.record["stages"]["encode"]["data"], root, original)
