@@ -276,15 +276,17 @@ def carracing_dream(folder: str) -> str:
         tau = [f"{float(r['temperature']):g}" if r.get("temperature") else "" for r in table]  # before the column: ""
         act = [f"{float(r['noise']):g}" if r.get("noise") else "" for r in table]  # before the column: ""
         capped, heated, shaken = len(set(cap)) > 1, len(set(tau)) > 1, len(set(act)) > 1
+        scored_noisy = any(r.get("real_noisy_mean") for r in table)  # iterate --eval-noise
         lines = ["| round | real frames (M's data) | V refit | C generations |" + (" action noise |" if shaken else "")
                  + (" parameter noise |" if any(noise) else "")
                  + (" dream penalty |" if any(penalty) else "") + (" dream τ |" if heated else "")
                  + (" dream dropout |" if varied else "")
                  + (" dream return cap |" if capped else "") + " dream | real (20 reference tracks) |"
+                 + (" real with action noise (same tracks) |" if scored_noisy else "")
                  + (" real − the round before, per track [95 % bootstrap interval] |" if extra else ""),
                  "|---|---:|---|---:|" + ("---:|" if shaken else "") + ("---:|" if any(noise) else "") + ("---:|" if any(penalty) else "")
                  + ("---:|" if heated else "") + ("---:|" if varied else "") + ("---:|" if capped else "")
-                 + "---:|---:|" + ("---:|" if extra else "")]
+                 + "---:|---:|" + ("---:|" if scored_noisy else "") + ("---:|" if extra else "")]
         for r, p, n, pen, drop, c, t, a in zip(table, paired, noise, penalty, dropout, cap, tau, act):
             lines.append(f"| {r['round']} | {int(r['real_frames']):,} | {'yes' if r['vae_refit'] == 'True' else 'no'} | "
                          f"{r.get('generations') or '?'} |" + (f" {a or '?'} |" if shaken else "")
@@ -293,7 +295,10 @@ def carracing_dream(folder: str) -> str:
                          + (f" {drop} |" if varied else "")
                          + (f" {c} |" if capped else "")
                          + f" {float(r['dream_score']):.0f} | "
-                         f"{float(r['real_mean']):.0f} ± {float(r['real_std']):.0f} |" + (f" {p} |" if extra else ""))
+                         f"{float(r['real_mean']):.0f} ± {float(r['real_std']):.0f} |"
+                         + ((f" {float(r['real_noisy_mean']):.0f} ± {float(r['real_noisy_std']):.0f} (σ {float(r['eval_noise']):g}) |"
+                             if r.get("real_noisy_mean") else " — |") if scored_noisy else "")
+                         + (f" {p} |" if extra else ""))
         lines.append("")
     lines += ["| controller | episodes | real score | standard error |", "|---|---:|---:|---:|"]
     half = (root / "final_float32_returns.csv").exists()  # shipped in float16, and scored in float32 too

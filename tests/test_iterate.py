@@ -44,11 +44,11 @@ def _iterate(run: Path, *extra: str) -> dict:
 
 @pytest.fixture(scope="module")
 def iterated(base_run, tmp_path_factory) -> Path:
-    """Two rounds, the second continued with --noise 0.2, --param-noise 0.5, --dream-penalty 2, --dream-dropout 0.3,
+    """Two rounds, the second continued with --noise 0.2, --eval-noise 0.3, --param-noise 0.5, --dream-penalty 2, --dream-dropout 0.3,
     --dream-return-cap 50 and --temperature 1.3 (settings that may change between rounds)."""
     run = _copy(base_run, tmp_path_factory.mktemp("iterated"))
     _iterate(run, "--rounds", "1")
-    _iterate(run, "--noise", "0.2", "--param-noise", "0.5", "--dream-penalty", "2", "--dream-dropout", "0.3", "--dream-return-cap", "50",
+    _iterate(run, "--noise", "0.2", "--eval-noise", "0.3", "--param-noise", "0.5", "--dream-penalty", "2", "--dream-dropout", "0.3", "--dream-return-cap", "50",
              "--temperature", "1.3")
     return run
 
@@ -81,6 +81,11 @@ def test_rounds_grow_the_data_by_exactly_what_they_collect(iterated, base_run):
         for key in ("dream_score", "real_mean", "mdrnn_val_loss", "seconds_collect", "seconds_evaluate"):
             assert np.isfinite(float(row[key]))
         assert int(row["real_n"]) == 2
+    # round 2 was also scored as the noisy policy, on the same reference episodes; round 1 only as C
+    assert [r["eval_noise"] for r in rows] == ["", "0.3"] and rows[0]["real_noisy_mean"] == ""
+    noisy = json.loads((iterated / "iterate" / "round-2" / "eval-test-noise0.3" / "summary.json").read_text())
+    assert noisy["noise"] == 0.3 and noisy["mean"] == float(rows[1]["real_noisy_mean"]) and noisy["episodes"] == 2
+    assert noisy["env_backend"] == "reference" and not (iterated / "iterate" / "round-1" / "eval-test-noise0.3").exists()
     with open_rollouts(base_run / "rollouts.h5") as f:  # the original data is never touched
         assert set(f.episodes["seed"].tolist()) == original_seeds
     assert (iterated / "iterate" / "rounds.png").stat().st_size > 1000  # drawn by iterate, not only by report
@@ -92,6 +97,7 @@ def test_rounds_grow_the_data_by_exactly_what_they_collect(iterated, base_run):
     assert ("| action noise | parameter noise | dream τ | dream penalty | dream dropout | dream return cap | dream score |"
             in text)
     assert "| 0.2 | 0.5 | 1.3 | 2 | 0.3 | 50 |" in text and f"| 0.1 | 0 | {base_tau:g} | 0 | 0 | none |" in text
+    assert "| real score with action noise (σ) |" in text and " (0.3) |" in text and text.count(" | — |") == 1
     base_dropout = float(load_checkpoint(base_run / "controller")["config"].get("dream_dropout") or 0.0)
     assert [float(r["dream_dropout"]) for r in rows] == [base_dropout, 0.3]  # round 1: the run's C's
     assert [r["dream_return_cap"] for r in rows] == ["", "50.0"]  # round 1: the run's C's, no cap

@@ -62,14 +62,14 @@ ROUND_STRIDE = 2**24
 # V's latents under C and M: a user may stop refitting), how C's episodes are explored and how pessimistic C's
 # dreams are; each round records its own.
 CONTINUATION_SAFE = ("run", "rounds", "workers", "device", "generations", "vae_refit_ratio", "noise", "param_noise",
-                     "temperature", "dream_penalty", "dream_dropout", "dream_return_cap")
+                     "temperature", "dream_penalty", "dream_dropout", "dream_return_cap", "eval_noise")
 # The run's controller settings each round's C is evolved with (unless overridden here).
 CONTROLLER_KEYS = ("temperature", "popsize", "rollouts", "sigma0", "generations", "max_steps", "eval_every",
                    "eval_episodes", "seed", "obs_mode", "augment", "augment_options", "dream_dropout", "dream_penalty",
                    "dream_starts", "dream_reward", "dream_return_cap")
 COLUMNS = ("round", "real_episodes", "real_frames", "mdrnn_val_loss", "vae_recon_ratio", "vae_refit", "generations",
            "noise", "param_noise", "temperature", "dream_penalty", "dream_dropout", "dream_return_cap", "dream_score",
-           "real_mean", "real_std", "real_n", "seconds_collect", "seconds_vae", "seconds_encode", "seconds_mdrnn",
+           "real_mean", "real_std", "real_n", "eval_noise", "real_noisy_mean", "real_noisy_std", "seconds_collect", "seconds_vae", "seconds_encode", "seconds_mdrnn",
            "seconds_controller", "seconds_evaluate", "mdrnn_id", "controller_id")
 
 
@@ -115,6 +115,9 @@ class Config:
     vae_check_frames: int = option(1000, "frames drawn from each side to measure V's reconstruction error")
     eval_episodes: int = option(20, "episodes scoring each round's C, in the reference env and in the dream")
     eval_max_steps: Optional[int] = option(None, "step limit of the real scoring episodes (default: the env's own)")
+    eval_noise: float = option(0.0, "also score each round's C played with this action noise, on the same reference "
+                                    "episodes (evaluate --noise: the stochastic policy around C; 0: C alone); may "
+                                    "change between rounds")
     env_backend: str = option("auto", "collection env: fast (envpool, CarRacing), reference, or auto (fast where "
                                       "available); scores always use the reference env", choices=ENV_BACKENDS)
     workers: int = option(-1, "worker processes playing real episodes (-1: one per CPU core, 0: inline)")
@@ -143,6 +146,8 @@ def _check(cfg: Config) -> None:
         raise WorldModelsError(f"dream_dropout must be in [0, 1), got {cfg.dream_dropout}")
     if cfg.dream_return_cap is not None and not (math.isfinite(cfg.dream_return_cap) and cfg.dream_return_cap >= 0):
         raise WorldModelsError(f"dream_return_cap must be a positive cap or 0 (none), got {cfg.dream_return_cap}")
+    if not (math.isfinite(cfg.eval_noise) and cfg.eval_noise >= 0):
+        raise WorldModelsError(f"eval_noise must be >= 0, got {cfg.eval_noise}")
     if cfg.noise < 0 or cfg.param_noise < 0 or cfg.vae_refit_ratio <= 0:
         raise WorldModelsError(f"noise and param_noise must be >= 0 and vae_refit_ratio > 0, got {cfg.noise}, "
                                f"{cfg.param_noise}, {cfg.vae_refit_ratio}")
@@ -543,17 +548,27 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
                                             max_steps=cfg.eval_max_steps, env_backend="reference",
                                             env_batch=cfg.env_batch))
         dream = evaluate.run(evaluate.Config(run=str(out), where="dream", episodes=cfg.eval_episodes))
-        return {"real": {k: real[k] for k in ("mean", "std", "episodes")},
-                "dream": {k: dream[k] for k in ("mean", "std", "episodes", "temperature")}}
+        scores = {"real": {k: real[k] for k in ("mean", "std", "episodes")},
+                  "dream": {k: dream[k] for k in ("mean", "std", "episodes", "temperature")}}
+        if cfg.eval_noise:
+            noisy = evaluate.run(evaluate.Config(run=str(out), episodes=cfg.eval_episodes, workers=cfg.workers,
+                                                 max_steps=cfg.eval_max_steps, env_backend="reference",
+                                                 env_batch=cfg.env_batch, noise=cfg.eval_noise, gif=False))
+            scores["real_noisy"] = {**{k: noisy[k] for k in ("mean", "std", "episodes")}, "noise": cfg.eval_noise}
+        return scores
 
     ev = rnd.stage("evaluate", rounds, evaluate_stage,
                    lambda s: f"real {s['real']['mean']:.2f} ± {s['real']['std']:.2f} ({s['real']['episodes']} "
-                             f"reference episodes), dream {s['dream']['mean']:.2f}")
+                             f"reference episodes), dream {s['dream']['mean']:.2f}"
+                             + (f", real with action noise {s['real_noisy']['noise']:g}: {s['real_noisy']['mean']:.2f}"
+                                if s.get("real_noisy") else ""))
     episodes, frames = _frames(enc["data"])
     seconds = {name: rnd.record["stages"][name]["seconds"] for name in rnd.record["stages"]}
     return {"round": r, "real_episodes": episodes, "real_frames": frames, "mdrnn_val_loss": mdn["val_loss"],
             "vae_recon_ratio": vae["ratio"], "vae_refit": vae["refit"], "dream_score": ev["dream"]["mean"],
             "real_mean": ev["real"]["mean"], "real_std": ev["real"]["std"], "real_n": ev["real"]["episodes"],
+            **({"eval_noise": ev["real_noisy"]["noise"], "real_noisy_mean": ev["real_noisy"]["mean"],
+                "real_noisy_std": ev["real_noisy"]["std"]} if ev.get("real_noisy") else {}),
             **{f"seconds_{name}": s for name, s in seconds.items()}, "mdrnn_id": mdn["id"], "controller_id": ctl["id"]}
 
 

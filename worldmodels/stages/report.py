@@ -226,13 +226,15 @@ def _rounds_section(run_dir: Path) -> list[str]:
         value = row.get(key) or ""
         return format(float(value), fmt) if value not in ("", "None") else "?"
 
+    noisy = any(r.get("real_noisy_mean") for r in rows)  # iterate --eval-noise: C also scored as the noisy policy
     lines = ["", "## Rounds", "", "Iterative training (`worldmodels iterate`, `iterate/round-<r>/`): each round "
              "collects real episodes with the last C plus exploration noise, refits M (and V when its "
              "reconstruction error on the new frames grew) on all the data so far, evolves C in the refit M's dream "
              "and scores it. Real frames count the original collection and every round so far.", ""]
     lines += _table(["round", "real episodes", "real frames", "M val loss", "V error ratio", "V refit", "C generations",
                      "action noise", "parameter noise", "dream τ", "dream penalty", "dream dropout", "dream return cap",
-                     "dream score", "real score, mean ± std (n)"],
+                     "dream score", "real score, mean ± std (n)"]
+                    + (["real score with action noise (σ)"] if noisy else []),
                     [[r["round"], r["real_episodes"], r["real_frames"], number(r, "mdrnn_val_loss", ".4g"),
                       number(r, "vae_recon_ratio", ".3f"), {"True": "yes", "False": "no"}.get(r.get("vae_refit", ""), "?"),
                       r.get("generations") or "?", number(r, "noise", "g"),
@@ -242,7 +244,9 @@ def _rounds_section(run_dir: Path) -> list[str]:
                       number(r, "dream_dropout", "g"),
                       number(r, "dream_return_cap", "g") if r.get("dream_return_cap") else "none",
                       number(r, "dream_score"),
-                      f"{number(r, 'real_mean')} ± {number(r, 'real_std')} ({r.get('real_n', '?')})"] for r in rows])
+                      f"{number(r, 'real_mean')} ± {number(r, 'real_std')} ({r.get('real_n', '?')})"]
+                     + ([f"{number(r, 'real_noisy_mean')} ± {number(r, 'real_noisy_std')} ({number(r, 'eval_noise', 'g')})"
+                         if r.get("real_noisy_mean") else "—"] if noisy else []) for r in rows])
     return lines
 
 
