@@ -69,8 +69,9 @@ CONTROLLER_KEYS = ("temperature", "popsize", "rollouts", "sigma0", "generations"
                    "dream_starts", "dream_reward", "dream_return_cap")
 COLUMNS = ("round", "real_episodes", "real_frames", "mdrnn_val_loss", "vae_recon_ratio", "vae_refit", "generations",
            "noise", "param_noise", "temperature", "dream_penalty", "dream_dropout", "dream_return_cap", "dream_score",
-           "real_mean", "real_std", "real_n", "eval_noise", "real_noisy_mean", "real_noisy_std", "seconds_collect", "seconds_vae", "seconds_encode", "seconds_mdrnn",
-           "seconds_controller", "seconds_evaluate", "mdrnn_id", "controller_id")
+           "real_mean", "real_std", "real_n", "eval_noise", "real_noisy_mean", "real_noisy_std", "seconds_collect",
+           "seconds_vae", "seconds_encode", "seconds_mdrnn", "seconds_controller", "seconds_evaluate", "mdrnn_id",
+           "controller_id")
 
 
 @dataclasses.dataclass
@@ -399,12 +400,12 @@ def _check_config(cfg: Config, path: Path) -> None:
 def _record_noise(root: Path, noise: float) -> None:
     """Rounds collected before their records held the action noise ran at the iteration's one (it could not change
     then): write it into them before --noise may change, so a replay plays each round at its own."""
-    for path in sorted(root.glob("round-*/round.json")):
-        record = json.loads(path.read_text())
-        collected = record.get("stages", {}).get("collect")
+    for path in root.glob("round-*/round.json"):
+        rnd = Round(root, int(path.parent.name.split("-", 1)[1]))
+        collected = rnd.record["stages"].get("collect")
         if collected is not None and "noise" not in collected:
             collected["noise"] = noise
-            atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+            rnd.save()
 
 
 def _check_base(run_dir: Path, root: Path) -> None:
@@ -544,16 +545,14 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
                               + (f" (dream return cap {s['dream_return_cap']:g})" if s.get("dream_return_cap") else ""))
 
     def evaluate_stage() -> dict[str, Any]:
-        real = evaluate.run(evaluate.Config(run=str(out), episodes=cfg.eval_episodes, workers=cfg.workers,
-                                            max_steps=cfg.eval_max_steps, env_backend="reference",
-                                            env_batch=cfg.env_batch))
+        on_reference = dict(run=str(out), episodes=cfg.eval_episodes, workers=cfg.workers,
+                            max_steps=cfg.eval_max_steps, env_backend="reference", env_batch=cfg.env_batch)
+        real = evaluate.run(evaluate.Config(**on_reference))
         dream = evaluate.run(evaluate.Config(run=str(out), where="dream", episodes=cfg.eval_episodes))
         scores = {"real": {k: real[k] for k in ("mean", "std", "episodes")},
                   "dream": {k: dream[k] for k in ("mean", "std", "episodes", "temperature")}}
-        if cfg.eval_noise:
-            noisy = evaluate.run(evaluate.Config(run=str(out), episodes=cfg.eval_episodes, workers=cfg.workers,
-                                                 max_steps=cfg.eval_max_steps, env_backend="reference",
-                                                 env_batch=cfg.env_batch, noise=cfg.eval_noise, gif=False))
+        if cfg.eval_noise:  # the same episodes, played by the noisy policy around C
+            noisy = evaluate.run(evaluate.Config(**on_reference, noise=cfg.eval_noise, gif=False))
             scores["real_noisy"] = {**{k: noisy[k] for k in ("mean", "std", "episodes")}, "noise": cfg.eval_noise}
         return scores
 

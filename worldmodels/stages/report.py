@@ -232,8 +232,8 @@ def _rounds_section(run_dir: Path) -> list[str]:
              "reconstruction error on the new frames grew) on all the data so far, evolves C in the refit M's dream "
              "and scores it. Real frames count the original collection and every round so far.", ""]
     lines += _table(["round", "real episodes", "real frames", "M val loss", "V error ratio", "V refit", "C generations",
-                     "action noise", "parameter noise", "dream τ", "dream penalty", "dream dropout", "dream return cap",
-                     "dream score", "real score, mean ± std (n)"]
+                     "action noise", "parameter noise", "dream τ", "dream penalty", "dream dropout",
+                     "dream return cap", "dream score", "real score, mean ± std (n)"]
                     + (["real score with action noise (σ)"] if noisy else []),
                     [[r["round"], r["real_episodes"], r["real_frames"], number(r, "mdrnn_val_loss", ".4g"),
                       number(r, "vae_recon_ratio", ".3f"), {"True": "yes", "False": "no"}.get(r.get("vae_refit", ""), "?"),
