@@ -5,11 +5,14 @@
   2. ProcGen coinrun at W workers: the writer compressing chunks with ISA-L (today) vs HDF5's own zlib
      filter (before), which capped collection near 10k frames/s. Target >= 2.5x.
   With --scaling: the older check of 1 vs W workers and the writer's overhead over bare env stepping.
+  With --controller RUN: an iterate round's data, RUN's C playing with action noise 0.1 then `encode` of every
+  frame (before), against the collection writing the latents its V computed to play (today).
 Every rate is the best of --repeats runs on a warm pool. The machine's CPU is printed first; the last
 line gives both speed-ups.
 
   python benchmarks/collect.py [--workers 2] [--repeats 2]
   python benchmarks/collect.py --scaling --env carracing --episodes 16 --max-steps 500
+  python benchmarks/collect.py --controller results/carracing-dream-expert/iterate-final --episodes 32
 """
 
 from __future__ import annotations
@@ -110,6 +113,38 @@ def scaling(args: argparse.Namespace) -> None:
           f"in the main process = {100 * writer_cpu / env_cpu:.1f}% of the env's cost")
 
 
+def round_data(args: argparse.Namespace) -> None:
+    """Seconds to an iterate round's rollouts and latents: collection then encode vs collection writing both,
+    alternated --repeats times on the same seeds (the best of each)."""
+    from worldmodels.stages import encode
+    from worldmodels.stages.collect import controller_episodes
+
+    run = Path(args.controller)
+    seeds = [episode_seed(0, 2**24 + i, "collect") for i in range(args.episodes)]
+    steps = args.max_steps if args.max_steps > 0 else None
+    best = {"collect, then encode": float("inf"), "collect writing latents": float("inf")}
+    frames = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(args.repeats):
+            for how in best:
+                out, lat = Path(tmp) / f"{rep}-{len(how)}.h5", Path(tmp) / f"{rep}-{len(how)}-latents.h5"
+                start = time.perf_counter()
+                if how.endswith("encode"):
+                    summary = controller_episodes(run, out, seeds, 0.1, steps, "auto", args.env_batch, args.workers,
+                                                  {"seed": 0}, desc=how)
+                    encode.run(encode.Config(data=str(out), vae=str(run / "vae"), out=str(lat), device="cpu"))
+                else:
+                    summary = controller_episodes(run, out, seeds, 0.1, steps, "auto", args.env_batch, args.workers,
+                                                  {"seed": 0}, desc=how, latents=lat)
+                best[how] = min(best[how], time.perf_counter() - start)
+                frames = summary["frames"]
+    print(f"{args.episodes} episodes of {run}'s C ({frames} frames, {summary['env_backend']} env):")
+    for how, seconds in best.items():
+        print(f"  {how:<24} {seconds:7.1f} s  {frames / seconds:7.0f} frames/s")
+    before, now = best.values()
+    print(f"speed-up: {before / now:.2f}x (the round's encode stage and a restore's encode left out)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2)
@@ -124,11 +159,16 @@ def main() -> None:
     parser.add_argument("--scaling", action="store_true", help="run the 1-vs-W scaling check instead")
     parser.add_argument("--env", default="carracing", help="--scaling: env")
     parser.add_argument("--episodes", type=int, default=8, help="--scaling: episodes per timed run")
-    parser.add_argument("--max-steps", type=int, default=300, help="--scaling: frames per episode")
+    parser.add_argument("--max-steps", type=int, default=300, help="--scaling: frames per episode "
+                        "(--controller: a cap, 0 for the env's own limit)")
+    parser.add_argument("--controller", default="", help="a run folder: time an iterate round's data instead")
     args = parser.parse_args()
     print(f"{cpu_name()}, {os.cpu_count()} cores; {args.workers} workers, best of {args.repeats}")
     if args.scaling:
         scaling(args)
+        return
+    if args.controller:
+        round_data(args)
         return
     with tempfile.TemporaryDirectory() as tmp:
         w, tmp = args.workers, Path(tmp)

@@ -285,6 +285,43 @@ def test_collected_actions_are_cs_without_noise_and_differ_with_it(base_run, tmp
     assert (noisy["action"] >= [-1, 0, 0]).all() and (noisy["action"] <= 1).all()  # clipped to the action space
 
 
+def test_collection_writes_the_latents_encode_would_and_catches_up_after_a_kill(base_run, tmp_path, capsys):
+    """C's V encodes every frame to play it: the collection writes those posteriors as the latents file `encode`
+    would write with that V (which then finds nothing to do), after episodes written to the rollouts alone (a
+    kill between the two files) it encodes those first, and --fresh starts both over."""
+    from worldmodels.envs import episode_seed
+    from worldmodels.stages import encode
+    from worldmodels.stages.collect import controller_episodes
+
+    seeds = [episode_seed(0, 7_000 + i, "collect") for i in range(4)]
+    out, lat, ref = tmp_path / "rollouts.h5", tmp_path / "latents.h5", tmp_path / "encoded.h5"
+    args = dict(noise=0.1, max_steps=12, env_backend="reference", env_batch=2, workers=0, attrs={"seed": 0})
+    controller_episodes(base_run, out, seeds[:3], **args)  # the rollouts alone, as a kill would leave them
+    summary = controller_episodes(base_run, out, seeds, latents=lat, **args)
+    assert summary["episodes"] == 4 and summary["new_episodes"] == 1
+    encode.run(encode.Config(data=str(out), vae=str(base_run / "vae"), out=str(ref), device="cpu"))
+    with open_latents(lat) as a, open_latents(ref) as b, open_rollouts(out) as f:
+        assert a.n_episodes == b.n_episodes == 4 and a.n_frames == b.n_frames == f.n_frames
+        np.testing.assert_array_equal(a.episodes, b.episodes)
+        assert a.attrs == b.attrs
+        frames = np.arange(f.n_frames)
+        for key in ("action", "reward", "terminated", "truncated"):
+            np.testing.assert_array_equal(a.take(key, frames), b.take(key, frames))
+        for key in ("mu", "logvar"):  # the collection's V batches 2 frames channels-last, encode's all of them
+            np.testing.assert_allclose(a.take(key, frames), b.take(key, frames), atol=1e-4)
+        assert np.abs(a.take("mu", frames)).max() > 0.1
+    capsys.readouterr()
+    encode.run(encode.Config(data=str(out), vae=str(base_run / "vae"), out=str(lat), device="cpu"))
+    assert "; 0 new)" in capsys.readouterr().out  # encode accepts the file as its own, with nothing left to do
+
+    controller_episodes(base_run, out, seeds[:1], fresh=True, latents=lat, **args)
+    with open_latents(lat) as a, open_rollouts(out) as f:
+        assert a.n_episodes == f.n_episodes == 1 and a.n_frames == f.n_frames
+    out.unlink()
+    with pytest.raises(WorldModelsError, match="exists without"):
+        controller_episodes(base_run, out, seeds, latents=lat, **args)
+
+
 def test_parameter_noise_plays_each_episode_with_its_own_perturbed_c_again_on_a_rerun(base_run, tmp_path):
     """--param-noise: every episode is played by C + s * N(0, I) drawn from its own seed, so the actions differ
     from C's, between episodes' controllers, and not at all between two collections (a replay on a fresh machine);

@@ -154,15 +154,15 @@ def test_each_episode_draws_its_own_z_whatever_its_slot(world, monkeypatch):
     from worldmodels.play import BatchAgent, noise_keys
 
     seen: dict = {}
-    real = BatchAgent.encode
+    real = BatchAgent.sample
 
-    def spy(self, frames, keys, t):
-        z = real(self, frames, keys, t)
+    def spy(self, mu, logvar, keys, t):
+        z = real(self, mu, logvar, keys, t)
         for k, row, step in zip(keys.tolist(), z, t.tolist()):
             seen.setdefault(k, {})[step] = row.clone()
         return z
 
-    monkeypatch.setattr(BatchAgent, "encode", spy)
+    monkeypatch.setattr(BatchAgent, "sample", spy)
     params = np.random.default_rng(2).normal(0, 0.5, (3, world.n_params))
     seeds = [episode_seed(4, i, "train") for i in range(3)]
     agent = _agent(world)

@@ -56,10 +56,14 @@ class BatchAgent:
 
     def encode(self, frames: np.ndarray, keys: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """uint8 frames (B, 64, 64, 3) -> z (B, Z): mu, plus sigma * eps from each episode's stream at step t."""
-        from worldmodels.dream.rng import uniforms
         from worldmodels.models.vae import frames_to_tensor
 
-        mu, logvar = self.vae.encode(frames_to_tensor(frames, self.device))
+        return self.sample(*self.vae.encode(frames_to_tensor(frames, self.device)), keys, t)
+
+    def sample(self, mu: torch.Tensor, logvar: torch.Tensor, keys: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """z (B, Z) from V's posterior (mu, logvar) (B, Z) of the episodes of ``keys`` at steps ``t``."""
+        from worldmodels.dream.rng import uniforms
+
         if not self.sample_z:
             return mu
         eps = torch.special.ndtri(uniforms(keys, t, self.idx_keys, mu.dtype))
@@ -74,7 +78,8 @@ class BatchAgent:
         the fraction of its steps on its most common action, a policy diagnostic; else None) and ``frames`` (uint8
         (T + 1, 64, 64, 3) for members with ``record[i]``, else None), and for recorded members what a
         rollouts file stores of each step: ``actions`` (T, ...) as sent to the env, ``rewards`` (T,),
-        ``terminated`` and ``truncated`` (T,) (exactly one of them set, at the last step; else None).
+        ``terminated`` and ``truncated`` (T,) (exactly one of them set, at the last step; else None), and what
+        a latents file adds: V's ``mu`` and ``logvar`` (T, Z) float32 of each frame C saw.
 
         ``noise`` > 0 explores (:func:`explore`): C's actions get noise from a stream of the episode's seed,
         and M is fed the actions taken.
@@ -84,6 +89,8 @@ class BatchAgent:
         CarRacing a stretch without a new tile earns exactly -0.1 a step, so the credited return is the
         full episode's unless the car would have found the road again later; fitness only, never scores.
         """
+        from worldmodels.models.vae import frames_to_tensor
+
         if stall_steps is not None and (max_steps is None or stall_steps < 1):
             raise ValueError("stall_steps needs max_steps and must be >= 1")
         n = len(seeds)
@@ -103,11 +110,13 @@ class BatchAgent:
         record = list(record) + [False] * (n - len(record))
         frames = {i: [obs[i]] for i in range(n) if record[i]}
         steps: dict[int, list[tuple]] = {i: [] for i in range(n) if record[i]}  # (action, reward, term, trunc)
+        posteriors: dict[int, list[tuple]] = {i: [] for i in range(n) if record[i]}  # (mu, logvar)
         rngs = [np.random.default_rng(np.random.SeedSequence(int(s), spawn_key=(2,))) for s in seeds] if noise else []
         live = np.arange(n)
         while len(live):
             ids = torch.as_tensor(live, device=dev)
-            z[ids] = self.encode(obs, keys[ids], t[ids])
+            mu, logvar = self.vae.encode(frames_to_tensor(obs, dev))
+            z[ids] = self.sample(mu, logvar, keys[ids], t[ids])
             action = self.action_map(ctrl(controller_input(z, state, self.obs_mode)))  # (B, ...)
             if noise:
                 action[ids] = explore(action[ids], self.action_map, noise, [rngs[i] for i in live])
@@ -134,6 +143,7 @@ class BatchAgent:
                 done |= stall
             for k, i in enumerate(live):
                 if record[i]:
+                    posteriors[i].append((mu[k], logvar[k]))
                     frames[i].append(obs[k])
                     # an end is terminated or truncated, never both (docs/data.md)
                     steps[i].append((env_actions[k], reward[k], bool(terminated[k]),
@@ -141,11 +151,14 @@ class BatchAgent:
             obs, live = obs[~done], live[~done]
         results = []
         for i in range(n):
-            trace = dict.fromkeys(("actions", "rewards", "terminated", "truncated"))
+            trace = dict.fromkeys(("actions", "rewards", "terminated", "truncated", "mu", "logvar"))
             if record[i]:
                 a, r, term, trunc = zip(*steps[i])
+                mus, logvars = zip(*posteriors[i])
                 trace = {"actions": np.asarray(a), "rewards": np.asarray(r, np.float32),
-                         "terminated": np.asarray(term), "truncated": np.asarray(trunc)}
+                         "terminated": np.asarray(term), "truncated": np.asarray(trunc),
+                         "mu": torch.stack(mus).float().cpu().numpy(),
+                         "logvar": torch.stack(logvars).float().cpu().numpy()}
             results.append({"return": float(returns[i]), "length": int(lengths[i]), "level": int(levels[i]),
                             "stalled": bool(stalled[i]),
                             "top_action": float(counts[i].max() / lengths[i]) if counts.shape[1] and lengths[i] else None,

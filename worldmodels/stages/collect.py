@@ -15,6 +15,7 @@ resumes from the episodes already in the file; a killed run keeps every episode 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -25,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from worldmodels.config import option
-from worldmodels.data import ROLLOUTS, EpisodeWriter
+from worldmodels.data import LATENTS, ROLLOUTS, EpisodeWriter
 from worldmodels.envs import ENV_BACKENDS
 from worldmodels.errors import WorldModelsError
 from worldmodels.parallel import BACKENDS, WorkerPool
@@ -163,11 +164,15 @@ def perturbed(params: np.ndarray, seed: int, scale: float) -> np.ndarray:
 def controller_episodes(run_dir: Path, out: Path, seeds: list[int], noise: float, max_steps: int | None,
                         env_backend: str, env_batch: int, workers: int, attrs: dict[str, Any], fresh: bool = False,
                         desc: str = "collect", backend: str = "local", ray_address: str | None = None,
-                        param_noise: float = 0.0) -> dict[str, Any]:
+                        param_noise: float = 0.0, latents: Optional[Path] = None) -> dict[str, Any]:
     """One episode per seed played by the C of ``run_dir`` (the parameters ``evaluate`` picks, each episode's
     perturbed by ``param_noise``: :func:`perturbed`) with exploration ``noise`` on its actions, appended to
     ``out`` in seed order (a rerun resumes: episode i always plays seeds[i]). The file's attrs add ``attrs`` to
-    the env, the policy (controller+noise), the controller's id and generation and both noises."""
+    the env, the policy (controller+noise), the controller's id and generation and both noises.
+
+    ``latents``: also write V's posteriors of the frames, which C's V computed to play them, into that latents
+    file, the one ``worldmodels encode`` would write with ``run_dir``'s V (it saves encoding every frame
+    again; the file is then complete, and ``encode`` finds nothing left to do)."""
     from worldmodels.agent import load_world
     from worldmodels.checkpoint import load_checkpoint
     from worldmodels.envs import resolve_backend
@@ -191,8 +196,19 @@ def controller_episodes(run_dir: Path, out: Path, seeds: list[int], noise: float
         attrs["param_noise"] = param_noise
     if resolved != "reference":
         attrs["env_backend"] = resolved
-    with EpisodeWriter(out, ROLLOUTS, attrs, fresh=fresh) as writer:
+    if latents is not None:
+        _latents_caught_up(out, latents, run_dir, fresh)
+    with contextlib.ExitStack() as files:
+        writer = files.enter_context(EpisodeWriter(out, ROLLOUTS, attrs, fresh=fresh))
         done = writer.n_episodes
+        posteriors = None
+        if latents is not None:
+            from worldmodels.stages.encode import latents_attrs
+
+            posteriors = files.enter_context(EpisodeWriter(
+                latents, LATENTS, latents_attrs(attrs, out, world.vae, world.vae.checkpoint_epoch)))
+            if posteriors.n_episodes != done:  # only another writer between the catch-up and here could do it
+                raise WorldModelsError(f"{latents} holds {posteriors.n_episodes} episodes, {out} {done}")
         # Batches are cut from the whole list (never by what is done), so a resumed batch plays the same seeds.
         tasks = []
         for start in range(0, len(seeds), env_batch):
@@ -207,13 +223,38 @@ def controller_episodes(run_dir: Path, out: Path, seeds: list[int], noise: float
                 for j, results in pool.imap(worker_rollouts, tasks):
                     for seed_i, result in zip(tasks[j][1], results):
                         n = result["length"]
-                        writer.append({"obs": result["frames"][:n],
-                                       "action": result["actions"].astype(np.int64 if discrete else np.float32),
-                                       "reward": result["rewards"], "terminated": result["terminated"],
-                                       "truncated": result["truncated"]}, seed=seed_i, level=result["level"])
+                        steps = {"action": result["actions"].astype(np.int64 if discrete else np.float32),
+                                 "reward": result["rewards"], "terminated": result["terminated"],
+                                 "truncated": result["truncated"]}
+                        writer.append({"obs": result["frames"][:n], **steps}, seed=seed_i, level=result["level"])
+                        if posteriors is not None:  # after the rollouts: a kill between leaves it one behind
+                            posteriors.append({"mu": result["mu"], "logvar": result["logvar"], **steps},
+                                              seed=seed_i, level=result["level"])
                         bar.update(1)
         return {"path": str(out), "episodes": writer.n_episodes, "frames": writer.n_frames,
                 "new_episodes": writer.n_episodes - done, "controller_id": state["id"], "env_backend": resolved}
+
+
+def _latents_caught_up(rollouts: Path, latents: Path, run_dir: Path, fresh: bool) -> None:
+    """Before collection appends to both files in step: start ``latents`` afresh with ``rollouts`` (``fresh``),
+    or encode the episodes a killed collection wrote to ``rollouts`` but not yet to ``latents``."""
+    from worldmodels.data import open_latents, open_rollouts
+    from worldmodels.stages import encode
+
+    if fresh:
+        latents.unlink(missing_ok=True)  # it mirrors rollouts, which start afresh too
+        return
+    if not rollouts.is_file():
+        if latents.is_file():
+            raise WorldModelsError(f"{latents} exists without {rollouts}, whose frames it should encode; move it away")
+        return
+    with open_rollouts(rollouts) as f:
+        behind = f.n_episodes
+    if latents.is_file():
+        with open_latents(latents) as f:
+            behind -= f.n_episodes
+    if behind:
+        encode.run(encode.Config(data=str(rollouts), vae=str(run_dir / "vae"), out=str(latents), device="cpu"))
 
 
 def _check(cfg: Config) -> None:

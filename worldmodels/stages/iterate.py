@@ -14,7 +14,8 @@ learned from (the original data). Round r = 1..--rounds writes R/iterate/round-<
                 the last one on the base V's own training frames and every round's (--vae-frames a epoch,
                 drawn afresh, bounds its cost on large data); every rollouts file so far is then re-encoded
                 into latents/
-  latents.h5    this round's episodes encoded with that V
+  latents.h5    this round's episodes encoded with that V (the collection writes it: C's V encodes every frame
+                to play it; encoded again only where this round refit V)
   mdrnn/        M trained on every latents file so far (train-mdrnn --init: warm-started from the last M)
   controller/   C evolved in that M's dream with the run's controller settings (train-controller --init:
                 CMA-ES starts from the last C's mean)
@@ -206,10 +207,11 @@ def _collection_settings(data: list[dict[str, Any]]) -> tuple[int, int | None]:
 # ------------------------------------------------------------------------------------------------ stages
 def collect(cfg: Config, r: int, prev: Path, out: Path, seed: int, max_steps: int | None,
             env_backend: Optional[str] = None, param_noise: Optional[float] = None,
-            noise: Optional[float] = None) -> dict[str, Any]:
+            noise: Optional[float] = None, latents: Optional[Path] = None) -> dict[str, Any]:
     """Round ``r``'s episodes, played by the C of run folder ``prev`` with exploration noise (``noise`` and
     ``param_noise``: those the round recorded, else --noise and --param-noise), into ``out`` (resumes a killed
-    collection: episode i always plays the same seed)."""
+    collection: episode i always plays the same seed), and with ``latents``, their frames encoded by ``prev``'s
+    V, which encoded them to play, into that file."""
     from worldmodels.envs import episode_seed
     from worldmodels.stages.collect import controller_episodes
 
@@ -218,7 +220,7 @@ def collect(cfg: Config, r: int, prev: Path, out: Path, seed: int, max_steps: in
     seeds = [episode_seed(seed, ROUND_STRIDE * r + i, "collect") for i in range(cfg.episodes)]
     summary = controller_episodes(prev, out, seeds, noise, max_steps, env_backend or cfg.env_backend,
                                   cfg.env_batch, cfg.workers, {"seed": seed, "round": r}, desc=f"collect round {r}",
-                                  param_noise=param_noise)
+                                  param_noise=param_noise, latents=latents)
     return {**summary, "seed": seed, "max_steps": max_steps, "noise": noise, "param_noise": param_noise}
 
 
@@ -257,7 +259,7 @@ def restore(cfg: Config, run: Path, root: Path, entries: list[dict[str, Any]], s
     checkpoints, without data): a round's rollouts are played again by the C that collected them, on the same
     seeds with the same noise (identical on the same CPU and env backend; elsewhere the same policy's episodes,
     which round.json notes by their frame count); latents are encoded again by the V of the round that wrote
-    them. Returns what was rebuilt."""
+    them (as they are played, where that is the player's V). Returns what was rebuilt."""
     from worldmodels.data import open_rollouts
     from worldmodels.stages import encode
 
@@ -291,9 +293,15 @@ def restore(cfg: Config, run: Path, root: Path, entries: list[dict[str, Any]], s
                                        f"({str(wanted.get('controller_id'))[:8]}); it cannot be played again")
             _say(r, cfg.rounds, "restore", f"{rollouts} is not here: round {r}'s episodes are played again by "
                                            f"C {wanted['controller_id'][:8]} on the same seeds with the same noise")
+            # The player's V encodes the frames as it plays them; that is the latents file's V unless this round
+            # refit V (or the file lies in a refit V's latents/ folder).
+            kept = (root / f"round-{r - 1}") if r > 1 else run  # the round's V unless it refit V
+            own = (not latents.is_file() and latents.resolve() == (rnd.dir / "latents.h5").resolve()
+                   and same_vae(rnd.dir / "vae" if (rnd.dir / "vae").exists() else kept / "vae", by / "vae"))
             # the settings the round recorded (rounds collected before it recorded them: the run's)
             collect(cfg, r, by, rollouts, wanted.get("seed", seed), wanted.get("max_steps", cfg.max_steps or max_steps),
-                    wanted.get("env_backend"), wanted.get("param_noise", 0.0), wanted.get("noise"))
+                    wanted.get("env_backend"), wanted.get("param_noise", 0.0), wanted.get("noise"),
+                    latents if own else None)
         with open_rollouts(rollouts) as f:
             frames = f.n_frames
         encoded(rollouts, latents)
@@ -454,7 +462,9 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
         if "collect" in rnd.record["stages"] else [])
     restore(cfg, run, out.parent, relocated(needed, out.parent, original), seed, max_steps, rnd)
     by = player(cfg, run, out.parent, r)
-    rnd.stage("collect", rounds, lambda: collect(cfg, r, by, rollouts, seed, cfg.max_steps or max_steps),
+    # the player's V encodes the frames as it plays them: the round's V unless it refits V (or --collector plays)
+    rnd.stage("collect", rounds, lambda: collect(cfg, r, by, rollouts, seed, cfg.max_steps or max_steps,
+                                                 latents=latents if same_vae(prev / "vae", by / "vae") else None),
               lambda s: f"{s['new_episodes']} episodes played, {s['episodes']} episodes ({s['frames']} frames) "
                         f"by controller {s['controller_id'][:8]} with noise {s.get('noise', cfg.noise)}"
                         + (f", parameter noise {s['param_noise']}" if s.get("param_noise") else ""))
@@ -498,6 +508,14 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
         if vae["refit"]:  # a new V: every earlier file's latents are encoded again with it
             todo = [(Path(e["rollouts"]), out / "latents" / f"{e['name']}.h5") for e in data] + todo
             (out / "latents").mkdir(exist_ok=True)
+        if latents.is_file():
+            from worldmodels.checkpoint import checkpoint_file
+            from worldmodels.data import open_latents
+
+            with open_latents(latents) as f:
+                replaced = f.attrs.get("vae_checkpoint") != str(checkpoint_file(out / "vae").resolve())
+            if replaced:  # the collection's, by the V this round refit
+                latents.unlink()
         for src, dst in todo:
             encode.run(encode.Config(data=str(src), vae=str(out / "vae"), out=str(dst), device=cfg.device))
         entries = [{**e, "latents": str((out / "latents" / f"{e['name']}.h5").resolve())} if vae["refit"] else e
@@ -575,6 +593,13 @@ def _saved_id(path: Path, kind: str) -> str:
     from worldmodels.checkpoint import load_checkpoint
 
     return str(load_checkpoint(path, kind=kind)["id"])
+
+
+def same_vae(a: Path, b: Path) -> bool:
+    """Whether V folders ``a`` and ``b`` hold the same checkpoint file (a latents file names V's by its path)."""
+    from worldmodels.checkpoint import checkpoint_file
+
+    return checkpoint_file(a).resolve() == checkpoint_file(b).resolve()
 
 
 def write_rows(root: Path, rows: list[dict[str, Any]]) -> None:
