@@ -193,14 +193,26 @@ def test_rounds_moved_without_their_data_are_played_again_and_continue(base_run,
     config = moved / "iterate" / "config.yaml"
     config.write_text(config.read_text().replace("noise: 0.2", "noise: 0.1"))
 
+    # a restore killed in round 1's replay left the first of its episodes: the replay resumes from there
+    from worldmodels.data import ROLLOUTS, EpisodeWriter
+    from worldmodels.data.schema import RESERVED_ATTRS
+
+    with open_rollouts(iterated / "iterate" / "round-1" / "rollouts.h5") as f, EpisodeWriter(
+            moved / "iterate" / "round-1" / "rollouts.h5", ROLLOUTS,
+            {k: v for k, v in f.attrs.items() if k not in RESERVED_ATTRS}) as part:
+        part.append(f.episode(0), seed=int(f.episodes[0]["seed"]), level=int(f.episodes[0]["level"]))
+
     done = int(_rows(iterated)[0]["generations"])
     _iterate(moved, "--rounds", "3", "--generations", str(done + 2), "--vae-refit-ratio", "0.001")  # V refit
-    assert capsys.readouterr().out.count("are played again by") == 2
+    out = capsys.readouterr().out
+    assert out.count("are played again by") == 2 and "rollouts.h5 holds 1 of its episodes: round 1's" in out
     for r in (1, 2):
         folder = moved / "iterate" / f"round-{r}"
         with open_rollouts(folder / "rollouts.h5") as f, open_latents(folder / "latents.h5") as z:
             assert f.episodes["seed"].tolist() == first[r][0]
-            np.testing.assert_array_equal(np.asarray(f.take("action", np.arange(f.n_frames))), first[r][1])
+            # round 1's resumed batch plays its second episode alone: V's convolutions round in another order
+            np.testing.assert_allclose(np.asarray(f.take("action", np.arange(f.n_frames))), first[r][1],
+                                       atol=1e-5 if r == 1 else 0, rtol=0)
             np.testing.assert_allclose(np.asarray(z.take("mu", np.arange(z.n_frames))), first[r][2], atol=1e-5)
         restored = json.loads((folder / "round.json").read_text())["restored"]
         assert [(n["file"], n["frames"]) for n in restored] == [(f"round-{r}", n["frames_recorded"]) for n in restored]

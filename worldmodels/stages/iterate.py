@@ -260,11 +260,19 @@ def restore(cfg: Config, run: Path, root: Path, entries: list[dict[str, Any]], s
     seeds with the same noise (identical on the same CPU and env backend; elsewhere the same policy's episodes,
     which round.json notes by their frame count); latents are encoded again by the V of the round that wrote
     them (as they are played, where that is the player's V). Returns what was rebuilt."""
-    from worldmodels.data import open_rollouts
+    from worldmodels.data import open_latents, open_rollouts
     from worldmodels.stages import encode
 
+    def count(path: Optional[Path], opener: Callable) -> int:
+        """Episodes in the file (-1: no file); a killed restore leaves a part."""
+        if path is None or not path.is_file():
+            return -1
+        with opener(path) as f:
+            return f.n_episodes
+
     def encoded(rollouts: Path, latents: Path) -> None:
-        if not latents.is_file():  # by the V of the round whose folder holds the file (a refit V's latents/)
+        if count(latents, open_latents) < count(rollouts, open_rollouts):  # encode resumes a part
+            # by the V of the round whose folder holds the file (a refit V's latents/)
             folder = latents.parent.parent if latents.parent.name == "latents" else latents.parent
             encode.run(encode.Config(data=str(rollouts), vae=str(folder / "vae"), out=str(latents),
                                      device=cfg.device))
@@ -272,31 +280,33 @@ def restore(cfg: Config, run: Path, root: Path, entries: list[dict[str, Any]], s
     done = []
     for e in entries:
         rollouts, latents = Path(e["rollouts"]) if e["rollouts"] else None, Path(e["latents"])
+        n_rollouts, n_latents = count(rollouts, open_rollouts), count(latents, open_latents)
         if not e["name"].startswith("round-"):
             # the original rollouts may be gone (V's error ratio then goes unmeasured) while its latents are here
-            if not latents.is_file():
-                if rollouts is None or not rollouts.is_file():
+            if n_latents < max(n_rollouts, 0) or n_latents < 0:
+                if n_rollouts < 0:
                     raise WorldModelsError(f"{rollouts}, the run's original data, is not here to encode {latents} "
                                            "again; collect it again as it was collected first")
                 encoded(rollouts, latents)
             continue
-        if latents.is_file() and rollouts.is_file():
-            continue
         r = int(e["name"].split("-", 1)[1])
         rnd = current if current is not None and current.r == r else Round(root, r)
         wanted = rnd.record["stages"].get("collect") or {}
+        if n_rollouts == wanted.get("episodes", cfg.episodes) and n_latents == n_rollouts:
+            continue
         t0 = time.perf_counter()
-        if not rollouts.is_file():
+        if n_rollouts < wanted.get("episodes", cfg.episodes):  # gone, or a killed restore's part: resumed
             by = player(cfg, run, root, r)
             if _saved_id(by / "controller", "controller") != wanted.get("controller_id"):
                 raise WorldModelsError(f"{rollouts} is gone and {by}'s C is not the one that collected it "
                                        f"({str(wanted.get('controller_id'))[:8]}); it cannot be played again")
-            _say(r, cfg.rounds, "restore", f"{rollouts} is not here: round {r}'s episodes are played again by "
+            here = "is not here" if n_rollouts < 0 else f"holds {n_rollouts} of its episodes"
+            _say(r, cfg.rounds, "restore", f"{rollouts} {here}: round {r}'s episodes are played again by "
                                            f"C {wanted['controller_id'][:8]} on the same seeds with the same noise")
             # The player's V encodes the frames as it plays them; that is the latents file's V unless this round
             # refit V (or the file lies in a refit V's latents/ folder).
             kept = (root / f"round-{r - 1}") if r > 1 else run  # the round's V unless it refit V
-            own = (not latents.is_file() and latents.resolve() == (rnd.dir / "latents.h5").resolve()
+            own = (not (n_rollouts < 0 and n_latents >= 0) and latents.resolve() == (rnd.dir / "latents.h5").resolve()
                    and same_vae(rnd.dir / "vae" if (rnd.dir / "vae").exists() else kept / "vae", by / "vae"))
             # the settings the round recorded (rounds collected before it recorded them: the run's)
             collect(cfg, r, by, rollouts, wanted.get("seed", seed), wanted.get("max_steps", cfg.max_steps or max_steps),
