@@ -47,6 +47,9 @@ def test_evaluate_writes_csv_summary_and_gif(trained_run):
     assert np.isclose(saved["mean"], returns.mean()) and np.isclose(saved["std"], returns.std())
     gif = imageio.mimread(out / "episode.gif")
     assert len(gif) == 13 and gif[0].shape[:2] == (128, 128)  # reset frame + 12 steps, upscaled x2
+    # another evaluation in the folder (here: other tracks) without a GIF leaves none of the last one's behind
+    ev.run(ev.Config(run=str(trained_run), episodes=1, workers=0, max_steps=12, seed=3, gif=False))
+    assert not (out / "episode.gif").exists() and len(read_rows(out / "returns.csv")) == 1
 
 
 def test_per_episode_results_do_not_depend_on_worker_count(trained_run):

@@ -172,6 +172,8 @@ def run(cfg: Config) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     if not done:
         progress.write_text(json.dumps({"key": key}) + "\n")
+        if not want_gif:  # the folder's last evaluation's (another C, or other tracks): never beside these scores
+            (out_dir / "episode.gif").unlink(missing_ok=True)
     with WorkerPool(n_workers(cfg.workers), init_worker, (spec,), what="evaluation", backend=cfg.backend,
                     ray_address=cfg.ray_address) as pool, \
             open(progress, "a") as log, \
