@@ -20,7 +20,8 @@ each episode's own stream: a stochastic policy around C, still never trained on 
 <run>/eval-<levels>[-fast]-noise<std>/, apart from C's own scores.
 
 Writes <run>/eval-<levels>/: returns.csv (episode, seed, level, return, length, env_backend), summary.json
-(mean, std, min, max, ... and what was evaluated) and episode.gif (episode 0, frames upscaled).
+(mean, std, min, max, ... and what was evaluated) and episode.gif (episode 0, frames upscaled; with --no-gif a
+new evaluation removes the folder's earlier one, which showed another C or other tracks).
 Finished episodes go to returns.partial.jsonl as they come: rerunning a killed evaluation with the
 same settings plays only the missing episodes.
 """
