@@ -283,7 +283,7 @@ def restore(cfg: Config, run: Path, root: Path, entries: list[dict[str, Any]], s
         n_rollouts, n_latents = count(rollouts, open_rollouts), count(latents, open_latents)
         if not e["name"].startswith("round-"):
             # the original rollouts may be gone (V's error ratio then goes unmeasured) while its latents are here
-            if n_latents < max(n_rollouts, 0) or n_latents < 0:
+            if n_latents < max(n_rollouts, 0):  # none, or a part
                 if n_rollouts < 0:
                     raise WorldModelsError(f"{rollouts}, the run's original data, is not here to encode {latents} "
                                            "again; collect it again as it was collected first")
@@ -292,13 +292,14 @@ def restore(cfg: Config, run: Path, root: Path, entries: list[dict[str, Any]], s
         r = int(e["name"].split("-", 1)[1])
         rnd = current if current is not None and current.r == r else Round(root, r)
         wanted = rnd.record["stages"].get("collect") or {}
-        if n_rollouts == wanted.get("episodes", cfg.episodes) and n_latents == n_rollouts:
+        episodes = wanted.get("episodes", cfg.episodes)
+        if n_rollouts == episodes and n_latents == n_rollouts:
             continue
         t0 = time.perf_counter()
-        if n_rollouts < wanted.get("episodes", cfg.episodes):  # gone, or a killed restore's part: resumed
+        if n_rollouts < episodes:  # gone, or a killed restore's part: resumed
             by = player(cfg, run, root, r)
             if _saved_id(by / "controller", "controller") != wanted.get("controller_id"):
-                raise WorldModelsError(f"{rollouts} is gone and {by}'s C is not the one that collected it "
+                raise WorldModelsError(f"{rollouts} must be played again and {by}'s C is not the one that collected it "
                                        f"({str(wanted.get('controller_id'))[:8]}); it cannot be played again")
             here = "is not here" if n_rollouts < 0 else f"holds {n_rollouts} of its episodes"
             _say(r, cfg.rounds, "restore", f"{rollouts} {here}: round {r}'s episodes are played again by "
