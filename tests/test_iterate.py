@@ -45,11 +45,12 @@ def _iterate(run: Path, *extra: str) -> dict:
 @pytest.fixture(scope="module")
 def iterated(base_run, tmp_path_factory) -> Path:
     """Two rounds, the second continued with --noise 0.2, --eval-noise 0.3, --param-noise 0.5, --dream-penalty 2, --dream-dropout 0.3,
-    --dream-return-cap 50 and --temperature 1.3 (settings that may change between rounds)."""
+    --dream-return-cap 50, --temperature 1.3 and --mdrnn-recent-share 0.5 from 3 rounds (settings that may change
+    between rounds)."""
     run = _copy(base_run, tmp_path_factory.mktemp("iterated"))
     _iterate(run, "--rounds", "1")
     _iterate(run, "--noise", "0.2", "--eval-noise", "0.3", "--param-noise", "0.5", "--dream-penalty", "2", "--dream-dropout", "0.3", "--dream-return-cap", "50",
-             "--temperature", "1.3")
+             "--temperature", "1.3", "--mdrnn-recent-share", "0.5", "--mdrnn-recent-rounds", "3")
     return run
 
 
@@ -376,6 +377,10 @@ def test_parameter_noise_and_dream_penalty_set_later_apply_to_the_next_rounds(it
     penalties = [load_checkpoint(iterated / "iterate" / f"round-{r}" / "controller")["identity"]["dream_penalty"]
                  for r in (1, 2)]
     assert penalties == [0.0, 2.0]
+    # M's refit drew half of each batch from the latest rounds: both of them in round 2 (of the 3 asked for)
+    assert [float(r["mdrnn_recent_share"]) for r in _rows(iterated)] == [0.0, 0.5]
+    m = [load_checkpoint(iterated / "iterate" / f"round-{r}" / "mdrnn")["config"] for r in (1, 2)]
+    assert [(c["recent_share"], c["recent_files"]) for c in m] == [(0.0, 1), (0.5, 2)]
     with open_rollouts(iterated / "iterate" / "round-1" / "rollouts.h5") as f:
         assert "param_noise" not in f.attrs
     with open_rollouts(iterated / "iterate" / "round-2" / "rollouts.h5") as f:

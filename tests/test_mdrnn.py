@@ -292,6 +292,26 @@ def test_episode_sequences_start_at_the_first_frame(tmp_path):
     assert not all(starts)  # windows start inside episodes too
 
 
+def test_recent_share_draws_that_share_of_sequences_from_the_recent_episodes(tmp_path):
+    write_latents(tmp_path / "latents.h5")
+    desc = {"type": "discrete", "n": NA}
+    recent = np.array([False] * 4 + [True] * 2)  # 2 of 6 episodes: a third of uniform draws
+    with open_latents(tmp_path / "latents.h5") as src:
+        ids = {int(src.episode(e, ["mu"])["mu"][0, 2]): e for e in range(6)}
+        for share, lo, hi in ((0.8, 0.75, 0.85), (0.0, 0.28, 0.39)):
+            b = train_mdrnn.SequenceSampler(src, np.arange(6), 10, 2000, desc, "episode", recent, share).sample(
+                np.random.default_rng(0))
+            drawn = np.array([ids[int(i)] for i in b["mu"][:, 0, 2]])
+            assert lo < recent[drawn].mean() < hi
+            assert len(set(drawn[~recent[drawn]])) == 4  # the older episodes are still all drawn
+        every = np.ones(6, bool)  # every episode recent: the share has nothing to split, draws stay uniform
+        b = train_mdrnn.SequenceSampler(src, np.arange(6), 10, 600, desc, "episode", every, 0.8).sample(
+            np.random.default_rng(0))
+        assert len({int(i) for i in b["mu"][:, 0, 2]}) == 6
+    with pytest.raises(WorldModelsError, match="recent_share"):
+        train_mdrnn.run(tiny_cfg(tmp_path, recent_share=1.5))
+
+
 def test_done_head_counts_follow_the_dreams_rule():
     logit = torch.tensor([[-1.0, 2.0, 0.5, -3.0], [0.1, -0.2, 0.0, 9.0]])
     done = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 1.0, 1.0]])

@@ -63,12 +63,13 @@ ROUND_STRIDE = 2**24
 # V's latents under C and M: a user may stop refitting), how C's episodes are explored and how pessimistic C's
 # dreams are; each round records its own.
 CONTINUATION_SAFE = ("run", "rounds", "workers", "device", "generations", "vae_refit_ratio", "noise", "param_noise",
-                     "temperature", "dream_penalty", "dream_dropout", "dream_return_cap", "eval_noise")
+                     "temperature", "dream_penalty", "dream_dropout", "dream_return_cap", "eval_noise",
+                     "mdrnn_recent_share", "mdrnn_recent_rounds")
 # The run's controller settings each round's C is evolved with (unless overridden here).
 CONTROLLER_KEYS = ("temperature", "popsize", "rollouts", "sigma0", "generations", "max_steps", "eval_every",
                    "eval_episodes", "seed", "obs_mode", "augment", "augment_options", "dream_dropout", "dream_penalty",
                    "dream_starts", "dream_reward", "dream_return_cap")
-COLUMNS = ("round", "real_episodes", "real_frames", "mdrnn_val_loss", "vae_recon_ratio", "vae_refit", "generations",
+COLUMNS = ("round", "real_episodes", "real_frames", "mdrnn_val_loss", "mdrnn_recent_share", "vae_recon_ratio", "vae_refit", "generations",
            "noise", "param_noise", "temperature", "dream_penalty", "dream_dropout", "dream_return_cap", "dream_score",
            "real_mean", "real_std", "real_n", "eval_noise", "real_noisy_mean", "real_noisy_std", "seconds_collect",
            "seconds_vae", "seconds_encode", "seconds_mdrnn", "seconds_controller", "seconds_evaluate", "mdrnn_id",
@@ -109,6 +110,11 @@ class Config:
                                                      "the run's controller's); may change between rounds, each "
                                                      "round's C records its own")
     mdrnn_steps: Optional[int] = option(None, "M's gradient steps per round, from the last M (default: the run's M's)")
+    mdrnn_recent_share: float = option(0.0, "share of each batch of M's refit drawn from the last "
+                                            "--mdrnn-recent-rounds rounds' episodes (train-mdrnn --recent-share): "
+                                            "the latest policy's driving, otherwise a sliver of the data once rounds "
+                                            "pile up (0: every episode alike); may change between rounds")
+    mdrnn_recent_rounds: int = option(1, "how many of the latest rounds --mdrnn-recent-share draws from")
     vae_refit_ratio: float = option(1.25, "fine-tune V when its reconstruction error on a round's frames exceeds "
                                           "this many times its error on the original frames")
     vae_epochs: Optional[int] = option(None, "epochs of a V refit (default: the run's V's)")
@@ -131,7 +137,7 @@ class Config:
 def _check(cfg: Config) -> None:
     if not cfg.run:
         raise WorldModelsError("--run (a run folder with vae/, mdrnn/ and controller/) is required")
-    for name in ("rounds", "episodes", "eval_episodes", "env_batch", "vae_check_frames"):
+    for name in ("rounds", "episodes", "eval_episodes", "env_batch", "vae_check_frames", "mdrnn_recent_rounds"):
         if getattr(cfg, name) < 1:
             raise WorldModelsError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     for name in ("max_steps", "generations", "popsize", "rollouts", "mdrnn_steps", "vae_epochs", "eval_max_steps"):
@@ -140,6 +146,8 @@ def _check(cfg: Config) -> None:
     if cfg.rounds >= 2**32 // ROUND_STRIDE or cfg.episodes > ROUND_STRIDE:
         raise WorldModelsError(f"at most {2**32 // ROUND_STRIDE - 1} rounds of at most {ROUND_STRIDE} episodes each "
                                "(each round has a block of collection seeds of its own)")
+    if not 0 <= cfg.mdrnn_recent_share <= 1:
+        raise WorldModelsError(f"mdrnn_recent_share must be in [0, 1], got {cfg.mdrnn_recent_share}")
     if cfg.vae_frames < 0:
         raise WorldModelsError(f"vae_frames must be 0 (every frame) or positive, got {cfg.vae_frames}")
     if cfg.dream_penalty is not None and not cfg.dream_penalty >= 0:
@@ -542,14 +550,18 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
         summary = train_mdrnn.run(_stage_config(
             train_mdrnn, saved, latents=",".join(e["latents"] for e in enc["data"]), out=str(out / "mdrnn"),
             vae=str(out / "vae"), init=str((prev / "mdrnn").resolve()), steps=cfg.mdrnn_steps or saved.get("steps"),
-            device=cfg.device, fresh=False))
+            recent_share=cfg.mdrnn_recent_share, recent_files=min(cfg.mdrnn_recent_rounds, r), device=cfg.device,
+            fresh=False))
         return {"id": summary["id"], "val_loss": summary["metrics"].get("val/mdrnn/loss"),
-                "loss": summary["metrics"].get("mdrnn/loss")}
+                "loss": summary["metrics"].get("mdrnn/loss"), "recent_share": cfg.mdrnn_recent_share,
+                "recent_rounds": min(cfg.mdrnn_recent_rounds, r)}
 
     mdn = rnd.stage("mdrnn", rounds, mdrnn_stage,
                     lambda s: f"M {s['id'][:8]} refit on {len(enc['data'])} latents files, warm-started; "
                               + ("no validation episodes" if s["val_loss"] is None else
-                                 f"validation loss {s['val_loss']:.4g}"))
+                                 f"validation loss {s['val_loss']:.4g}")
+                              + (f"; {s['recent_share']:g} of each batch from the last {s['recent_rounds']} round(s)"
+                                 if s.get("recent_share") else ""))
 
     def controller_stage() -> dict[str, Any]:
         saved = _saved_config(run / "controller", "controller")
@@ -673,7 +685,8 @@ def run(cfg: Config) -> dict[str, Any]:
                          "temperature": ctl.get("temperature",
                                                 rnd.record["stages"]["evaluate"]["dream"]["temperature"]),
                          "noise": rnd.record["stages"]["collect"].get("noise", cfg.noise),
-                         "param_noise": rnd.record["stages"]["collect"].get("param_noise", 0.0)})
+                         "param_noise": rnd.record["stages"]["collect"].get("param_noise", 0.0),
+                         "mdrnn_recent_share": rnd.record["stages"]["mdrnn"].get("recent_share", 0.0)})
             write_rows(root, rows)
             prev, data = rnd.dir, relocated(rnd.record["stages"]["encode"]["data"], root, original)
     return {"rows": rows, "path": str(root / "rounds.csv")}

@@ -22,6 +22,9 @@ decoded by V. Rerunning the same command resumes; --fresh starts over.
 they must come from the same env and the same V, and each file's episodes are split into training and
 validation on their own (so adding a file never moves another file's episodes across the split).
 --init DIR starts from another M's weights (a warm start; sizes must match), with a fresh optimizer.
+--recent-share S draws that share of each training batch from the last --recent-files files of --latents (the
+latest rounds: M learns the driving of the policy that plays in its dream, which is otherwise a sliver of the data),
+the rest from all the others; 0 draws every episode alike.
 """
 
 from __future__ import annotations
@@ -76,6 +79,9 @@ class Config:
     device: str = cfgmod.option("auto", "auto (cuda if available), cpu, cuda, cuda:1, ...")
     seed: int = cfgmod.option(0, "seed for weights, sequence sampling, z re-sampling and validation split")
     tensorboard: Optional[bool] = cfgmod.option(None, "also log to <out>/tensorboard (default: when installed)")
+    recent_share: float = cfgmod.option(0.0, "share of each training batch drawn from the episodes of the last "
+                                             "--recent-files latents files (0: every episode alike)")
+    recent_files: int = cfgmod.option(1, "how many of the last --latents files --recent-share draws from")
     init: Optional[str] = cfgmod.option(None, "start from this M's weights (its folder or checkpoint.pt; same sizes), "
                                               "not a random init")
     fresh: bool = cfgmod.option(False, "delete this run folder's checkpoint and metrics and start over")
@@ -106,12 +112,14 @@ class SequenceSampler:
     Only the frames of the batch are read (B contiguous slices), so memory does not grow with the file.
     ``start="episode"``: episodes drawn uniformly, each sequence from the episode's first frame.
     ``start="window"``: episodes drawn in proportion to their length, a window start uniformly inside.
+    ``recent`` (bool per episode) with ``recent_share``: that share of draws from the recent episodes, each group
+    drawn as above inside itself (a group with no episode leaves the draws to the other).
     """
 
     FIELDS = ("mu", "logvar", "action", "reward", "terminated")
 
     def __init__(self, src: Any, episodes: np.ndarray, seq_len: int, batch_size: int, action_desc: dict[str, Any],
-                 start: str = "episode"):
+                 start: str = "episode", recent: np.ndarray | None = None, recent_share: float = 0.0):
         if start not in ("episode", "window"):
             raise WorldModelsError(f"sequences must start at 'episode' or 'window', got {start!r}")
         self.src, self.seq_len, self.batch_size, self.action_desc = src, seq_len, batch_size, action_desc
@@ -120,6 +128,9 @@ class SequenceSampler:
         self.starts, self.lengths = rows["start"].astype(np.int64), rows["length"].astype(np.int64)
         self.p = (self.lengths / self.lengths.sum() if start == "window"
                   else np.full(len(self.lengths), 1.0 / max(len(self.lengths), 1)))
+        if recent is not None and recent_share > 0 and recent.any() and not recent.all():
+            p_recent, p_old = np.where(recent, self.p, 0.0), np.where(recent, 0.0, self.p)
+            self.p = recent_share * p_recent / p_recent.sum() + (1 - recent_share) * p_old / p_old.sum()
         self.z_dim, self.action_dim = int(src.attrs["z_dim"]), action_dim_of(action_desc)
 
     def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
@@ -272,6 +283,9 @@ def run(cfg: Config) -> dict[str, Any]:
             raise WorldModelsError(f"{key} must be at least 1, got {getattr(cfg, key)}")
     if not 0 <= cfg.dropout < 1:
         raise WorldModelsError(f"dropout must be in [0, 1), got {cfg.dropout}")
+    if not 0 <= cfg.recent_share <= 1 or cfg.recent_files < 1:
+        raise WorldModelsError(f"recent_share must be in [0, 1] and recent_files at least 1, got {cfg.recent_share}, "
+                               f"{cfg.recent_files}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out / CHECKPOINT_NAME, "train-mdrnn"), \
@@ -318,7 +332,10 @@ def _train(cfg: Config, out: Path, src: Any) -> dict[str, Any]:
     n_episodes = sum(counts)
     train_eps, val_eps = split_files(counts, src.first_episodes, cfg.val_fraction, cfg.seed)
     desc = dict(src.attrs["action_space"])
-    train = SequenceSampler(src, train_eps, cfg.seq_len, cfg.batch_size, desc, cfg.sequences)
+    # the last recent_files files' episodes (the latest rounds of `iterate`)
+    recent = train_eps >= src.first_episodes[max(len(counts) - cfg.recent_files, 0)]
+    train = SequenceSampler(src, train_eps, cfg.seq_len, cfg.batch_size, desc, cfg.sequences, recent,
+                            cfg.recent_share)
     val_batches = ([SequenceSampler(src, val_eps, cfg.seq_len, cfg.batch_size, desc, cfg.sequences).sample(
         np.random.default_rng([cfg.seed, 99, i])) for i in range(cfg.val_batches)] if len(val_eps) else [])
     cfgmod.save(cfg, out / "config.yaml")
