@@ -275,25 +275,27 @@ def carracing_dream(folder: str) -> str:
         cap = [f"{float(r['dream_return_cap']):g}" if r.get("dream_return_cap") else "none" for r in table]
         tau = [f"{float(r['temperature']):g}" if r.get("temperature") else "" for r in table]  # before the column: ""
         act = [f"{float(r['noise']):g}" if r.get("noise") else "" for r in table]  # before the column: ""
-        capped, heated, shaken = len(set(cap)) > 1, len(set(tau)) > 1, len(set(act)) > 1
+        recent = [f"{float(r['mdrnn_recent_share']):g}" if r.get("mdrnn_recent_share") else "0" for r in table]
+        capped, heated, shaken, weighted = len(set(cap)) > 1, len(set(tau)) > 1, len(set(act)) > 1, len(set(recent)) > 1
         scored_noisy = any(r.get("real_noisy_mean") for r in table)  # iterate --eval-noise
         lines = ["| round | real frames (M's data) | V refit | C generations |" + (" action noise |" if shaken else "")
                  + (" parameter noise |" if any(noise) else "")
                  + (" dream penalty |" if any(penalty) else "") + (" dream τ |" if heated else "")
                  + (" dream dropout |" if varied else "")
-                 + (" dream return cap |" if capped else "") + " dream | real (20 reference tracks) |"
+                 + (" dream return cap |" if capped else "")
+                 + (" share of M's batches from the last rounds |" if weighted else "") + " dream | real (20 reference tracks) |"
                  + (" real with action noise (same tracks) |" if scored_noisy else "")
                  + (" real − the round before, per track [95 % bootstrap interval] |" if extra else ""),
                  "|---|---:|---|---:|" + ("---:|" if shaken else "") + ("---:|" if any(noise) else "") + ("---:|" if any(penalty) else "")
                  + ("---:|" if heated else "") + ("---:|" if varied else "") + ("---:|" if capped else "")
-                 + "---:|---:|" + ("---:|" if scored_noisy else "") + ("---:|" if extra else "")]
-        for r, p, n, pen, drop, c, t, a in zip(table, paired, noise, penalty, dropout, cap, tau, act):
+                 + ("---:|" if weighted else "") + "---:|---:|" + ("---:|" if scored_noisy else "") + ("---:|" if extra else "")]
+        for r, p, n, pen, drop, c, t, a, w in zip(table, paired, noise, penalty, dropout, cap, tau, act, recent):
             lines.append(f"| {r['round']} | {int(r['real_frames']):,} | {'yes' if r['vae_refit'] == 'True' else 'no'} | "
                          f"{r.get('generations') or '?'} |" + (f" {a or '?'} |" if shaken else "")
                          + (f" {n:g} |" if any(noise) else "")
                          + (f" {pen:g} |" if any(penalty) else "") + (f" {t} |" if heated else "")
                          + (f" {drop} |" if varied else "")
-                         + (f" {c} |" if capped else "")
+                         + (f" {c} |" if capped else "") + (f" {w} |" if weighted else "")
                          + f" {float(r['dream_score']):.0f} | "
                          f"{float(r['real_mean']):.0f} ± {float(r['real_std']):.0f} |"
                          + ((f" {float(r['real_noisy_mean']):.0f} ± {float(r['real_noisy_std']):.0f} (σ {float(r['eval_noise']):g}) |"
