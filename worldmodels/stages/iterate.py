@@ -69,8 +69,8 @@ CONTINUATION_SAFE = ("run", "rounds", "workers", "device", "generations", "vae_r
 CONTROLLER_KEYS = ("temperature", "popsize", "rollouts", "sigma0", "generations", "max_steps", "eval_every",
                    "eval_episodes", "seed", "obs_mode", "augment", "augment_options", "dream_dropout", "dream_penalty",
                    "dream_starts", "dream_reward", "dream_return_cap")
-COLUMNS = ("round", "real_episodes", "real_frames", "mdrnn_val_loss", "mdrnn_recent_share", "vae_recon_ratio", "vae_refit", "generations",
-           "noise", "param_noise", "temperature", "dream_penalty", "dream_dropout", "dream_return_cap", "dream_score",
+COLUMNS = ("round", "real_episodes", "real_frames", "mdrnn_val_loss", "mdrnn_recent_share", "vae_recon_ratio",
+           "vae_refit", "generations", "noise", "param_noise", "temperature", "dream_penalty", "dream_dropout", "dream_return_cap", "dream_score",
            "real_mean", "real_std", "real_n", "eval_noise", "real_noisy_mean", "real_noisy_std", "seconds_collect",
            "seconds_vae", "seconds_encode", "seconds_mdrnn", "seconds_controller", "seconds_evaluate", "mdrnn_id",
            "controller_id")
@@ -547,14 +547,15 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
 
     def mdrnn_stage() -> dict[str, Any]:
         saved = _saved_config(run / "mdrnn", "mdrnn")
+        recent_rounds = min(cfg.mdrnn_recent_rounds, r)  # round r has r round files
         summary = train_mdrnn.run(_stage_config(
             train_mdrnn, saved, latents=",".join(e["latents"] for e in enc["data"]), out=str(out / "mdrnn"),
             vae=str(out / "vae"), init=str((prev / "mdrnn").resolve()), steps=cfg.mdrnn_steps or saved.get("steps"),
-            recent_share=cfg.mdrnn_recent_share, recent_files=min(cfg.mdrnn_recent_rounds, r), device=cfg.device,
+            recent_share=cfg.mdrnn_recent_share, recent_files=recent_rounds, device=cfg.device,
             fresh=False))
         return {"id": summary["id"], "val_loss": summary["metrics"].get("val/mdrnn/loss"),
                 "loss": summary["metrics"].get("mdrnn/loss"), "recent_share": cfg.mdrnn_recent_share,
-                "recent_rounds": min(cfg.mdrnn_recent_rounds, r)}
+                "recent_rounds": recent_rounds}
 
     mdn = rnd.stage("mdrnn", rounds, mdrnn_stage,
                     lambda s: f"M {s['id'][:8]} refit on {len(enc['data'])} latents files, warm-started; "
