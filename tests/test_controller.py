@@ -894,6 +894,53 @@ def test_dream_return_cap_reaches_the_fitness_and_score_dreams_and_resumes_only_
             tc.run(stage_cfg(run, dream_return_cap=bad))
 
 
+def test_dream_common_plays_every_candidate_in_the_same_dreams_and_resumes_only_with_it(tiny_run, tmp_path,
+                                                                                        monkeypatch):
+    """--dream-common gives candidate p's rollout r the random stream r (not p * R + r): equal candidates get equal
+    fitness (they differ without it), each candidate's fitness is its mean over the same R single dreams, the
+    mean-solution score still dreams eval_episodes distinct episodes; it is in the identity (a resume with the
+    other is refused, one from before it resumes without) and needs --where dream."""
+    from worldmodels import agent, cli
+    from worldmodels.agent import load_world
+    from worldmodels.dream import DreamEnv
+
+    world = load_world(tiny_run, "zh", "cpu")
+    P, R = 3, 2
+    same = np.repeat(np.random.default_rng(0).normal(0, 0.5, (1, world.n_params)), P, axis=0)
+    common = world.dream_returns(world.dream_factory(1.15, 8, 0, streams=R)(P * R), same, R, seed=5)
+    own = world.dream_returns(world.dream_factory(1.15, 8, 0)(P * R), same, R, seed=5)
+    assert np.allclose(common, common[:1]) and np.abs(common[:, 0] - common[:, 1]).max() > 0.05
+    assert np.ptp(own, axis=0).min() > 0.05  # without: the same candidate dreams other episodes
+
+    assert cli.parse_stage_args("train-controller", ["--dream-common"])[1].dream_common is True
+    seen = record_fitness(monkeypatch)
+    factories, real_factory = [], agent.World.dream_factory
+
+    def recording(self, *args, **kw):
+        factories.append(kw)
+        return real_factory(self, *args, **kw)
+    monkeypatch.setattr(agent.World, "dream_factory", recording)
+    run = _copy_run(tiny_run, tmp_path)
+    cfg = stage_cfg(run, generations=1, eval_every=1, eval_episodes=4, fresh=True, dream_common=True)
+    tc.run(cfg)
+    assert [kw.get("streams") for kw in factories] == [cfg.rollouts, None]  # the score dreams stay distinct
+    [(solutions, gen, returns)] = seen
+    initial = world.initial_latents()
+
+    def single(params, stream):
+        dream = DreamEnv(world.vae, world.mdrnn, initial, cfg.temperature, 1, "cpu", cfg.max_steps,
+                         reward="predicted", obs_mode="zh", seed=cfg.seed, stream_ids=[stream])
+        return world.dream_returns(dream, params[None], 1, seed=tc.dream_seed(cfg.seed, gen, 0))[0, 0]
+    expected = np.array([[single(sol, r) for r in range(cfg.rollouts)] for sol in solutions])
+    assert np.allclose(np.asarray(returns).reshape(expected.shape), expected, atol=1e-4)
+    assert load_checkpoint(run / "controller")["identity"]["dream_common"] is True
+    with pytest.raises(WorldModelsError, match="different dream_common"):
+        tc.run(stage_cfg(run, generations=2, eval_every=0))
+    _resumes_from_a_checkpoint_without(run, "dream_common")
+    with pytest.raises(WorldModelsError, match="need --where dream, not real"):
+        tc.run(stage_cfg(run, where="real", dream_common=True))
+
+
 def test_action_noise_reaches_every_dream_and_resumes_only_with_it(tiny_run, tmp_path):
     """--action-noise evolves C as the stochastic policy collect and evaluate --noise play: the fitness and score
     dreams step noisy actions (other returns on the same CMA-ES samples), it is in the identity (a resume with another

@@ -87,6 +87,11 @@ class Config:
         None, "a dream episode ends when its return reaches this, paying no more (the game's best return, e.g. "
               "CarRacing's finished lap, which M's done head may never have seen end a game); applies to the fitness "
               "and score dreams alike (default: no cap)")
+    dream_common: bool = option(False, "fitness dreams: every candidate of a generation dreams the same --rollouts "
+                                       "episodes (the same starts, M's samples and dropout masks: common random "
+                                       "numbers, as real fitness plays every candidate on the same tracks), so "
+                                       "candidates are ranked on their driving rather than on their dreams' luck "
+                                       "(default: every member its own dream)")
     action_noise: float = option(0.0, "dream runs: C's actions get exploration noise in every dream, fitness and "
                                       "scores (--eval-real too), as collect and evaluate --noise play it: the std of "
                                       "Gaussian noise on continuous actions (clipped to the action space), the "
@@ -256,7 +261,7 @@ CHECKPOINT_OVERHEAD = 0.1  # at most this share of a search's time goes to writi
 # Identity entries that checkpoints from before them lack, with the value those runs had.
 IDENTITY_DEFAULTS: dict[str, Any] = {"augment": [], "dream_dropout": 0.0, "dream_models": [], "dream_starts": "first",
                                      "dream_reward": "auto", "dream_penalty": 0.0,
-                                     "dream_return_cap": None, "action_noise": 0.0}
+                                     "dream_return_cap": None, "action_noise": 0.0, "dream_common": False}
 
 
 def _resume_state(cfg: Config, path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
@@ -364,10 +369,10 @@ def run(cfg: Config) -> dict[str, Any]:
         raise WorldModelsError("sigma0 and temperature must be positive")
     if cfg.augment and cfg.where != "dream":
         raise WorldModelsError(f"--augment changes dreamed latents; it needs --where dream, not {cfg.where}")
-    if (cfg.dream_dropout or cfg.dream_models or cfg.dream_penalty or cfg.dream_return_cap is not None) \
-            and cfg.where != "dream":
-        raise WorldModelsError(f"--dream-dropout, --dream-models, --dream-penalty and --dream-return-cap change the "
-                               f"dream; they need --where dream, not {cfg.where}")
+    if (cfg.dream_dropout or cfg.dream_models or cfg.dream_penalty or cfg.dream_return_cap is not None
+            or cfg.dream_common) and cfg.where != "dream":
+        raise WorldModelsError(f"--dream-dropout, --dream-models, --dream-penalty, --dream-return-cap and "
+                               f"--dream-common change the dream; they need --where dream, not {cfg.where}")
     if cfg.action_noise and cfg.where != "dream":
         raise WorldModelsError(f"--action-noise plays C's dreams with exploration noise; it needs --where dream, "
                                f"not {cfg.where}")
@@ -403,7 +408,8 @@ def run(cfg: Config) -> dict[str, Any]:
                 "dream_models": [m.checkpoint_id for m in extra]}
     if cfg.where == "dream":  # older checkpoints, without these, had the defaults (IDENTITY_DEFAULTS)
         identity.update(dream_starts=cfg.dream_starts, dream_reward=cfg.dream_reward, dream_penalty=cfg.dream_penalty,
-                        dream_return_cap=cfg.dream_return_cap, action_noise=cfg.action_noise)
+                        dream_return_cap=cfg.dream_return_cap, action_noise=cfg.action_noise,
+                        dream_common=cfg.dream_common)
     env_backend = resolve_backend(world.env, cfg.env_backend) if cfg.where == "real" or cfg.eval_real else None
     if cfg.where == "real":  # the env the fitness was measured on, as resolved on this machine
         identity["env_backend"] = env_backend
@@ -430,8 +436,10 @@ def run(cfg: Config) -> dict[str, Any]:
         # in the plain dream of the run's M.
         kind = {"starts": cfg.dream_starts, "reward": cfg.dream_reward, "return_cap": cfg.dream_return_cap}
         dreams = world.dream_factory(cfg.temperature, max_steps, cfg.seed, augmentations=augs,
-                                     dropout=cfg.dream_dropout, models=extra, penalty=cfg.dream_penalty, **kind)
-        varied = augs or cfg.dream_dropout or extra or cfg.dream_penalty
+                                     dropout=cfg.dream_dropout, models=extra, penalty=cfg.dream_penalty,
+                                     streams=cfg.rollouts if cfg.dream_common else None, **kind)
+        # The score's eval_episodes dreams are all distinct: common streams would repeat rollouts of them.
+        varied = augs or cfg.dream_dropout or extra or cfg.dream_penalty or cfg.dream_common
         plain = world.dream_factory(cfg.temperature, max_steps, cfg.seed, **kind) if varied else dreams
 
         def fitness(params: np.ndarray, gen: int) -> np.ndarray:
