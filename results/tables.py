@@ -277,8 +277,9 @@ def carracing_dream(folder: str) -> str:
         act = [f"{float(r['noise']):g}" if r.get("noise") else "" for r in table]  # before the column: ""
         recent = [f"{float(r['mdrnn_recent_share']):g}" if r.get("mdrnn_recent_share") else "0" for r in table]
         common = ["yes" if r.get("dream_common") == "True" else "no" for r in table]  # before the column: no
+        starts = [r.get("dream_starts") or "first" for r in table]  # before the column: first
         capped, heated, shaken, weighted = len(set(cap)) > 1, len(set(tau)) > 1, len(set(act)) > 1, len(set(recent)) > 1
-        paired_dreams = len(set(common)) > 1
+        paired_dreams, started = len(set(common)) > 1, len(set(starts)) > 1
         scored_noisy = any(r.get("real_noisy_mean") for r in table)  # iterate --eval-noise
         lines = ["| round | real frames (M's data) | V refit | C generations |" + (" action noise |" if shaken else "")
                  + (" parameter noise |" if any(noise) else "")
@@ -286,20 +287,22 @@ def carracing_dream(folder: str) -> str:
                  + (" dream dropout |" if varied else "")
                  + (" dream return cap |" if capped else "")
                  + (" share of M's batches from the last rounds |" if weighted else "")
-                 + (" common dreams |" if paired_dreams else "") + " dream | real (20 reference tracks) |"
+                 + (" common dreams |" if paired_dreams else "") + (" dream starts |" if started else "")
+                 + " dream | real (20 reference tracks) |"
                  + (" real with action noise (same tracks) |" if scored_noisy else "")
                  + (" real − the round before, per track [95 % bootstrap interval] |" if extra else ""),
                  "|---|---:|---|---:|" + ("---:|" if shaken else "") + ("---:|" if any(noise) else "") + ("---:|" if any(penalty) else "")
                  + ("---:|" if heated else "") + ("---:|" if varied else "") + ("---:|" if capped else "")
-                 + ("---:|" if weighted else "") + ("---|" if paired_dreams else "") + "---:|---:|" + ("---:|" if scored_noisy else "") + ("---:|" if extra else "")]
-        for r, p, n, pen, drop, c, t, a, w, cd in zip(table, paired, noise, penalty, dropout, cap, tau, act, recent, common):
+                 + ("---:|" if weighted else "") + ("---|" if paired_dreams else "") + ("---|" if started else "") + "---:|---:|" + ("---:|" if scored_noisy else "") + ("---:|" if extra else "")]
+        for r, p, n, pen, drop, c, t, a, w, cd, st in zip(table, paired, noise, penalty, dropout, cap, tau, act, recent,
+                                                         common, starts):
             lines.append(f"| {r['round']} | {int(r['real_frames']):,} | {'yes' if r['vae_refit'] == 'True' else 'no'} | "
                          f"{r.get('generations') or '?'} |" + (f" {a or '?'} |" if shaken else "")
                          + (f" {n:g} |" if any(noise) else "")
                          + (f" {pen:g} |" if any(penalty) else "") + (f" {t} |" if heated else "")
                          + (f" {drop} |" if varied else "")
                          + (f" {c} |" if capped else "") + (f" {w} |" if weighted else "")
-                         + (f" {cd} |" if paired_dreams else "")
+                         + (f" {cd} |" if paired_dreams else "") + (f" {st} |" if started else "")
                          + f" {float(r['dream_score']):.0f} | "
                          f"{float(r['real_mean']):.0f} ± {float(r['real_std']):.0f} |"
                          + ((f" {float(r['real_noisy_mean']):.0f} ± {float(r['real_noisy_std']):.0f} (σ {float(r['eval_noise']):g}) |"

@@ -45,12 +45,12 @@ def _iterate(run: Path, *extra: str) -> dict:
 @pytest.fixture(scope="module")
 def iterated(base_run, tmp_path_factory) -> Path:
     """Two rounds, the second continued with --noise 0.2, --eval-noise 0.3, --param-noise 0.5, --dream-penalty 2, --dream-dropout 0.3,
-    --dream-return-cap 50, --dream-common, --temperature 1.3 and --mdrnn-recent-share 0.5 from 3 rounds (settings
+    --dream-return-cap 50, --dream-common, --dream-starts any, --temperature 1.3 and --mdrnn-recent-share 0.5 from 3 rounds (settings
     that may change between rounds)."""
     run = _copy(base_run, tmp_path_factory.mktemp("iterated"))
     _iterate(run, "--rounds", "1")
     _iterate(run, "--noise", "0.2", "--eval-noise", "0.3", "--param-noise", "0.5", "--dream-penalty", "2", "--dream-dropout", "0.3", "--dream-return-cap", "50",
-             "--dream-common", "--temperature", "1.3", "--mdrnn-recent-share", "0.5", "--mdrnn-recent-rounds", "3")
+             "--dream-common", "--dream-starts", "any", "--temperature", "1.3", "--mdrnn-recent-share", "0.5", "--mdrnn-recent-rounds", "3")
     return run
 
 
@@ -96,19 +96,23 @@ def test_rounds_grow_the_data_by_exactly_what_they_collect(iterated, base_run):
     assert "iterate/rounds.png" in report["figures"] and "rounds.png)" in text
     base_tau = load_checkpoint(base_run / "controller")["config"]["temperature"]
     assert ("| action noise | parameter noise | dream τ | dream penalty | dream dropout | dream return cap | common dreams "
-            "| dream score |" in text)
-    assert "| 0.2 | 0.5 | 1.3 | 2 | 0.3 | 50 | yes |" in text and f"| 0.1 | 0 | {base_tau:g} | 0 | 0 | none | no |" in text
+            "| dream starts | dream score |" in text)
+    assert "| 0.2 | 0.5 | 1.3 | 2 | 0.3 | 50 | yes | any |" in text
+    assert f"| 0.1 | 0 | {base_tau:g} | 0 | 0 | none | no | first |" in text
     assert "| real score with action noise (σ) |" in text and " (0.3) |" in text and text.count(" | — |") == 1
     base_dropout = float(load_checkpoint(base_run / "controller")["config"].get("dream_dropout") or 0.0)
     assert [float(r["dream_dropout"]) for r in rows] == [base_dropout, 0.3]  # round 1: the run's C's
     assert [r["dream_return_cap"] for r in rows] == ["", "50.0"]  # round 1: the run's C's, no cap
     assert [r["dream_common"] for r in rows] == ["False", "True"]
+    assert [r["dream_starts"] for r in rows] == ["first", "any"]
     assert [float(r["temperature"]) for r in rows] == [base_tau, 1.3] and base_tau != 1.3
     for r, dropout, cap, tau in ((1, base_dropout, None, base_tau), (2, 0.3, 50.0, 1.3)):  # each round's C was
         ctl = load_checkpoint(iterated / "iterate" / f"round-{r}" / "controller")  # evolved in the dream it records
         assert ctl["config"]["dream_dropout"] == dropout and ctl["config"]["dream_return_cap"] == cap
         assert ctl["config"]["temperature"] == tau
         assert ctl["identity"]["dream_return_cap"] == cap and ctl["identity"]["dream_common"] == (r == 2)
+        own = str(iterated / "iterate" / f"round-{r}" / "latents.h5")  # round 2 dreamt from its own episodes
+        assert (ctl["config"]["dream_starts"], ctl["config"]["latents"]) == (("any", own) if r == 2 else ("first", None))
 
 
 def test_m_and_c_are_warm_started_from_the_last_round(iterated, base_run):

@@ -64,14 +64,14 @@ ROUND_STRIDE = 2**24
 # dreams are; each round records its own.
 CONTINUATION_SAFE = ("run", "rounds", "workers", "device", "generations", "vae_refit_ratio", "noise", "param_noise",
                      "temperature", "dream_penalty", "dream_dropout", "dream_return_cap", "dream_common",
-                     "eval_noise", "mdrnn_recent_share", "mdrnn_recent_rounds")
+                     "dream_starts", "eval_noise", "mdrnn_recent_share", "mdrnn_recent_rounds")
 # The run's controller settings each round's C is evolved with (unless overridden here).
 CONTROLLER_KEYS = ("temperature", "popsize", "rollouts", "sigma0", "generations", "max_steps", "eval_every",
                    "eval_episodes", "seed", "obs_mode", "augment", "augment_options", "dream_dropout", "dream_penalty",
                    "dream_starts", "dream_reward", "dream_return_cap", "dream_common")
 COLUMNS = ("round", "real_episodes", "real_frames", "mdrnn_val_loss", "mdrnn_recent_share", "vae_recon_ratio",
            "vae_refit", "generations", "noise", "param_noise", "temperature", "dream_penalty", "dream_dropout", "dream_return_cap",
-           "dream_common", "dream_score",
+           "dream_common", "dream_starts", "dream_score",
            "real_mean", "real_std", "real_n", "eval_noise", "real_noisy_mean", "real_noisy_std", "seconds_collect",
            "seconds_vae", "seconds_encode", "seconds_mdrnn", "seconds_controller", "seconds_evaluate", "mdrnn_id",
            "controller_id")
@@ -114,6 +114,13 @@ class Config:
                                                 "(train-controller --dream-common; default: the run's "
                                                 "controller's); may change between rounds, each round's C "
                                                 "records its own")
+    dream_starts: Optional[str] = option(None, "where the rounds' Cs' dreams start: first (a lap's first frame, "
+                                               "h = 0) or any (any of 20,000 frames of the round's own "
+                                               "collection, with M's state from the frames before it: the last "
+                                               "C's real driving, its excursions off the road included; "
+                                               "train-controller --dream-starts any --latents); default: the "
+                                               "run's C's; may change between rounds",
+                                         choices=("first", "any"))
     mdrnn_steps: Optional[int] = option(None, "M's gradient steps per round, from the last M (default: the run's M's)")
     mdrnn_recent_share: float = option(0.0, "share of each batch of M's refit drawn from the last "
                                             "--mdrnn-recent-rounds rounds' episodes (train-mdrnn --recent-share): "
@@ -573,8 +580,10 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
         saved = _saved_config(run / "controller", "controller")
         own = {k: saved[k] for k in CONTROLLER_KEYS if k in saved}
         overrides = {k: getattr(cfg, k) for k in ("generations", "popsize", "rollouts", "temperature",
-                                                  "dream_penalty", "dream_dropout", "dream_common")
-                     if getattr(cfg, k) is not None}
+                                                  "dream_penalty", "dream_dropout", "dream_common",
+                                                  "dream_starts") if getattr(cfg, k) is not None}
+        if cfg.dream_starts == "any":  # the round's own episodes: where the last C drives, and fails
+            overrides["latents"] = str(out / "latents.h5")
         if cfg.dream_return_cap is not None:
             overrides["dream_return_cap"] = cfg.dream_return_cap or None
         settings = _stage_config(train_controller, {**own, **overrides}, run=str(out), where="dream",
@@ -583,7 +592,7 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
         return {"generation": summary["generation"], "best_fitness": summary["best_fitness"],
                 "id": _saved_id(out / "controller", "controller"), "dream_penalty": settings.dream_penalty,
                 "dream_dropout": settings.dream_dropout, "dream_return_cap": settings.dream_return_cap,
-                "dream_common": settings.dream_common,
+                "dream_common": settings.dream_common, "dream_starts": settings.dream_starts,
                 "temperature": settings.temperature}
 
     ctl = rnd.stage("controller", rounds, controller_stage,
@@ -592,7 +601,9 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
                               + (f" (dream penalty {s['dream_penalty']:g})" if s.get("dream_penalty") else "")
                               + (f" (dream dropout {s['dream_dropout']:g})" if s.get("dream_dropout") else "")
                               + (f" (dream return cap {s['dream_return_cap']:g})" if s.get("dream_return_cap") else "")
-                              + (" (common dreams)" if s.get("dream_common") else ""))
+                              + (" (common dreams)" if s.get("dream_common") else "")
+                              + (" (dreams from any frame of the round's episodes)"
+                                 if s.get("dream_starts") == "any" else ""))
 
     def evaluate_stage() -> dict[str, Any]:
         on_reference = dict(run=str(out), episodes=cfg.eval_episodes, workers=cfg.workers,
@@ -691,6 +702,7 @@ def run(cfg: Config) -> dict[str, Any]:
                          "dream_dropout": ctl.get("dream_dropout", run_dropout),
                          "dream_return_cap": ctl.get("dream_return_cap", run_ctl.get("dream_return_cap")),
                          "dream_common": ctl.get("dream_common", bool(run_ctl.get("dream_common"))),
+                         "dream_starts": ctl.get("dream_starts", run_ctl.get("dream_starts") or "first"),
                          # C's score dream plays at C's own temperature
                          "temperature": ctl.get("temperature",
                                                 rnd.record["stages"]["evaluate"]["dream"]["temperature"]),

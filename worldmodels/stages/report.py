@@ -233,7 +233,7 @@ def _rounds_section(run_dir: Path) -> list[str]:
              "and scores it. Real frames count the original collection and every round so far.", ""]
     lines += _table(["round", "real episodes", "real frames", "M val loss", "V error ratio", "V refit", "C generations",
                      "action noise", "parameter noise", "dream τ", "dream penalty", "dream dropout",
-                     "dream return cap", "common dreams", "dream score", "real score, mean ± std (n)"]
+                     "dream return cap", "common dreams", "dream starts", "dream score", "real score, mean ± std (n)"]
                     + (["real score with action noise (σ)"] if noisy else []),
                     [[r["round"], r["real_episodes"], r["real_frames"], number(r, "mdrnn_val_loss", ".4g"),
                       number(r, "vae_recon_ratio", ".3f"), {"True": "yes", "False": "no"}.get(r.get("vae_refit", ""), "?"),
@@ -243,7 +243,7 @@ def _rounds_section(run_dir: Path) -> list[str]:
                       number(r, "dream_penalty", "g") if r.get("dream_penalty") else "0",
                       number(r, "dream_dropout", "g"),
                       number(r, "dream_return_cap", "g") if r.get("dream_return_cap") else "none",
-                      "yes" if r.get("dream_common") == "True" else "no",
+                      "yes" if r.get("dream_common") == "True" else "no", r.get("dream_starts") or "first",
                       number(r, "dream_score"),
                       f"{number(r, 'real_mean')} ± {number(r, 'real_std')} ({r.get('real_n', '?')})"]
                      + ([f"{number(r, 'real_noisy_mean')} ± {number(r, 'real_noisy_std')} ({number(r, 'eval_noise', 'g')})"
