@@ -270,44 +270,40 @@ def carracing_dream(folder: str) -> str:
         extra = any(p != "—" for p in paired)  # the rounds' per-track returns are shipped (results/ship.py iterate)
         noise = [float(r.get("param_noise") or 0) for r in table]  # rounds from before the columns: none
         penalty = [float(r.get("dream_penalty") or 0) for r in table]
-        dropout = [f"{float(r['dream_dropout']):g}" if r.get("dream_dropout") else "" for r in table]  # before the column: ""
-        varied = len(set(dropout)) > 1  # a column only where the rounds' dream dropout changed
+        # rounds from before a column show "" (dream dropout, τ, action noise), "none", "0", "no" or "first"
+        dropout = [f"{float(r['dream_dropout']):g}" if r.get("dream_dropout") else "" for r in table]
         cap = [f"{float(r['dream_return_cap']):g}" if r.get("dream_return_cap") else "none" for r in table]
-        tau = [f"{float(r['temperature']):g}" if r.get("temperature") else "" for r in table]  # before the column: ""
-        act = [f"{float(r['noise']):g}" if r.get("noise") else "" for r in table]  # before the column: ""
+        tau = [f"{float(r['temperature']):g}" if r.get("temperature") else "" for r in table]
+        act = [f"{float(r['noise']):g}" if r.get("noise") else "" for r in table]
         recent = [f"{float(r['mdrnn_recent_share']):g}" if r.get("mdrnn_recent_share") else "0" for r in table]
-        common = ["yes" if r.get("dream_common") == "True" else "no" for r in table]  # before the column: no
-        starts = [r.get("dream_starts") or "first" for r in table]  # before the column: first
-        capped, heated, shaken, weighted = len(set(cap)) > 1, len(set(tau)) > 1, len(set(act)) > 1, len(set(recent)) > 1
-        paired_dreams, started = len(set(common)) > 1, len(set(starts)) > 1
-        scored_noisy = any(r.get("real_noisy_mean") for r in table)  # iterate --eval-noise
-        lines = ["| round | real frames (M's data) | V refit | C generations |" + (" action noise |" if shaken else "")
-                 + (" parameter noise |" if any(noise) else "")
-                 + (" dream penalty |" if any(penalty) else "") + (" dream τ |" if heated else "")
-                 + (" dream dropout |" if varied else "")
-                 + (" dream return cap |" if capped else "")
-                 + (" share of M's batches from the last rounds |" if weighted else "")
-                 + (" common dreams |" if paired_dreams else "") + (" dream starts |" if started else "")
-                 + " dream | real (20 reference tracks) |"
-                 + (" real with action noise (same tracks) |" if scored_noisy else "")
-                 + (" real − the round before, per track [95 % bootstrap interval] |" if extra else ""),
-                 "|---|---:|---|---:|" + ("---:|" if shaken else "") + ("---:|" if any(noise) else "") + ("---:|" if any(penalty) else "")
-                 + ("---:|" if heated else "") + ("---:|" if varied else "") + ("---:|" if capped else "")
-                 + ("---:|" if weighted else "") + ("---|" if paired_dreams else "") + ("---|" if started else "") + "---:|---:|" + ("---:|" if scored_noisy else "") + ("---:|" if extra else "")]
-        for r, p, n, pen, drop, c, t, a, w, cd, st in zip(table, paired, noise, penalty, dropout, cap, tau, act, recent,
-                                                         common, starts):
-            lines.append(f"| {r['round']} | {int(r['real_frames']):,} | {'yes' if r['vae_refit'] == 'True' else 'no'} | "
-                         f"{r.get('generations') or '?'} |" + (f" {a or '?'} |" if shaken else "")
-                         + (f" {n:g} |" if any(noise) else "")
-                         + (f" {pen:g} |" if any(penalty) else "") + (f" {t} |" if heated else "")
-                         + (f" {drop} |" if varied else "")
-                         + (f" {c} |" if capped else "") + (f" {w} |" if weighted else "")
-                         + (f" {cd} |" if paired_dreams else "") + (f" {st} |" if started else "")
-                         + f" {float(r['dream_score']):.0f} | "
-                         f"{float(r['real_mean']):.0f} ± {float(r['real_std']):.0f} |"
-                         + ((f" {float(r['real_noisy_mean']):.0f} ± {float(r['real_noisy_std']):.0f} (σ {float(r['eval_noise']):g}) |"
-                             if r.get("real_noisy_mean") else " — |") if scored_noisy else "")
-                         + (f" {p} |" if extra else ""))
+        common = ["yes" if r.get("dream_common") == "True" else "no" for r in table]
+        starts = [r.get("dream_starts") or "first" for r in table]
+        noisy = [f"{float(r['real_noisy_mean']):.0f} ± {float(r['real_noisy_std']):.0f} (σ {float(r['eval_noise']):g})"
+                 if r.get("real_noisy_mean") else "—" for r in table]  # iterate --eval-noise
+        # (header, alignment, each round's cell, shown): a setting's column only where the rounds' values differ
+        columns = [
+            ("round", "---", [r["round"] for r in table], True),
+            ("real frames (M's data)", "---:", [f"{int(r['real_frames']):,}" for r in table], True),
+            ("V refit", "---", ["yes" if r["vae_refit"] == "True" else "no" for r in table], True),
+            ("C generations", "---:", [r.get("generations") or "?" for r in table], True),
+            ("action noise", "---:", [a or "?" for a in act], len(set(act)) > 1),
+            ("parameter noise", "---:", [f"{n:g}" for n in noise], any(noise)),
+            ("dream penalty", "---:", [f"{p:g}" for p in penalty], any(penalty)),
+            ("dream τ", "---:", tau, len(set(tau)) > 1),
+            ("dream dropout", "---:", dropout, len(set(dropout)) > 1),
+            ("dream return cap", "---:", cap, len(set(cap)) > 1),
+            ("share of M's batches from the last rounds", "---:", recent, len(set(recent)) > 1),
+            ("common dreams", "---", common, len(set(common)) > 1),
+            ("dream starts", "---", starts, len(set(starts)) > 1),
+            ("dream", "---:", [f"{float(r['dream_score']):.0f}" for r in table], True),
+            ("real (20 reference tracks)", "---:",
+             [f"{float(r['real_mean']):.0f} ± {float(r['real_std']):.0f}" for r in table], True),
+            ("real with action noise (same tracks)", "---:", noisy, any(n != "—" for n in noisy)),
+            ("real − the round before, per track [95 % bootstrap interval]", "---:", paired, extra),
+        ]
+        shown = [c for c in columns if c[3]]
+        lines = ["| " + " | ".join(c[0] for c in shown) + " |", "|" + "".join(c[1] + "|" for c in shown)]
+        lines += ["| " + " | ".join(c[2][i] for c in shown) + " |" for i in range(len(table))]
         lines.append("")
     lines += ["| controller | episodes | real score | standard error |", "|---|---:|---:|---:|"]
     half = (root / "final_float32_returns.csv").exists()  # shipped in float16, and scored in float32 too
