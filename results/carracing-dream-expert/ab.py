@@ -10,6 +10,13 @@ temperature, dropout and cap) and one change, VARIANT:
                  off-road excursions and spins included; M's state from the frames before each), not at the first
                  frame of a lap: C practises getting back to the road, which a dream from the start rarely reaches
     no-common    every candidate dreams its own episodes (the rounds before 45), not the same 16
+    action-noise C's actions get Gaussian noise of std 0.1 in every dream (train-controller --action-noise 0.1):
+                 C is pushed off its line and must correct, as the real C that loses its lap is not; scored
+                 without the noise, as round ROUND's C
+    swing        a random swing in half the dreams (--augment random_swing, source real, strength 0.5): at one
+                 step the dreamed latent is pulled up to halfway to a random frame of the round's collection,
+                 the package's generative augmentation as a jolt C must recover from
+    long         150 generations instead of the round's 50: is the search, not the dream, what stops C
 
 The new C is scored on the evaluation tracks (reference env) and compared, per track, with round ROUND's C as
 run.sh's stage 6 scored it (iterate-final/eval-test, or eval-test-round-ROUND once a later round replaced it).
@@ -31,7 +38,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 DATA = ROOT / "data" / "carracing-dream-expert" / "iterate-run" / "iterate"
-VARIANTS = ("starts-any", "no-common")
+VARIANTS = ("starts-any", "no-common", "action-noise", "swing", "long")
 
 
 def main() -> int:
@@ -68,8 +75,15 @@ def main() -> int:
     settings.update(run=str(run), init=str((before / "controller").resolve()), fresh=False, workers=0)
     if args.variant == "starts-any":
         settings.update(dream_starts="any", latents=str(world / "latents.h5"))
-    else:
+    elif args.variant == "no-common":
         settings.update(dream_common=False)
+    elif args.variant == "action-noise":
+        settings.update(action_noise=0.1)
+    elif args.variant == "swing":
+        settings.update(augment=["random_swing"],
+                        augment_options={"random_swing": {"source": "real", "probability": 0.5, "strength": 0.5}})
+    else:
+        settings.update(generations=3 * settings["generations"])
     known = {f.name for f in dataclasses.fields(train_controller.Config)}
     train_controller.run(train_controller.Config(**{k: v for k, v in settings.items() if k in known}))
     summary = evaluate.run(evaluate.Config(run=str(run), episodes=args.episodes, workers=2, env_backend="reference",
