@@ -38,7 +38,15 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 DATA = ROOT / "data" / "carracing-dream-expert" / "iterate-run" / "iterate"
-VARIANTS = ("starts-any", "no-common", "action-noise", "swing", "long")
+# Each variant: the settings it changes, from the round's folder and its own search settings.
+VARIANTS = {
+    "starts-any": lambda world, settings: {"dream_starts": "any", "latents": str(world / "latents.h5")},
+    "no-common": lambda world, settings: {"dream_common": False},
+    "action-noise": lambda world, settings: {"action_noise": 0.1},
+    "swing": lambda world, settings: {"augment": ["random_swing"], "augment_options": {
+        "random_swing": {"source": "real", "probability": 0.5, "strength": 0.5}}},
+    "long": lambda world, settings: {"generations": 3 * settings["generations"]},
+}
 
 
 def main() -> int:
@@ -54,14 +62,14 @@ def main() -> int:
     parser.add_argument("--episodes", type=int, default=100)
     args = parser.parse_args()
     world, before = DATA / f"round-{args.round}", DATA / f"round-{args.round - 1}"
+    if not (world / "controller" / "config.yaml").exists() or not (before / "controller").exists():
+        print(f"ab.py: rounds {args.round - 1} and {args.round} must be in {DATA}", file=sys.stderr)
+        return 1
     final = HERE / "iterate-final"
     baseline = next((p for p in (final / f"eval-test-round-{args.round}" / "returns.csv",
                                  final / "eval-test" / "returns.csv")
                      if p.exists() and json.loads((p.parent / "summary.json").read_text())["controller_id"]
                      == json.loads((world / "round.json").read_text())["stages"]["controller"]["id"]), None)
-    if not (world / "controller" / "config.yaml").exists() or not (before / "controller").exists():
-        print(f"ab.py: rounds {args.round - 1} and {args.round} must be in {DATA}", file=sys.stderr)
-        return 1
     if baseline is None:
         print(f"ab.py: round {args.round}'s C has no 100-track evaluation in {final} (run.sh stage 6 makes it)",
               file=sys.stderr)
@@ -73,17 +81,7 @@ def main() -> int:
             (run / part).symlink_to((world / part).resolve())
     settings = yaml.safe_load((world / "controller" / "config.yaml").read_text())
     settings.update(run=str(run), init=str((before / "controller").resolve()), fresh=False, workers=0)
-    if args.variant == "starts-any":
-        settings.update(dream_starts="any", latents=str(world / "latents.h5"))
-    elif args.variant == "no-common":
-        settings.update(dream_common=False)
-    elif args.variant == "action-noise":
-        settings.update(action_noise=0.1)
-    elif args.variant == "swing":
-        settings.update(augment=["random_swing"],
-                        augment_options={"random_swing": {"source": "real", "probability": 0.5, "strength": 0.5}})
-    else:
-        settings.update(generations=3 * settings["generations"])
+    settings.update(VARIANTS[args.variant](world, settings))
     known = {f.name for f in dataclasses.fields(train_controller.Config)}
     train_controller.run(train_controller.Config(**{k: v for k, v in settings.items() if k in known}))
     summary = evaluate.run(evaluate.Config(run=str(run), episodes=args.episodes, workers=2, env_backend="reference",
