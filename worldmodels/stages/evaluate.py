@@ -3,8 +3,12 @@
 Episode i is played with env seed episode_seed(seed, i, "eval"): a range disjoint from the seeds of
 collection and training, so no evaluation episode was seen before. ProcGen --levels test plays levels
 never used in collection (a disjoint start_level range); --levels train replays the collection's levels.
-Other envs have no levels: both choices play fresh eval seeds. Per-episode results depend only on the
-seed, not on the number of workers or on the backend (--backend local processes, or ray).
+Other envs have no levels: both choices play fresh eval seeds. Per-episode results depend on the seed and
+on how the episodes are grouped into batches of env_batch, not on the number of workers or on the backend
+(--backend local processes, or ray): V, M and C run one forward per step for a batch, and the float rounding of
+a batched forward depends on the batch's size, which CarRacing's 1000 steps amplify into another return. So the
+same --episodes and --env-batch on the same machine reproduce a returns.csv exactly; a run of its first few
+episodes alone (a smaller last batch) need not.
 
 --where dream scores the same controller in M's dream instead (at C's training temperature unless
 --temperature is given), in one batched dream whose seed no training dream used: the "dream score"
