@@ -17,6 +17,7 @@ temperature, dropout and cap) and one change, VARIANT:
                  step the dreamed latent is pulled up to halfway to a random frame of the round's collection,
                  the package's generative augmentation as a jolt C must recover from
     long         150 generations instead of the round's 50: is the search, not the dream, what stops C
+    long-seed1   long with the next seed (other dreams and CMA-ES draws): how far two such searches differ
 
 The new C is scored on the evaluation tracks (reference env) and compared, per track, with round ROUND's C as
 run.sh's stage 6 scored it (iterate-final/eval-test, or eval-test-round-ROUND once a later round replaced it).
@@ -46,6 +47,7 @@ VARIANTS = {
     "swing": lambda world, settings: {"augment": ["random_swing"], "augment_options": {
         "random_swing": {"source": "real", "probability": 0.5, "strength": 0.5}}},
     "long": lambda world, settings: {"generations": 3 * settings["generations"]},
+    "long-seed1": lambda world, settings: {"generations": 3 * settings["generations"], "seed": settings["seed"] + 1},
 }
 
 
