@@ -47,7 +47,7 @@ VARIANTS = {
     "swing": lambda world, settings: {"augment": ["random_swing"], "augment_options": {
         "random_swing": {"source": "real", "probability": 0.5, "strength": 0.5}}},
     "long": lambda world, settings: {"generations": 3 * settings["generations"]},
-    "long-seed1": lambda world, settings: {"generations": 3 * settings["generations"], "seed": settings["seed"] + 1},
+    "long-seed1": lambda world, settings: {**VARIANTS["long"](world, settings), "seed": settings["seed"] + 1},
 }
 
 
@@ -68,10 +68,11 @@ def main() -> int:
         print(f"ab.py: rounds {args.round - 1} and {args.round} must be in {DATA}", file=sys.stderr)
         return 1
     final = HERE / "iterate-final"
+    round_c = json.loads((world / "round.json").read_text())["stages"]["controller"]["id"]
     baseline = next((p for p in (final / f"eval-test-round-{args.round}" / "returns.csv",
                                  final / "eval-test" / "returns.csv")
-                     if p.exists() and json.loads((p.parent / "summary.json").read_text())["controller_id"]
-                     == json.loads((world / "round.json").read_text())["stages"]["controller"]["id"]), None)
+                     if p.exists() and json.loads((p.parent / "summary.json").read_text())["controller_id"] == round_c),
+                    None)
     if baseline is None:
         print(f"ab.py: round {args.round}'s C has no 100-track evaluation in {final} (run.sh stage 6 makes it)",
               file=sys.stderr)
