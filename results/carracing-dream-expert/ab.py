@@ -2,8 +2,9 @@
 
     python results/carracing-dream-expert/ab.py ROUND VARIANT [--episodes 100]
 
-In round ROUND's world (its V and M, from data/carracing-dream-expert/iterate-run), C is evolved again from round
-ROUND - 1's C with round ROUND's own search settings (its controller/config.yaml: the same seed, generations,
+In round ROUND's world (its V and M, from data/carracing-dream-expert/iterate-run; on a machine without the campaign's
+data, from the shipped rounds in results/carracing-dream-expert/iterate, with round ROUND's episodes played again by
+round ROUND - 1's C on the round's seeds and noise, ~2 min), C is evolved again from round ROUND - 1's C with round ROUND's own search settings (its controller/config.yaml: the same seed, generations,
 temperature, dropout and cap) and one change, VARIANT:
 
     starts-any   dreams start at any of 20,000 frames of the round's own collection (the last C's real driving,
@@ -18,6 +19,11 @@ temperature, dropout and cap) and one change, VARIANT:
                  the package's generative augmentation as a jolt C must recover from
     long         150 generations instead of the round's 50: is the search, not the dream, what stops C
     long-seed1   long with the next seed (other dreams and CMA-ES draws): how far two such searches differ
+    worlds       every dream episode draws one of three Ms: round ROUND's and rounds ROUND - 1 and ROUND - 2's
+                 (train-controller --dream-models): C is chosen on what the last worlds agree on, not on one M's
+                 quirks (from one round's M to the next, C's real score moves by ~40)
+    rollouts-x3  3 x the dream episodes per candidate and a third of the generations: as many dream steps,
+                 each generation's ranking with less of the dreams' luck in it
 
 The new C is scored on the evaluation tracks (reference env) and compared, per track, with round ROUND's C as
 run.sh's stage 6 scored it (iterate-final/eval-test, or eval-test-round-ROUND once a later round replaced it).
@@ -39,6 +45,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 DATA = ROOT / "data" / "carracing-dream-expert" / "iterate-run" / "iterate"
+SHIPPED_WORLDS = ROOT / "data" / "carracing-dream-expert" / "ab-worlds"  # rounds made from results' shipped ones
 # Each variant: the settings it changes, from the round's folder and its own search settings.
 VARIANTS = {
     "starts-any": lambda world, settings: {"dream_starts": "any", "latents": str(world / "latents.h5")},
@@ -48,7 +55,51 @@ VARIANTS = {
         "random_swing": {"source": "real", "probability": 0.5, "strength": 0.5}}},
     "long": lambda world, settings: {"generations": 3 * settings["generations"]},
     "long-seed1": lambda world, settings: {**VARIANTS["long"](world, settings), "seed": settings["seed"] + 1},
+    "rollouts-x3": lambda world, settings: {"rollouts": 3 * settings["rollouts"],
+                                            "generations": settings["generations"] // 3},
+    "worlds": lambda world, settings: {"dream_models": [
+        str((world.parent / f"round-{int(world.name.split('-')[1]) - k}" / "mdrnn").resolve()) for k in (1, 2)]},
 }
+
+
+def shipped_round(r: int) -> Path | None:
+    """Round r's folder made from results' shipped round (links to the kept V and its M and C, and its record),
+    without its episodes; None if it is not shipped."""
+    shipped = HERE / "iterate" / f"round-{r}"
+    if not (shipped / "round.json").is_file():
+        return None
+    out = SHIPPED_WORLDS / f"round-{r}"
+    out.mkdir(parents=True, exist_ok=True)
+    for part, target in (("vae", HERE / "models" / "vae"), ("mdrnn", shipped / "mdrnn"),
+                         ("controller", shipped / "controller"), ("round.json", shipped / "round.json")):
+        if not (out / part).exists():
+            (out / part).symlink_to(target.resolve())
+    return out
+
+
+def round_world(r: int, latents: bool) -> Path | None:
+    """Round r's folder: the campaign's where this machine has it, else :func:`shipped_round`'s; with
+    ``latents``, one that holds the round's episodes encoded (latents.h5), played again by round r - 1's C on
+    the round's seeds with its noise when the campaign's are not here (iterate's own collection)."""
+    campaign = DATA / f"round-{r}"
+    if (campaign / "controller" / "config.yaml").is_file() and (not latents or (campaign / "latents.h5").is_file()):
+        return campaign
+    world = shipped_round(r)
+    if world is None or not latents:
+        return world
+    before = shipped_round(r - 1)
+    if before is None:
+        return None
+    from worldmodels.stages import iterate
+
+    saved = yaml.safe_load((HERE / "iterate" / "config.yaml").read_text())
+    cfg = iterate.Config(**{f.name: saved[f.name] for f in dataclasses.fields(iterate.Config) if f.name in saved})
+    played = json.loads((world / "round.json").read_text())["stages"]["collect"]
+    # resumes a killed collection, and only checks a finished one
+    iterate.collect(cfg, r, before, world / "rollouts.h5", played["seed"], played["max_steps"],
+                    env_backend=played["env_backend"], param_noise=played["param_noise"], noise=played["noise"],
+                    latents=world / "latents.h5")
+    return world
 
 
 def main() -> int:
@@ -63,12 +114,13 @@ def main() -> int:
     parser.add_argument("variant", choices=VARIANTS)
     parser.add_argument("--episodes", type=int, default=100)
     args = parser.parse_args()
-    world, before = DATA / f"round-{args.round}", DATA / f"round-{args.round - 1}"
-    if not (world / "controller" / "config.yaml").exists() or not (before / "controller").exists():
-        print(f"ab.py: rounds {args.round - 1} and {args.round} must be in {DATA}", file=sys.stderr)
+    before, record = round_world(args.round - 1, latents=False), round_world(args.round, latents=False)
+    if before is None or record is None:
+        print(f"ab.py: rounds {args.round - 1} and {args.round} must be in {DATA} or {HERE / 'iterate'}",
+              file=sys.stderr)
         return 1
     final = HERE / "iterate-final"
-    round_c = json.loads((world / "round.json").read_text())["stages"]["controller"]["id"]
+    round_c = json.loads((record / "round.json").read_text())["stages"]["controller"]["id"]
     baseline = next((p for p in (final / f"eval-test-round-{args.round}" / "returns.csv",
                                  final / "eval-test" / "returns.csv")
                      if p.exists() and json.loads((p.parent / "summary.json").read_text())["controller_id"] == round_c),
@@ -77,6 +129,10 @@ def main() -> int:
         print(f"ab.py: round {args.round}'s C has no 100-track evaluation in {final} (run.sh stage 6 makes it)",
               file=sys.stderr)
         return 1
+    world = round_world(args.round, latents=True)
+    if args.variant == "worlds":
+        for k in (1, 2):
+            round_world(args.round - k, latents=False)
     run = ROOT / "data" / "carracing-dream-expert" / "ab" / f"round-{args.round}" / args.variant
     run.mkdir(parents=True, exist_ok=True)
     for part in ("vae", "mdrnn"):
@@ -84,6 +140,10 @@ def main() -> int:
             (run / part).symlink_to((world / part).resolve())
     settings = yaml.safe_load((world / "controller" / "config.yaml").read_text())
     settings.update(run=str(run), init=str((before / "controller").resolve()), fresh=False, workers=0)
+    if settings.get("dream_starts") == "any":  # the round's episodes, wherever this machine keeps them
+        settings["latents"] = str(world / "latents.h5")
+    elif not settings.get("latents") and world.parent == SHIPPED_WORLDS:  # run.sh's first frames (M's are not here)
+        settings["latents"] = str(HERE / "models" / "starts.h5")
     settings.update(VARIANTS[args.variant](world, settings))
     known = {f.name for f in dataclasses.fields(train_controller.Config)}
     train_controller.run(train_controller.Config(**{k: v for k, v in settings.items() if k in known}))
