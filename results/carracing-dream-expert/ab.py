@@ -2,10 +2,11 @@
 
     python results/carracing-dream-expert/ab.py ROUND VARIANT [--episodes 100]
 
-In round ROUND's world (its V and M, from data/carracing-dream-expert/iterate-run; on a machine without the campaign's
-data, from the shipped rounds in results/carracing-dream-expert/iterate, with round ROUND's episodes played again by
-round ROUND - 1's C on the round's seeds and noise, ~2 min), C is evolved again from round ROUND - 1's C with round ROUND's own search settings (its controller/config.yaml: the same seed, generations,
-temperature, dropout and cap) and one change, VARIANT:
+In round ROUND's world (its V and M, from data/carracing-dream-expert/iterate-run; on a machine without the
+campaign's data, from the shipped rounds in results/carracing-dream-expert/iterate, with round ROUND's episodes
+played again by round ROUND - 1's C on the round's seeds and noise, ~2 min), C is evolved again from round ROUND - 1's
+C with round ROUND's own search settings (its controller/config.yaml: the same seed, generations, temperature,
+dropout and cap) and one change, VARIANT:
 
     starts-any   dreams start at any of 20,000 frames of the round's own collection (the last C's real driving,
                  off-road excursions and spins included; M's state from the frames before each), not at the first
@@ -61,7 +62,8 @@ VARIANTS = {
     "rollouts-x3": lambda world, settings: {"rollouts": 3 * settings["rollouts"],
                                             "generations": settings["generations"] // 3},
     "worlds": lambda world, settings: {"dream_models": [
-        str((world.parent / f"round-{int(world.name.split('-')[1]) - k}" / "mdrnn").resolve()) for k in (1, 2)]},
+        str((earlier / "mdrnn").resolve()) for k in (1, 2)
+        if (earlier := round_world(int(world.name.split("-")[1]) - k, latents=False)) is not None]},
 }
 
 
@@ -133,9 +135,6 @@ def main() -> int:
               file=sys.stderr)
         return 1
     world = round_world(args.round, latents=True)
-    if args.variant == "worlds":
-        for k in (1, 2):
-            round_world(args.round - k, latents=False)
     run = ROOT / "data" / "carracing-dream-expert" / "ab" / f"round-{args.round}" / args.variant
     run.mkdir(parents=True, exist_ok=True)
     for part in ("vae", "mdrnn"):
