@@ -37,7 +37,6 @@ learning curve and the evaluation) is shipped to results/carracing-dream-expert/
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import sys
@@ -97,8 +96,7 @@ def round_world(r: int, latents: bool) -> Path | None:
         return None
     from worldmodels.stages import iterate
 
-    saved = yaml.safe_load((HERE / "iterate" / "config.yaml").read_text())
-    cfg = iterate.Config(**{f.name: saved[f.name] for f in dataclasses.fields(iterate.Config) if f.name in saved})
+    cfg = iterate._stage_config(iterate, yaml.safe_load((HERE / "iterate" / "config.yaml").read_text()))
     played = json.loads((world / "round.json").read_text())["stages"]["collect"]
     # resumes a killed collection, and only checks a finished one
     iterate.collect(cfg, r, before, world / "rollouts.h5", played["seed"], played["max_steps"],
@@ -112,7 +110,7 @@ def main() -> int:
     from ship import slim
     from tables import _paired
 
-    from worldmodels.stages import evaluate, train_controller
+    from worldmodels.stages import evaluate, iterate, train_controller
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("round", type=int)
@@ -147,8 +145,7 @@ def main() -> int:
     elif not settings.get("latents") and world.parent == SHIPPED_WORLDS:  # run.sh's first frames (M's are not here)
         settings["latents"] = str(HERE / "models" / "starts.h5")
     settings.update(VARIANTS[args.variant](world, settings))
-    known = {f.name for f in dataclasses.fields(train_controller.Config)}
-    train_controller.run(train_controller.Config(**{k: v for k, v in settings.items() if k in known}))
+    train_controller.run(iterate._stage_config(train_controller, settings))
     summary = evaluate.run(evaluate.Config(run=str(run), episodes=args.episodes, workers=2, env_backend="reference",
                                            gif=False))
     diff = _paired(run / "eval-test" / "returns.csv", baseline)
