@@ -45,12 +45,13 @@ def _iterate(run: Path, *extra: str) -> dict:
 @pytest.fixture(scope="module")
 def iterated(base_run, tmp_path_factory) -> Path:
     """Two rounds, the second continued with --noise 0.2, --eval-noise 0.3, --param-noise 0.5, --dream-penalty 2, --dream-dropout 0.3,
-    --dream-return-cap 50, --dream-common, --dream-starts any, --temperature 1.3 and --mdrnn-recent-share 0.5 from 3 rounds (settings
-    that may change between rounds)."""
+    --dream-return-cap 50, --dream-common, --dream-starts any, --temperature 1.3, --mdrnn-recent-share 0.5 from 3 rounds and
+    --mdrnn-low-return-share 0.25 under 0 (settings that may change between rounds)."""
     run = _copy(base_run, tmp_path_factory.mktemp("iterated"))
     _iterate(run, "--rounds", "1")
     _iterate(run, "--noise", "0.2", "--eval-noise", "0.3", "--param-noise", "0.5", "--dream-penalty", "2", "--dream-dropout", "0.3", "--dream-return-cap", "50",
-             "--dream-common", "--dream-starts", "any", "--temperature", "1.3", "--mdrnn-recent-share", "0.5", "--mdrnn-recent-rounds", "3")
+             "--dream-common", "--dream-starts", "any", "--temperature", "1.3", "--mdrnn-recent-share", "0.5", "--mdrnn-recent-rounds", "3",
+             "--mdrnn-low-return-share", "0.25", "--mdrnn-low-return", "0")
     return run
 
 
@@ -386,6 +387,9 @@ def test_parameter_noise_and_dream_penalty_set_later_apply_to_the_next_rounds(it
     assert [float(r["mdrnn_recent_share"]) for r in _rows(iterated)] == [0.0, 0.5]
     m = [load_checkpoint(iterated / "iterate" / f"round-{r}" / "mdrnn")["config"] for r in (1, 2)]
     assert [(c["recent_share"], c["recent_files"]) for c in m] == [(0.0, 1), (0.5, 2)]
+    # and a quarter from the episodes returning under 0
+    assert [(c["low_return_share"], c["low_return"]) for c in m] == [(0.0, None), (0.25, 0.0)]
+    assert [float(r["mdrnn_low_return_share"]) for r in _rows(iterated)] == [0.0, 0.25]
     with open_rollouts(iterated / "iterate" / "round-1" / "rollouts.h5") as f:
         assert "param_noise" not in f.attrs
     with open_rollouts(iterated / "iterate" / "round-2" / "rollouts.h5") as f:

@@ -151,7 +151,7 @@ import numpy as np
 
 from worldmodels import config as cfgmod
 from worldmodels.checkpoint import load_checkpoint, save_checkpoint
-from worldmodels.data import LATENTS, EpisodeWriter, open_latents
+from worldmodels.data import LATENTS, EpisodeFiles, EpisodeWriter, open_latents
 from worldmodels.metrics import read_metrics
 from worldmodels.stages import train_mdrnn
 
@@ -310,6 +310,36 @@ def test_recent_share_draws_that_share_of_sequences_from_the_recent_episodes(tmp
         assert len({int(i) for i in b["mu"][:, 0, 2]}) == 6
     with pytest.raises(WorldModelsError, match="recent_share"):
         train_mdrnn.run(tiny_cfg(tmp_path, recent_share=1.5))
+
+
+def test_low_return_share_splits_the_recent_draws_by_return(tmp_path):
+    """--low-return-share S: S of the latest files' draws (of every draw without --recent-share) from their episodes
+    returning under --low-return, older files' draws untouched; returns are the episodes' reward sums, across files."""
+    a, b = write_latents(tmp_path / "a.h5"), write_latents(tmp_path / "b.h5", lengths=(5, 8), seed=1)
+    desc = {"type": "discrete", "n": NA}
+    with EpisodeFiles([a, b], LATENTS) as src:
+        returns = train_mdrnn.episode_returns(src)
+        sums = [float(np.sum(src.episode(e, ["reward"])["reward"])) for e in range(8)]
+        np.testing.assert_allclose(returns, sums, rtol=1e-6)
+    with open_latents(a) as src:
+        ids = {int(src.episode(e, ["mu"])["mu"][0, 2]): e for e in range(6)}
+        recent, low = np.arange(6) >= 4, np.isin(np.arange(6), [0, 4])
+        cases = [(recent, 0.5, [0.125, 0.125, 0.125, 0.125, 0.375, 0.125]),  # episode 0 is old: not reweighted
+                 (None, 0.0, [0.375, 0.0625, 0.0625, 0.0625, 0.375, 0.0625])]  # no recent files: every draw split
+        for group, share, expected in cases:
+            sampler = train_mdrnn.SequenceSampler(src, np.arange(6), 10, 4000, desc, "episode", group, share, low,
+                                                  0.75)
+            np.testing.assert_allclose(sampler.p, expected)
+            drawn = np.array([ids[int(i)] for i in sampler.sample(np.random.default_rng(0))["mu"][:, 0, 2]])
+            np.testing.assert_allclose(np.bincount(drawn, minlength=6) / len(drawn), expected, atol=0.03)
+        none_low = train_mdrnn.SequenceSampler(src, np.arange(6), 10, 8, desc, "episode", None, 0.0,
+                                               np.zeros(6, bool), 0.75)
+        np.testing.assert_allclose(none_low.p, np.full(6, 1 / 6))  # nothing under the bar: draws stay uniform
+    cfg = tiny_cfg(tmp_path, latents=f"{a},{b}", low_return_share=0.5, low_return=float(np.median(returns)))
+    summary = train_mdrnn.run(cfg)
+    assert np.isfinite(summary["metrics"]["mdrnn/loss"])
+    with pytest.raises(WorldModelsError, match="low_return_share.*--low-return"):
+        train_mdrnn.run(tiny_cfg(tmp_path, low_return_share=0.5, fresh=True))
 
 
 def test_done_head_counts_follow_the_dreams_rule():

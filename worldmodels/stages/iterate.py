@@ -64,13 +64,14 @@ ROUND_STRIDE = 2**24
 # dreams are; each round records its own.
 CONTINUATION_SAFE = ("run", "rounds", "workers", "device", "generations", "vae_refit_ratio", "noise", "param_noise",
                      "temperature", "dream_penalty", "dream_dropout", "dream_return_cap", "dream_common",
-                     "dream_starts", "eval_noise", "mdrnn_recent_share", "mdrnn_recent_rounds")
+                     "dream_starts", "eval_noise", "mdrnn_recent_share", "mdrnn_recent_rounds",
+                     "mdrnn_low_return_share", "mdrnn_low_return")
 # The run's controller settings each round's C is evolved with (unless overridden here).
 CONTROLLER_KEYS = ("temperature", "popsize", "rollouts", "sigma0", "generations", "max_steps", "eval_every",
                    "eval_episodes", "seed", "obs_mode", "augment", "augment_options", "dream_dropout", "dream_penalty",
                    "dream_starts", "dream_reward", "dream_return_cap", "dream_common")
-COLUMNS = ("round", "real_episodes", "real_frames", "mdrnn_val_loss", "mdrnn_recent_share", "vae_recon_ratio",
-           "vae_refit", "generations", "noise", "param_noise", "temperature", "dream_penalty", "dream_dropout", "dream_return_cap",
+COLUMNS = ("round", "real_episodes", "real_frames", "mdrnn_val_loss", "mdrnn_recent_share", "mdrnn_low_return_share",
+           "vae_recon_ratio", "vae_refit", "generations", "noise", "param_noise", "temperature", "dream_penalty", "dream_dropout", "dream_return_cap",
            "dream_common", "dream_starts", "dream_score",
            "real_mean", "real_std", "real_n", "eval_noise", "real_noisy_mean", "real_noisy_std", "seconds_collect",
            "seconds_vae", "seconds_encode", "seconds_mdrnn", "seconds_controller", "seconds_evaluate", "mdrnn_id",
@@ -127,6 +128,13 @@ class Config:
                                             "the latest policy's driving, otherwise a sliver of the data once rounds "
                                             "pile up (0: every episode alike); may change between rounds")
     mdrnn_recent_rounds: int = option(1, "how many of the latest rounds --mdrnn-recent-share draws from")
+    mdrnn_low_return_share: float = option(0.0, "share of the draws from the last rounds' episodes (all of them "
+                                                "without --mdrnn-recent-share) given to those whose return is under "
+                                                "--mdrnn-low-return (train-mdrnn --low-return-share): the laps C "
+                                                "loses off the road, which its dreams must reach for C to learn to "
+                                                "avoid them (0: none); may change between rounds")
+    mdrnn_low_return: Optional[float] = option(None, "the return under which an episode counts for "
+                                                     "--mdrnn-low-return-share")
     vae_refit_ratio: float = option(1.25, "fine-tune V when its reconstruction error on a round's frames exceeds "
                                           "this many times its error on the original frames")
     vae_epochs: Optional[int] = option(None, "epochs of a V refit (default: the run's V's)")
@@ -160,6 +168,9 @@ def _check(cfg: Config) -> None:
                                "(each round has a block of collection seeds of its own)")
     if not 0 <= cfg.mdrnn_recent_share <= 1:
         raise WorldModelsError(f"mdrnn_recent_share must be in [0, 1], got {cfg.mdrnn_recent_share}")
+    if not 0 <= cfg.mdrnn_low_return_share <= 1 or (cfg.mdrnn_low_return_share > 0 and cfg.mdrnn_low_return is None):
+        raise WorldModelsError(f"mdrnn_low_return_share must be in [0, 1], and above 0 it needs --mdrnn-low-return, "
+                               f"got {cfg.mdrnn_low_return_share}, {cfg.mdrnn_low_return}")
     if cfg.vae_frames < 0:
         raise WorldModelsError(f"vae_frames must be 0 (every frame) or positive, got {cfg.vae_frames}")
     if cfg.dream_penalty is not None and not cfg.dream_penalty >= 0:
@@ -563,18 +574,22 @@ def run_round(cfg: Config, run: Path, rnd: Round, prev: Path, data: list[dict[st
         summary = train_mdrnn.run(_stage_config(
             train_mdrnn, saved, latents=",".join(e["latents"] for e in enc["data"]), out=str(out / "mdrnn"),
             vae=str(out / "vae"), init=str((prev / "mdrnn").resolve()), steps=cfg.mdrnn_steps or saved.get("steps"),
-            recent_share=cfg.mdrnn_recent_share, recent_files=recent_rounds, device=cfg.device,
+            recent_share=cfg.mdrnn_recent_share, recent_files=recent_rounds,
+            low_return_share=cfg.mdrnn_low_return_share, low_return=cfg.mdrnn_low_return, device=cfg.device,
             fresh=False))
         return {"id": summary["id"], "val_loss": summary["metrics"].get("val/mdrnn/loss"),
                 "loss": summary["metrics"].get("mdrnn/loss"), "recent_share": cfg.mdrnn_recent_share,
-                "recent_rounds": recent_rounds}
+                "recent_rounds": recent_rounds, "low_return_share": cfg.mdrnn_low_return_share,
+                "low_return": cfg.mdrnn_low_return}
 
     mdn = rnd.stage("mdrnn", rounds, mdrnn_stage,
                     lambda s: f"M {s['id'][:8]} refit on {len(enc['data'])} latents files, warm-started; "
                               + ("no validation episodes" if s["val_loss"] is None else
                                  f"validation loss {s['val_loss']:.4g}")
                               + (f"; {s['recent_share']:g} of each batch from the last {s['recent_rounds']} round(s)"
-                                 if s.get("recent_share") else ""))
+                                 if s.get("recent_share") else "")
+                              + (f"; {s['low_return_share']:g} of those draws to episodes returning under "
+                                 f"{s['low_return']:g}" if s.get("low_return_share") else ""))
 
     def controller_stage() -> dict[str, Any]:
         saved = _saved_config(run / "controller", "controller")
@@ -708,7 +723,8 @@ def run(cfg: Config) -> dict[str, Any]:
                                                 rnd.record["stages"]["evaluate"]["dream"]["temperature"]),
                          "noise": rnd.record["stages"]["collect"].get("noise", cfg.noise),
                          "param_noise": rnd.record["stages"]["collect"].get("param_noise", 0.0),
-                         "mdrnn_recent_share": rnd.record["stages"]["mdrnn"].get("recent_share", 0.0)})
+                         "mdrnn_recent_share": rnd.record["stages"]["mdrnn"].get("recent_share", 0.0),
+                         "mdrnn_low_return_share": rnd.record["stages"]["mdrnn"].get("low_return_share", 0.0)})
             write_rows(root, rows)
             prev, data = rnd.dir, relocated(rnd.record["stages"]["encode"]["data"], root, original)
     return {"rows": rows, "path": str(root / "rounds.csv")}

@@ -24,7 +24,10 @@ validation on their own (so adding a file never moves another file's episodes ac
 --init DIR starts from another M's weights (a warm start; sizes must match), with a fresh optimizer.
 --recent-share S draws that share of each training batch from the last --recent-files files of --latents (the
 latest rounds: M learns the driving of the policy that plays in its dream, which is otherwise a sliver of the data),
-the rest from all the others; 0 draws every episode alike.
+the rest from all the others; 0 draws every episode alike. --low-return-share S then gives that share of the draws
+from the latest files (of every draw, without --recent-share) to their episodes whose return (their rewards' sum)
+is under --low-return R: e.g. the laps the latest controller lost off the road, which M's dream must learn to reach
+if C is to learn to avoid them. Older files keep their draws (in iterate, random driving whose returns are all low).
 """
 
 from __future__ import annotations
@@ -82,6 +85,11 @@ class Config:
     recent_share: float = cfgmod.option(0.0, "share of each training batch drawn from the episodes of the last "
                                              "--recent-files latents files (0: every episode alike)")
     recent_files: int = cfgmod.option(1, "how many of the last --latents files --recent-share draws from")
+    low_return_share: float = cfgmod.option(0.0, "share of the draws from the --recent-share files (of every draw "
+                                                 "without it) given to their episodes returning under "
+                                                 "--low-return (0: none)")
+    low_return: Optional[float] = cfgmod.option(None, "an episode whose return (its rewards' sum) is under this is "
+                                                      "a low-return one, for --low-return-share")
     init: Optional[str] = cfgmod.option(None, "start from this M's weights (its folder or checkpoint.pt; same sizes), "
                                               "not a random init")
     fresh: bool = cfgmod.option(False, "delete this run folder's checkpoint and metrics and start over")
@@ -106,6 +114,16 @@ def actions_to_input(actions: np.ndarray, desc: dict[str, Any]) -> np.ndarray:
     return actions.astype(np.float32).reshape(len(actions), -1)
 
 
+def _split(p: np.ndarray, group: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:
+    """``p``'s draws split into (``share`` of its mass on ``group``, the rest on the others), each part keeping p's
+    proportions inside it; p unchanged (as (p, 0)) when its draws are all inside or all outside the group."""
+    mass = p.sum()
+    p_in, p_out = np.where(group, p, 0.0), np.where(group, 0.0, p)
+    if share <= 0 or p_in.sum() == 0 or p_out.sum() == 0:
+        return p, np.zeros_like(p)
+    return mass * share * p_in / p_in.sum(), mass * (1 - share) * p_out / p_out.sum()
+
+
 class SequenceSampler:
     """Batches of fixed-length sequences from some episodes of a latents file, read per batch from HDF5.
 
@@ -113,13 +131,16 @@ class SequenceSampler:
     ``start="episode"``: episodes drawn uniformly, each sequence from the episode's first frame.
     ``start="window"``: episodes drawn in proportion to their length, a window start uniformly inside.
     ``recent`` (bool per episode) with ``recent_share``: that share of draws from the recent episodes, each group
-    drawn as above inside itself (a group with no episode leaves the draws to the other).
+    drawn as above inside itself (a group with no episode leaves the draws to the other). ``low`` with
+    ``low_share`` then splits the recent episodes' draws (every draw without ``recent``) the same way between the
+    low-return episodes and the others.
     """
 
     FIELDS = ("mu", "logvar", "action", "reward", "terminated")
 
     def __init__(self, src: Any, episodes: np.ndarray, seq_len: int, batch_size: int, action_desc: dict[str, Any],
-                 start: str = "episode", recent: np.ndarray | None = None, recent_share: float = 0.0):
+                 start: str = "episode", recent: np.ndarray | None = None, recent_share: float = 0.0,
+                 low: np.ndarray | None = None, low_share: float = 0.0):
         if start not in ("episode", "window"):
             raise WorldModelsError(f"sequences must start at 'episode' or 'window', got {start!r}")
         self.src, self.seq_len, self.batch_size, self.action_desc = src, seq_len, batch_size, action_desc
@@ -129,8 +150,12 @@ class SequenceSampler:
         self.p = (self.lengths / self.lengths.sum() if start == "window"
                   else np.full(len(self.lengths), 1.0 / max(len(self.lengths), 1)))
         if recent is not None and recent_share > 0 and recent.any() and not recent.all():
-            p_recent, p_old = np.where(recent, self.p, 0.0), np.where(recent, 0.0, self.p)
-            self.p = recent_share * p_recent / p_recent.sum() + (1 - recent_share) * p_old / p_old.sum()
+            p_recent, p_old = _split(self.p, recent, recent_share)
+            # the low-return split is the latest episodes' own: older data keeps its draws (in iterate, the original
+            # collection's random driving, whose returns are all low)
+            self.p = sum(_split(p_recent, low, low_share)) + p_old if low is not None else p_recent + p_old
+        elif low is not None:
+            self.p = sum(_split(self.p, low, low_share))
         self.z_dim, self.action_dim = int(src.attrs["z_dim"]), action_dim_of(action_desc)
 
     def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
@@ -286,11 +311,24 @@ def run(cfg: Config) -> dict[str, Any]:
     if not 0 <= cfg.recent_share <= 1 or cfg.recent_files < 1:
         raise WorldModelsError(f"recent_share must be in [0, 1] and recent_files at least 1, got {cfg.recent_share}, "
                                f"{cfg.recent_files}")
+    if not 0 <= cfg.low_return_share <= 1 or (cfg.low_return_share > 0 and cfg.low_return is None):
+        raise WorldModelsError(f"low_return_share must be in [0, 1], and above 0 it needs --low-return, got "
+                               f"{cfg.low_return_share}, {cfg.low_return}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out / CHECKPOINT_NAME, "train-mdrnn"), \
             EpisodeFiles(split_paths(cfg.latents), LATENTS, same=SAME_DATA) as src:
         return _train(cfg, out, src)
+
+
+def episode_returns(src: Any) -> np.ndarray:
+    """Every episode's return (its rewards' sum), global episode order; each file's rewards read in one go."""
+    out = []
+    for f in src.files:
+        starts = np.asarray(f.episodes["start"], dtype=np.int64)
+        total = np.concatenate([[0.0], np.cumsum(f.read("reward", 0, f.n_frames), dtype=np.float64)])
+        out.append(total[starts + np.asarray(f.episodes["length"], dtype=np.int64)] - total[starts])
+    return np.concatenate(out)
 
 
 def load_init(model: MDRNN, path: str) -> str:
@@ -319,7 +357,8 @@ def _train(cfg: Config, out: Path, src: Any) -> dict[str, Any]:
         data = state.get("data", {})
         files = data.get("files") or [{"path": data.get("path"), "n_episodes": data.get("n_episodes")}]
         saved, new = dict(state.get("config") or {}), cfgmod.to_dict(cfg)
-        saved.setdefault("dropout", 0.0)  # runs from before the option trained without dropout
+        saved.setdefault("dropout", 0.0)  # runs from before these options trained without them
+        saved.setdefault("low_return_share", 0.0)
         saved["latents"], new["latents"] = ",".join(str(f["path"]) for f in files), ",".join(paths)
         check_same_run(saved, new, CONTINUATION_SAFE, out)
         counts = [int(f["n_episodes"]) for f in files]
@@ -334,8 +373,14 @@ def _train(cfg: Config, out: Path, src: Any) -> dict[str, Any]:
     desc = dict(src.attrs["action_space"])
     # the last recent_files files' episodes (the latest rounds of `iterate`)
     recent = train_eps >= src.first_episodes[max(len(counts) - cfg.recent_files, 0)]
+    low = episode_returns(src)[train_eps] < cfg.low_return if cfg.low_return_share > 0 else None
+    if low is not None:
+        pool = recent if cfg.recent_share > 0 else np.ones_like(low)
+        tqdm.write(f"train-mdrnn: {int((low & pool).sum())} of {int(pool.sum())} "
+                   f"{'latest ' if cfg.recent_share > 0 else ''}training episodes return under {cfg.low_return:g}: "
+                   f"{cfg.low_return_share:g} of their draws")
     train = SequenceSampler(src, train_eps, cfg.seq_len, cfg.batch_size, desc, cfg.sequences, recent,
-                            cfg.recent_share)
+                            cfg.recent_share, low, cfg.low_return_share)
     val_batches = ([SequenceSampler(src, val_eps, cfg.seq_len, cfg.batch_size, desc, cfg.sequences).sample(
         np.random.default_rng([cfg.seed, 99, i])) for i in range(cfg.val_batches)] if len(val_eps) else [])
     cfgmod.save(cfg, out / "config.yaml")
