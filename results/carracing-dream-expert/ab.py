@@ -105,6 +105,16 @@ def round_world(r: int, latents: bool) -> Path | None:
     return world
 
 
+def round_evaluation(r: int, world: Path) -> Path | None:
+    """returns.csv of round r's C (the C of ``world``, round r's folder) on the 100 evaluation tracks, as run.sh's
+    stage 6 scored it: iterate-final/eval-test, or eval-test-round-r once a later round took its place."""
+    final = HERE / "iterate-final"
+    round_c = json.loads((world / "round.json").read_text())["stages"]["controller"]["id"]
+    return next((p for p in (final / f"eval-test-round-{r}" / "returns.csv", final / "eval-test" / "returns.csv")
+                 if p.exists() and json.loads((p.parent / "summary.json").read_text())["controller_id"] == round_c),
+                None)
+
+
 def main() -> int:
     sys.path[:0] = [str(ROOT / "results")]
     from ship import slim
@@ -122,15 +132,10 @@ def main() -> int:
         print(f"ab.py: rounds {args.round - 1} and {args.round} must be in {DATA} or {HERE / 'iterate'}",
               file=sys.stderr)
         return 1
-    final = HERE / "iterate-final"
-    round_c = json.loads((record / "round.json").read_text())["stages"]["controller"]["id"]
-    baseline = next((p for p in (final / f"eval-test-round-{args.round}" / "returns.csv",
-                                 final / "eval-test" / "returns.csv")
-                     if p.exists() and json.loads((p.parent / "summary.json").read_text())["controller_id"] == round_c),
-                    None)
+    baseline = round_evaluation(args.round, record)
     if baseline is None:
-        print(f"ab.py: round {args.round}'s C has no 100-track evaluation in {final} (run.sh stage 6 makes it)",
-              file=sys.stderr)
+        print(f"ab.py: round {args.round}'s C has no 100-track evaluation in {HERE / 'iterate-final'} (run.sh stage 6 "
+              "makes it)", file=sys.stderr)
         return 1
     world = round_world(args.round, latents=True)
     run = ROOT / "data" / "carracing-dream-expert" / "ab" / f"round-{args.round}" / args.variant

@@ -86,7 +86,7 @@ def split_by_return(sources: list[Path], out: Path) -> dict[str, int]:
 
 def main() -> int:
     sys.path[:0] = [str(ROOT / "results"), str(HERE)]
-    from ab import round_world
+    from ab import round_evaluation, round_world
     from ship import RECORD, scored, slim
     from tables import _paired
 
@@ -101,16 +101,10 @@ def main() -> int:
     args = parser.parse_args()
     r = args.round
     record = round_world(r, latents=False)
-    final = HERE / "iterate-final"
-    baseline = None
-    if record is not None:
-        round_c = json.loads((record / "round.json").read_text())["stages"]["controller"]["id"]
-        baseline = next((p for p in (final / f"eval-test-round-{r}" / "returns.csv", final / "eval-test" / "returns.csv")
-                         if p.exists() and json.loads((p.parent / "summary.json").read_text())["controller_id"]
-                         == round_c), None)
+    baseline = round_evaluation(r, record) if record is not None else None
     if baseline is None:
         print(f"refit_ab.py: round {r} must be shipped in {HERE / 'iterate'} with its C's 100-track evaluation in "
-              f"{final} (run.sh stage 6 makes it)", file=sys.stderr)
+              f"{HERE / 'iterate-final'} (run.sh stage 6 makes it)", file=sys.stderr)
         return 1
     world = round_world(r, latents=True)
     base = ROOT / "data" / "carracing-dream-expert" / "refit-ab" / f"round-{r}"
